@@ -1,0 +1,25 @@
+//! What one tidemark shard core owns, with no HTTP in it.
+//!
+//! * [`schema`], [`batch`], [`catalog`]: the data model, validated write
+//!   batches, and the node-wide schema catalog each shard caches.
+//! * [`wal`]: the shard's write-ahead log (segments, group commit, recovery).
+//! * [`buffer`]: the in-memory Arrow buffer of the shard's unflushed rows.
+//! * [`flush`], [`manifest`]: turning frozen buffers into Parquet files on
+//!   flush workers, and the durable list of those files.
+//! * [`shard`]: one shard, tying WAL, buffer and flushes together.
+//! * [`runtime`]: the seam between shard cores and their I/O driver.
+//!
+//! Everything here that touches the WAL runs on the shard's own core (types
+//! are `!Send` where that matters); flush workers and the manifest are shared
+//! by all cores and are reached through bounded channels.
+
+pub mod batch;
+pub mod catalog;
+pub mod ids;
+pub mod schema;
+pub mod wal;
+
+pub use batch::WriteBatch;
+pub use catalog::{Catalog, CatalogCache};
+pub use ids::{SegmentId, ShardId, WalSeq};
+pub use schema::{ColumnKind, FieldType, SchemaError, TableKey, TableSchema};

@@ -1,0 +1,414 @@
+//! The group-commit writer: appenders queue encoded entries, one committer
+//! task per shard writes each group with one write and one sync.
+
+use std::cell::RefCell;
+use std::fs;
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::rc::Rc;
+use std::time::Duration;
+
+use event_listener::Event;
+use monoio::fs::{File, OpenOptions};
+
+use super::format::{self, EntryKind, EntryRef, SegmentHeader, SEGMENT_HEADER_LEN};
+use super::{
+    read_segments, recover, segment_path, RecoveryReport, SegmentMeta, SyncMode, WalConfig,
+    WalError,
+};
+use crate::ids::{SegmentId, WalSeq};
+
+/// How long the committer waits before retrying a write that found the disk full.
+const DISK_FULL_RETRY: Duration = Duration::from_millis(200);
+
+/// A shard's WAL, open for appends. Cheap to clone (a shared handle); not
+/// `Send`: it lives on its shard's core. See the [module docs](super).
+#[derive(Debug, Clone)]
+pub struct Wal {
+    inner: Rc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: WalConfig,
+    state: RefCell<WriterState>,
+    /// Wakes the committer: entries are pending, or the WAL is closing.
+    work: Event,
+    /// Wakes appenders: `durable_seq` advanced, space freed, or a failure.
+    changed: Event,
+}
+
+/// Invariants: `durable_seq < next_seq`; `pending` holds exactly the entries
+/// `pending_first ..= next_seq - 1` (empty when `pending_first == next_seq`);
+/// `segments` is sorted and its last element is the active segment.
+#[derive(Debug)]
+struct WriterState {
+    next_seq: WalSeq,
+    durable_seq: WalSeq,
+    pending: Vec<u8>,
+    pending_first: WalSeq,
+    segments: Vec<SegmentMeta>,
+    /// Set after a write or sync error other than a full disk.
+    failed: Option<String>,
+    /// Set while the committer is retrying a write that found the disk full.
+    disk_full: bool,
+    closing: bool,
+    committer_done: bool,
+}
+
+impl Wal {
+    /// Opens the WAL in `config.dir`, recovering what is there (torn tail
+    /// truncated, corruption handled by `config.recovery_mode`), and starts
+    /// its committer task on the current monoio runtime.
+    ///
+    /// `floor` is the lowest sequence number the next entry may have: the
+    /// flushed watermark + 1, so numbering continues after all segments were
+    /// deleted.
+    pub async fn open(
+        config: WalConfig,
+        floor: WalSeq,
+    ) -> Result<(Wal, RecoveryReport), WalError> {
+        fs::create_dir_all(&config.dir).map_err(|e| WalError::io("create", &config.dir, e))?;
+        let (mut segments, report) = recover(&config.dir, config.recovery_mode)?;
+        let last_seq = report.last_seq.unwrap_or(WalSeq::ZERO);
+        let next_seq = last_seq.next().max(floor);
+        // Append to the last segment only if it continues the numbering;
+        // otherwise (no segment, or the floor moved past it) start a new one.
+        let reuse_last = segments
+            .last()
+            .is_some_and(|s| s.last_seq.map_or(s.first_seq, WalSeq::next) == next_seq);
+        if !reuse_last {
+            let id = segments.last().map_or(SegmentId(1), |s| s.id.next());
+            let meta = create_segment(&config, id, next_seq).await?;
+            segments.push(meta);
+        }
+        let wal = Wal {
+            inner: Rc::new(Inner {
+                state: RefCell::new(WriterState {
+                    next_seq,
+                    durable_seq: next_seq.prev().unwrap_or(WalSeq::ZERO),
+                    pending: Vec::with_capacity(1 << 20),
+                    pending_first: next_seq,
+                    segments,
+                    failed: None,
+                    disk_full: false,
+                    closing: false,
+                    committer_done: false,
+                }),
+                config,
+                work: Event::new(),
+                changed: Event::new(),
+            }),
+        };
+        let active = wal.inner.state.borrow().segments.last().cloned();
+        let file = match active {
+            Some(seg) => OpenOptions::new()
+                .write(true)
+                .open(&seg.path)
+                .await
+                .map_err(|e| WalError::io("open", &seg.path, e))?,
+            None => unreachable!("a segment was created above"),
+        };
+        monoio::spawn(committer(wal.inner.clone(), file));
+        Ok((wal, report))
+    }
+
+    pub fn config(&self) -> &WalConfig {
+        &self.inner.config
+    }
+
+    /// The highest durable sequence number (`ZERO` if none).
+    pub fn durable_seq(&self) -> WalSeq {
+        self.inner.state.borrow().durable_seq
+    }
+
+    /// The sequence number the next append will get.
+    pub fn next_seq(&self) -> WalSeq {
+        self.inner.state.borrow().next_seq
+    }
+
+    /// The segments, oldest first; the last one is being appended to.
+    pub fn segments(&self) -> Vec<SegmentMeta> {
+        self.inner.state.borrow().segments.clone()
+    }
+
+    /// Appends one entry whose payload `write_payload` encodes, and returns
+    /// its sequence number once it is durable. Waits while too much is
+    /// queued. A payload error leaves the WAL unchanged.
+    pub async fn append_with<E: std::fmt::Display>(
+        &self,
+        kind: EntryKind,
+        write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<WalSeq, WalError> {
+        let inner = &self.inner;
+        // Backpressure: wait for room in the queue.
+        loop {
+            let listener = {
+                let st = inner.state.borrow();
+                st.check_accepting(&inner.config.dir)?;
+                if st.pending.len() < inner.config.max_pending_bytes {
+                    break;
+                }
+                inner.changed.listen()
+            };
+            listener.await;
+        }
+        let seq = {
+            let mut st = inner.state.borrow_mut();
+            let seq = st.next_seq;
+            format::encode_entry(&mut st.pending, seq, kind, write_payload)
+                .map_err(|e| WalError::Encode(e.to_string()))?;
+            st.next_seq = seq.next();
+            seq
+        };
+        inner.work.notify(1);
+        loop {
+            let listener = {
+                let st = inner.state.borrow();
+                if st.durable_seq >= seq {
+                    return Ok(seq);
+                }
+                if let Some(f) = &st.failed {
+                    return Err(WalError::Poisoned(f.clone()));
+                }
+                inner.changed.listen()
+            };
+            listener.await;
+        }
+    }
+
+    /// Appends one entry with `payload` as its bytes.
+    pub async fn append(&self, kind: EntryKind, payload: &[u8]) -> Result<WalSeq, WalError> {
+        self.append_with(kind, |out| {
+            out.extend_from_slice(payload);
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .await
+    }
+
+    /// Calls `f` for every durable entry from sequence number `from` on, in
+    /// order, through memory maps of the segments.
+    pub fn read_from(
+        &self,
+        from: WalSeq,
+        f: impl FnMut(EntryRef<'_>) -> ControlFlow<()>,
+    ) -> Result<(), WalError> {
+        let segments = self.segments();
+        read_segments(&segments, from, self.inner.config.recovery_mode, f)
+    }
+
+    /// Deletes the sealed segments whose entries all have sequence numbers
+    /// at or below `watermark`. The active segment is never deleted. Returns
+    /// the number of segments deleted.
+    pub fn remove_segments_through(&self, watermark: WalSeq) -> Result<usize, WalError> {
+        let doomed: Vec<SegmentMeta> = {
+            let mut st = self.inner.state.borrow_mut();
+            let sealed = st.segments.len().saturating_sub(1);
+            let n = st.segments[..sealed]
+                .iter()
+                .take_while(|s| s.last_seq.is_none_or(|l| l <= watermark))
+                .count();
+            st.segments.drain(..n).collect()
+        };
+        for seg in &doomed {
+            fs::remove_file(&seg.path).map_err(|e| WalError::io("remove", &seg.path, e))?;
+            tracing::debug!(path = %seg.path.display(), "removed flushed WAL segment");
+        }
+        Ok(doomed.len())
+    }
+
+    /// Commits what is queued, stops the committer and waits for it.
+    pub async fn close(&self) {
+        self.inner.state.borrow_mut().closing = true;
+        self.inner.work.notify(usize::MAX);
+        loop {
+            let listener = {
+                if self.inner.state.borrow().committer_done {
+                    return;
+                }
+                self.inner.changed.listen()
+            };
+            listener.await;
+        }
+    }
+}
+
+impl WriterState {
+    fn check_accepting(&self, dir: &Path) -> Result<(), WalError> {
+        if let Some(f) = &self.failed {
+            return Err(WalError::Poisoned(f.clone()));
+        }
+        if self.closing {
+            return Err(WalError::Closed);
+        }
+        if self.disk_full {
+            return Err(WalError::DiskFull {
+                path: dir.to_path_buf(),
+            });
+        }
+        Ok(())
+    }
+}
+
+async fn sync(file: &File, mode: SyncMode) -> std::io::Result<()> {
+    match mode {
+        SyncMode::Fdatasync => file.sync_data().await,
+        SyncMode::Fsync => file.sync_all().await,
+        SyncMode::None => Ok(()),
+    }
+}
+
+/// Creates segment `id` whose first entry will be `first_seq`, makes its
+/// header and directory entry durable, and returns its metadata.
+async fn create_segment(
+    config: &WalConfig,
+    id: SegmentId,
+    first_seq: WalSeq,
+) -> Result<SegmentMeta, WalError> {
+    let path = segment_path(&config.dir, id);
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .await
+        .map_err(|e| WalError::io("create", &path, e))?;
+    let header = SegmentHeader {
+        shard: config.shard,
+        segment: id,
+        first_seq,
+    }
+    .encode()
+    .to_vec();
+    let (res, _) = file.write_all_at(header, 0).await;
+    res.map_err(|e| WalError::io("write", &path, e))?;
+    if config.sync_mode != SyncMode::None {
+        file.sync_all()
+            .await
+            .map_err(|e| WalError::io("sync", &path, e))?;
+        let dir = File::open(&config.dir)
+            .await
+            .map_err(|e| WalError::io("open", &config.dir, e))?;
+        dir.sync_all()
+            .await
+            .map_err(|e| WalError::io("sync", &config.dir, e))?;
+    }
+    file.close()
+        .await
+        .map_err(|e| WalError::io("close", &path, e))?;
+    Ok(SegmentMeta {
+        id,
+        path,
+        first_seq,
+        last_seq: None,
+        len: SEGMENT_HEADER_LEN as u64,
+    })
+}
+
+/// The committer task: takes the queued entries as one group, writes them at
+/// the end of the active segment (rotating first if it is full), syncs, and
+/// publishes the new `durable_seq`.
+async fn committer(inner: Rc<Inner>, mut file: File) {
+    let mut spare: Vec<u8> = Vec::with_capacity(1 << 20);
+    loop {
+        let listener = {
+            let mut st = inner.state.borrow_mut();
+            if st.pending.is_empty() {
+                if st.closing {
+                    st.committer_done = true;
+                    drop(st);
+                    inner.changed.notify(usize::MAX);
+                    return;
+                }
+                Some(inner.work.listen())
+            } else {
+                None
+            }
+        };
+        if let Some(l) = listener {
+            l.await;
+            continue;
+        }
+        let (group, first, last, active) = {
+            let mut st = inner.state.borrow_mut();
+            let group = std::mem::replace(&mut st.pending, std::mem::take(&mut spare));
+            let first = st.pending_first;
+            let last = st.next_seq.prev().expect("pending entries have seqs");
+            st.pending_first = st.next_seq;
+            let active = st.segments.last().expect("active segment").clone();
+            (group, first, last, active)
+        };
+        // Room for the next group to queue up while this one is written.
+        inner.changed.notify(usize::MAX);
+        match commit_group(&inner, &mut file, group, first, last, active).await {
+            Ok(mut group) => {
+                group.clear();
+                spare = group;
+                inner.state.borrow_mut().durable_seq = last;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "WAL write failed; refusing further writes");
+                let mut st = inner.state.borrow_mut();
+                st.failed = Some(e.to_string());
+                st.committer_done = true;
+                drop(st);
+                inner.changed.notify(usize::MAX);
+                return;
+            }
+        }
+        inner.changed.notify(usize::MAX);
+    }
+}
+
+async fn commit_group(
+    inner: &Inner,
+    file: &mut File,
+    mut group: Vec<u8>,
+    first: WalSeq,
+    last: WalSeq,
+    mut active: SegmentMeta,
+) -> Result<Vec<u8>, WalError> {
+    let config = &inner.config;
+    if active.last_seq.is_some() && active.len + group.len() as u64 > config.segment_size {
+        let meta = create_segment(config, active.id.next(), first).await?;
+        let new_file = OpenOptions::new()
+            .write(true)
+            .open(&meta.path)
+            .await
+            .map_err(|e| WalError::io("open", &meta.path, e))?;
+        let old = std::mem::replace(file, new_file);
+        // The old segment's entries are durable already; closing is a formality.
+        let _ = old.close().await;
+        inner.state.borrow_mut().segments.push(meta.clone());
+        active = meta;
+    }
+    loop {
+        let (res, buf) = file.write_all_at(group, active.len).await;
+        group = buf;
+        let res = match res {
+            Ok(()) => sync(file, config.sync_mode)
+                .await
+                .map_err(|e| ("sync", e)),
+            Err(e) => Err(("write", e)),
+        };
+        match res {
+            Ok(()) => break,
+            // A full disk may show at the write or, with delayed allocation,
+            // at the sync: hold the group (its appenders wait) and retry.
+            Err((_, e)) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                if !inner.state.borrow().disk_full {
+                    tracing::error!(path = %active.path.display(), "WAL disk full; holding the group and retrying");
+                    inner.state.borrow_mut().disk_full = true;
+                    inner.changed.notify(usize::MAX);
+                }
+                monoio::time::sleep(DISK_FULL_RETRY).await;
+            }
+            Err((op, e)) => return Err(WalError::io(op, &active.path, e)),
+        }
+    }
+    let mut st = inner.state.borrow_mut();
+    st.disk_full = false;
+    let seg = st.segments.last_mut().expect("active segment");
+    seg.len = active.len + group.len() as u64;
+    seg.last_seq = Some(last);
+    Ok(group)
+}
