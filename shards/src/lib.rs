@@ -14,9 +14,15 @@
 //! by all cores and are reached through bounded channels.
 
 pub mod batch;
+pub mod buffer;
 pub mod catalog;
+pub mod failpoint;
+pub mod flush;
 pub mod ids;
+pub mod manifest;
+pub mod runtime;
 pub mod schema;
+pub mod shard;
 pub mod wal;
 
 pub use batch::WriteBatch;

@@ -135,10 +135,15 @@ impl Wal {
     /// Appends one entry whose payload `write_payload` encodes, and returns
     /// its sequence number once it is durable. Waits while too much is
     /// queued. A payload error leaves the WAL unchanged.
+    ///
+    /// `on_assigned` runs with the entry's sequence number right after the
+    /// entry is queued, in the same synchronous step: whatever it records
+    /// is recorded even if the caller stops waiting for durability.
     pub async fn append_with<E: std::fmt::Display>(
         &self,
         kind: EntryKind,
         write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+        on_assigned: impl FnOnce(WalSeq),
     ) -> Result<WalSeq, WalError> {
         let inner = &self.inner;
         // Backpressure: wait for room in the queue.
@@ -161,6 +166,7 @@ impl Wal {
             st.next_seq = seq.next();
             seq
         };
+        on_assigned(seq);
         inner.work.notify(1);
         loop {
             let listener = {
@@ -179,10 +185,14 @@ impl Wal {
 
     /// Appends one entry with `payload` as its bytes.
     pub async fn append(&self, kind: EntryKind, payload: &[u8]) -> Result<WalSeq, WalError> {
-        self.append_with(kind, |out| {
-            out.extend_from_slice(payload);
-            Ok::<(), std::convert::Infallible>(())
-        })
+        self.append_with(
+            kind,
+            |out| {
+                out.extend_from_slice(payload);
+                Ok::<(), std::convert::Infallible>(())
+            },
+            |_| {},
+        )
         .await
     }
 

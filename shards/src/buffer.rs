@@ -1,0 +1,565 @@
+//! The in-memory Arrow buffer of one shard's unflushed rows.
+//!
+//! Per table: column builders for the active part, plus frozen
+//! [`RecordBatch`]es. The active part is frozen once it holds
+//! `freeze_rows` rows, so a [snapshot](ShardBuffer::snapshot) costs the
+//! `Arc` clones of the frozen batches plus a copy of at most `freeze_rows`
+//! rows. A flush moves every table's rows into one *flushing* set that stays
+//! visible to snapshots until the flush is in the manifest.
+//!
+//! Invariant: the buffer holds exactly the rows of the WAL entries
+//! `(flushed watermark, applied_seq]`, each once (the flushing set holds
+//! `(flushed watermark, flushing.upto]`, the tables the rest).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
+    TimestampNanosecondBuilder, UInt64Builder,
+};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{
+    Float64Type, Int32Type, Int64Type, TimestampNanosecondType, UInt64Type,
+};
+use arrow_array::{new_null_array, Array, ArrayRef, RecordBatch};
+
+use crate::ids::WalSeq;
+use crate::schema::{time_data_type, ColumnKind, FieldType, TableKey, TableSchema};
+
+/// When a shard's buffer should be flushed, and how it is laid out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BufferConfig {
+    /// Flush once the buffer holds this many rows. Default 1,000,000.
+    pub flush_rows: usize,
+    /// Flush once the buffer holds about this many bytes. Default 256 MiB.
+    pub flush_bytes: usize,
+    /// Flush once the oldest buffered row is this old. Default 60 s.
+    pub flush_age: Duration,
+    /// The active part of a table is frozen at this many rows. Default 65,536.
+    pub freeze_rows: usize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            flush_rows: 1_000_000,
+            flush_bytes: 256 << 20,
+            flush_age: Duration::from_secs(60),
+            freeze_rows: 65_536,
+        }
+    }
+}
+
+/// Why a flush is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushReason {
+    Rows,
+    Bytes,
+    Age,
+}
+
+enum ColumnBuilder {
+    Time(TimestampNanosecondBuilder),
+    Tag(StringDictionaryBuilder<Int32Type>),
+    Float(Float64Builder),
+    Integer(Int64Builder),
+    Unsigned(UInt64Builder),
+    String(StringBuilder),
+    Boolean(BooleanBuilder),
+}
+
+impl std::fmt::Debug for ColumnBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ColumnBuilder")
+    }
+}
+
+impl ColumnBuilder {
+    fn new(kind: ColumnKind) -> ColumnBuilder {
+        match kind {
+            ColumnKind::Time => ColumnBuilder::Time(
+                TimestampNanosecondBuilder::new().with_data_type(time_data_type()),
+            ),
+            ColumnKind::Tag => ColumnBuilder::Tag(StringDictionaryBuilder::new()),
+            ColumnKind::Field(FieldType::Float) => ColumnBuilder::Float(Float64Builder::new()),
+            ColumnKind::Field(FieldType::Integer) => ColumnBuilder::Integer(Int64Builder::new()),
+            ColumnKind::Field(FieldType::Unsigned) => {
+                ColumnBuilder::Unsigned(UInt64Builder::new())
+            }
+            ColumnKind::Field(FieldType::String) => ColumnBuilder::String(StringBuilder::new()),
+            ColumnKind::Field(FieldType::Boolean) => ColumnBuilder::Boolean(BooleanBuilder::new()),
+        }
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        match self {
+            ColumnBuilder::Time(b) => b.append_nulls(n),
+            ColumnBuilder::Tag(b) => b.append_nulls(n),
+            ColumnBuilder::Float(b) => b.append_nulls(n),
+            ColumnBuilder::Integer(b) => b.append_nulls(n),
+            ColumnBuilder::Unsigned(b) => b.append_nulls(n),
+            ColumnBuilder::String(b) => b.append_nulls(n),
+            ColumnBuilder::Boolean(b) => b.append_nulls(n),
+        }
+    }
+
+    /// Appends `array`, whose type the catalog has checked to be this
+    /// column's.
+    fn append_array(&mut self, array: &dyn Array) {
+        match self {
+            ColumnBuilder::Time(b) => b.append_array(array.as_primitive::<TimestampNanosecondType>()),
+            ColumnBuilder::Tag(b) => {
+                let dict = array
+                    .as_dictionary::<Int32Type>()
+                    .downcast_dict::<arrow_array::StringArray>()
+                    .expect("tag columns are dictionaries of Utf8");
+                b.extend_dictionary(&dict)
+                    .expect("Int32 keys cannot overflow within one freeze_rows part");
+            }
+            ColumnBuilder::Float(b) => b.append_array(array.as_primitive::<Float64Type>()),
+            ColumnBuilder::Integer(b) => b.append_array(array.as_primitive::<Int64Type>()),
+            ColumnBuilder::Unsigned(b) => b.append_array(array.as_primitive::<UInt64Type>()),
+            ColumnBuilder::String(b) => b
+                .append_array(array.as_string::<i32>())
+                .expect("string offsets within one freeze_rows part fit i32"),
+            ColumnBuilder::Boolean(b) => b.append_array(array.as_boolean()),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Time(b) => Arc::new(b.finish()),
+            ColumnBuilder::Tag(b) => Arc::new(b.finish()),
+            ColumnBuilder::Float(b) => Arc::new(b.finish()),
+            ColumnBuilder::Integer(b) => Arc::new(b.finish()),
+            ColumnBuilder::Unsigned(b) => Arc::new(b.finish()),
+            ColumnBuilder::String(b) => Arc::new(b.finish()),
+            ColumnBuilder::Boolean(b) => Arc::new(b.finish()),
+        }
+    }
+
+    fn finish_cloned(&self) -> ArrayRef {
+        match self {
+            ColumnBuilder::Time(b) => Arc::new(b.finish_cloned()),
+            ColumnBuilder::Tag(b) => Arc::new(b.finish_cloned()),
+            ColumnBuilder::Float(b) => Arc::new(b.finish_cloned()),
+            ColumnBuilder::Integer(b) => Arc::new(b.finish_cloned()),
+            ColumnBuilder::Unsigned(b) => Arc::new(b.finish_cloned()),
+            ColumnBuilder::String(b) => Arc::new(b.finish_cloned()),
+            ColumnBuilder::Boolean(b) => Arc::new(b.finish_cloned()),
+        }
+    }
+}
+
+/// Pads `batch`, whose columns are a prefix of `schema`'s (the catalog only
+/// ever appends columns), with null columns up to `schema`.
+pub fn pad_to_schema(batch: &RecordBatch, schema: &TableSchema) -> RecordBatch {
+    let arrow = schema.arrow();
+    if batch.num_columns() == arrow.fields().len() {
+        return batch.clone();
+    }
+    let mut columns = batch.columns().to_vec();
+    for f in &arrow.fields()[batch.num_columns()..] {
+        columns.push(new_null_array(f.data_type(), batch.num_rows()));
+    }
+    RecordBatch::try_new(arrow.clone(), columns).expect("padded to the table schema")
+}
+
+/// The unflushed rows of one table.
+#[derive(Debug)]
+struct TableBuffer {
+    schema: TableSchema,
+    builders: Vec<ColumnBuilder>,
+    active_rows: usize,
+    frozen: Vec<RecordBatch>,
+    rows: usize,
+}
+
+impl TableBuffer {
+    fn new() -> TableBuffer {
+        TableBuffer {
+            schema: TableSchema::default(),
+            builders: vec![ColumnBuilder::new(ColumnKind::Time)],
+            active_rows: 0,
+            frozen: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    fn append(&mut self, schema: &TableSchema, batch: &RecordBatch, freeze_rows: usize) {
+        if schema.len() > self.schema.len() {
+            for (_, kind) in schema.columns().skip(self.schema.len()) {
+                let mut b = ColumnBuilder::new(kind);
+                b.append_nulls(self.active_rows);
+                self.builders.push(b);
+            }
+            self.schema = schema.clone();
+        }
+        let n = batch.num_rows();
+        let batch_schema = batch.schema_ref();
+        for (i, (name, _)) in self.schema.columns().enumerate() {
+            match batch_schema.index_of(name) {
+                Ok(j) => self.builders[i].append_array(batch.column(j).as_ref()),
+                Err(_) => self.builders[i].append_nulls(n),
+            }
+        }
+        self.active_rows += n;
+        self.rows += n;
+        if self.active_rows >= freeze_rows {
+            self.freeze();
+        }
+    }
+
+    fn freeze(&mut self) {
+        if self.active_rows == 0 {
+            return;
+        }
+        let columns = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
+        let batch = RecordBatch::try_new(self.schema.arrow().clone(), columns)
+            .expect("builders follow the table schema");
+        self.frozen.push(batch);
+        self.active_rows = 0;
+    }
+
+    fn snapshot(&self) -> Vec<RecordBatch> {
+        let mut out: Vec<RecordBatch> = self
+            .frozen
+            .iter()
+            .map(|b| pad_to_schema(b, &self.schema))
+            .collect();
+        if self.active_rows > 0 {
+            let columns = self.builders.iter().map(ColumnBuilder::finish_cloned).collect();
+            out.push(
+                RecordBatch::try_new(self.schema.arrow().clone(), columns)
+                    .expect("builders follow the table schema"),
+            );
+        }
+        out
+    }
+
+    fn take(&mut self) -> FrozenTable {
+        self.freeze();
+        FrozenTable {
+            schema: self.schema.clone(),
+            batches: std::mem::take(&mut self.frozen)
+                .iter()
+                .map(|b| pad_to_schema(b, &self.schema))
+                .collect(),
+        }
+    }
+}
+
+/// The rows of one table, frozen: what a flush writes.
+#[derive(Debug, Clone)]
+pub struct FrozenTable {
+    pub schema: TableSchema,
+    /// Every batch has exactly `schema`'s columns.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl FrozenTable {
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+/// The rows being flushed: every table's rows of the WAL entries up to `upto`.
+#[derive(Debug, Clone)]
+pub struct FlushingSet {
+    pub upto: WalSeq,
+    pub tables: BTreeMap<TableKey, FrozenTable>,
+}
+
+/// An immutable view of one table's buffered rows.
+#[derive(Debug, Clone)]
+pub struct TableSnapshot {
+    pub schema: TableSchema,
+    /// Rows not yet being flushed; each batch has exactly `schema`'s columns.
+    pub live: Vec<RecordBatch>,
+    /// Rows of the flush in flight, which covers the WAL entries up to
+    /// `flushing_upto`. Once the manifest records that flush, the same rows
+    /// are in Parquet files: a reader of both must skip these.
+    pub flushing: Vec<RecordBatch>,
+    pub flushing_upto: Option<WalSeq>,
+}
+
+/// An immutable view of a shard's buffer, cheap to take.
+#[derive(Debug, Clone, Default)]
+pub struct BufferSnapshot {
+    pub applied_seq: WalSeq,
+    pub tables: BTreeMap<TableKey, TableSnapshot>,
+}
+
+impl BufferSnapshot {
+    pub fn num_rows(&self) -> usize {
+        self.tables
+            .values()
+            .flat_map(|t| t.live.iter().chain(&t.flushing))
+            .map(RecordBatch::num_rows)
+            .sum()
+    }
+}
+
+/// A shard's buffer. Owned by the shard's core. See the [module docs](self).
+#[derive(Debug)]
+pub struct ShardBuffer {
+    config: BufferConfig,
+    tables: BTreeMap<TableKey, TableBuffer>,
+    flushing: Option<FlushingSet>,
+    applied_seq: WalSeq,
+    rows: usize,
+    bytes: usize,
+    oldest: Option<Instant>,
+}
+
+impl ShardBuffer {
+    /// An empty buffer whose rows start after `flushed_seq`.
+    pub fn new(config: BufferConfig, flushed_seq: WalSeq) -> ShardBuffer {
+        ShardBuffer {
+            config,
+            tables: BTreeMap::new(),
+            flushing: None,
+            applied_seq: flushed_seq,
+            rows: 0,
+            bytes: 0,
+            oldest: None,
+        }
+    }
+
+    /// The last WAL entry whose rows are in the buffer.
+    pub fn applied_seq(&self) -> WalSeq {
+        self.applied_seq
+    }
+
+    /// Rows outside the flushing set.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Approximate bytes outside the flushing set.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn is_flushing(&self) -> bool {
+        self.flushing.is_some()
+    }
+
+    /// Appends the rows of WAL entry `seq`, which must be `applied_seq + 1`.
+    /// `schema` is the table's catalog schema, a superset of `batch`'s.
+    pub fn append(&mut self, seq: WalSeq, table: &TableKey, schema: &TableSchema, batch: &RecordBatch) {
+        assert_eq!(seq, self.applied_seq.next(), "buffer entries must be applied in order");
+        if !self.tables.contains_key(table) {
+            self.tables.insert(table.clone(), TableBuffer::new());
+        }
+        let t = self.tables.get_mut(table).expect("inserted above");
+        t.append(schema, batch, self.config.freeze_rows);
+        self.applied_seq = seq;
+        self.rows += batch.num_rows();
+        self.bytes += batch.get_array_memory_size();
+        self.oldest.get_or_insert_with(Instant::now);
+    }
+
+    /// Moves the position past WAL entries that hold no rows for the buffer
+    /// (entries skipped as corrupt during recovery).
+    pub fn skip_to(&mut self, seq: WalSeq) {
+        if seq > self.applied_seq {
+            self.applied_seq = seq;
+        }
+    }
+
+    /// Whether a flush is due at `now`, and why.
+    pub fn flush_due(&self, now: Instant) -> Option<FlushReason> {
+        if self.rows == 0 {
+            None
+        } else if self.rows >= self.config.flush_rows {
+            Some(FlushReason::Rows)
+        } else if self.bytes >= self.config.flush_bytes {
+            Some(FlushReason::Bytes)
+        } else if self
+            .oldest
+            .is_some_and(|t| now.duration_since(t) >= self.config.flush_age)
+        {
+            Some(FlushReason::Age)
+        } else {
+            None
+        }
+    }
+
+    /// Moves every table's rows into the flushing set and returns a copy of
+    /// it. `None` if there is nothing to flush. If a flush is still in
+    /// flight, returns that set again (to retry it) instead.
+    pub fn begin_flush(&mut self) -> Option<FlushingSet> {
+        if let Some(f) = &self.flushing {
+            return Some(f.clone());
+        }
+        if self.rows == 0 {
+            return None;
+        }
+        let tables = std::mem::take(&mut self.tables)
+            .into_iter()
+            .map(|(k, mut t)| (k, t.take()))
+            .filter(|(_, t)| t.num_rows() > 0)
+            .collect();
+        self.rows = 0;
+        self.bytes = 0;
+        self.oldest = None;
+        let set = FlushingSet {
+            upto: self.applied_seq,
+            tables,
+        };
+        self.flushing = Some(set.clone());
+        Some(set)
+    }
+
+    /// Drops the flushing set once its files are in the manifest.
+    pub fn finish_flush(&mut self, upto: WalSeq) {
+        if self.flushing.as_ref().is_some_and(|f| f.upto == upto) {
+            self.flushing = None;
+        }
+    }
+
+    /// A snapshot of every table, flushing rows included.
+    pub fn snapshot(&self) -> BufferSnapshot {
+        let mut tables: BTreeMap<TableKey, TableSnapshot> = BTreeMap::new();
+        for (k, t) in &self.tables {
+            tables.insert(
+                k.clone(),
+                TableSnapshot {
+                    schema: t.schema.clone(),
+                    live: t.snapshot(),
+                    flushing: Vec::new(),
+                    flushing_upto: None,
+                },
+            );
+        }
+        if let Some(f) = &self.flushing {
+            for (k, ft) in &f.tables {
+                let entry = tables.entry(k.clone()).or_insert_with(|| TableSnapshot {
+                    schema: ft.schema.clone(),
+                    live: Vec::new(),
+                    flushing: Vec::new(),
+                    flushing_upto: None,
+                });
+                // The live part's schema is at least as wide as the flushing one.
+                if entry.schema.len() < ft.schema.len() {
+                    entry.schema = ft.schema.clone();
+                }
+                entry.flushing = ft.batches.clone();
+                entry.flushing_upto = Some(f.upto);
+            }
+        }
+        for t in tables.values_mut() {
+            for b in t.live.iter_mut().chain(t.flushing.iter_mut()) {
+                *b = pad_to_schema(b, &t.schema);
+            }
+        }
+        BufferSnapshot {
+            applied_seq: self.applied_seq,
+            tables,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_select::concat::concat_batches;
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::batch::test_util::*;
+    use crate::catalog::{Catalog, CatalogCache};
+    use crate::WriteBatch;
+
+    fn all_rows(batches: &[RecordBatch], schema: &TableSchema) -> RecordBatch {
+        concat_batches(schema.arrow(), batches).unwrap()
+    }
+
+    /// Projects a batch of the test table to a subset of its columns.
+    fn project(b: &WriteBatch, keep: &[usize]) -> WriteBatch {
+        let mut cols: Vec<usize> = vec![0];
+        cols.extend(keep.iter().copied().filter(|&c| c > 0));
+        cols.sort();
+        cols.dedup();
+        WriteBatch::try_new(b.table().clone(), b.batch().project(&cols).unwrap()).unwrap()
+    }
+
+    proptest! {
+        #[test]
+        fn snapshot_equals_appended_rows(
+            batches in proptest::collection::vec(
+                (proptest::collection::vec((0i64..10_000, 0u8..4, -1e6f64..1e6), 1..40),
+                 proptest::collection::vec(0usize..8, 0..8)),
+                1..20),
+            freeze_rows in 1usize..100,
+        ) {
+            let config = BufferConfig { freeze_rows, ..BufferConfig::default() };
+            let mut buf = ShardBuffer::new(config, WalSeq::ZERO);
+            let mut cache = CatalogCache::new(Catalog::new());
+            let mut written = Vec::new();
+            let mut seq = WalSeq::ZERO;
+            for (rows, keep) in &batches {
+                let rows: Vec<Row> = rows.iter().map(|(t, h, u)| row(*t, &format!("h{h}"), *u)).collect();
+                let wb = project(&cpu_batch(&rows), keep);
+                let schema = cache.check(wb.table(), wb.batch().schema_ref()).unwrap();
+                seq = seq.next();
+                buf.append(seq, wb.table(), &schema, wb.batch());
+                written.push(wb);
+            }
+            let snap = buf.snapshot();
+            let t = &snap.tables[written[0].table()];
+            let got = all_rows(&t.live, &t.schema);
+            let want: Vec<RecordBatch> = written.iter().map(|w| pad_to_schema_by_name(w.batch(), &t.schema)).collect();
+            let want = all_rows(&want, &t.schema);
+            prop_assert_eq!(got, want);
+            prop_assert_eq!(snap.applied_seq, seq);
+            // Flushing moves every row into the flushing set, visible still.
+            let set = buf.begin_flush().unwrap();
+            prop_assert_eq!(set.upto, seq);
+            prop_assert_eq!(buf.snapshot().num_rows(), snap.num_rows());
+            buf.finish_flush(seq);
+            prop_assert_eq!(buf.snapshot().num_rows(), 0);
+        }
+    }
+
+    /// Reorders and pads `batch`'s columns to `schema` by name (the reference
+    /// the buffer's builders must agree with).
+    fn pad_to_schema_by_name(batch: &RecordBatch, schema: &TableSchema) -> RecordBatch {
+        let cols = schema
+            .arrow()
+            .fields()
+            .iter()
+            .map(|f| match batch.column_by_name(f.name()) {
+                Some(c) => c.clone(),
+                None => new_null_array(f.data_type(), batch.num_rows()),
+            })
+            .collect();
+        RecordBatch::try_new(schema.arrow().clone(), cols).unwrap()
+    }
+
+    #[test]
+    fn flush_triggers() {
+        let config = BufferConfig {
+            flush_rows: 3,
+            flush_age: Duration::from_secs(10),
+            ..BufferConfig::default()
+        };
+        let mut buf = ShardBuffer::new(config, WalSeq(7));
+        let now = Instant::now();
+        assert_eq!(buf.flush_due(now), None);
+        let mut cache = CatalogCache::new(Catalog::new());
+        let wb = cpu_batch(&[row(1, "a", 1.0)]);
+        let schema = cache.check(wb.table(), wb.batch().schema_ref()).unwrap();
+        buf.append(WalSeq(8), wb.table(), &schema, wb.batch());
+        assert_eq!(buf.flush_due(Instant::now()), None);
+        assert_eq!(
+            buf.flush_due(Instant::now() + Duration::from_secs(11)),
+            Some(FlushReason::Age)
+        );
+        let wb = cpu_batch(&[row(2, "a", 1.0), row(3, "b", 2.0)]);
+        buf.append(WalSeq(9), wb.table(), &schema, wb.batch());
+        assert_eq!(buf.flush_due(Instant::now()), Some(FlushReason::Rows));
+    }
+}

@@ -1,0 +1,420 @@
+//! Turning frozen buffers into Parquet files, on flush worker threads.
+//!
+//! A flush job carries one shard's [`FlushingSet`]. A worker writes, per
+//! table and per hour of data, one Parquet file at
+//! `<db>/<measurement>/<YYYY>/<MM>/<DD>/<HH>/<shard>-<upto>.parquet`: rows
+//! sorted by the tag columns (by name) then time, zstd, page statistics, the
+//! tag column names in the key-value metadata (`tidemark.tags`, a JSON
+//! array), and the SHA-256 of the bytes recorded. Files go through
+//! `object_store`; on a local directory each file and its directories are
+//! fsynced before the [`Manifest`] records the flush (see its docs for the
+//! crash-safety argument).
+//!
+//! Workers are plain threads fed by a bounded channel: Parquet encoding never
+//! runs on a shard core, and a full channel slows the submitting shard.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampNanosecondType;
+use arrow_array::{Array, Int64Array, RecordBatch, UInt32Array};
+use arrow_row::{RowConverter, SortField};
+use arrow_schema::{ArrowError, DataType};
+use arrow_select::concat::concat_batches;
+use arrow_select::take::take_record_batch;
+use bytes::Bytes;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::{KeyValue, SortingColumn};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use sha2::{Digest, Sha256};
+
+use crate::buffer::{FlushingSet, FrozenTable};
+use crate::failpoint::crash_point;
+use crate::ids::{ShardId, WalSeq};
+use crate::manifest::{FileMeta, Manifest, ManifestError};
+use crate::schema::{ColumnKind, TableKey, TIME_COLUMN};
+
+/// Nanoseconds in an hour: files are split at hour boundaries.
+pub const HOUR_NS: i64 = 3_600_000_000_000;
+/// Key-value metadata key listing a file's tag columns (JSON array).
+pub const TAGS_METADATA_KEY: &str = "tidemark.tags";
+
+/// Errors of a flush.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("flush encode {table}: {source}")]
+    Arrow { table: String, source: ArrowError },
+    #[error("flush parquet {table}: {source}")]
+    Parquet {
+        table: String,
+        source: parquet::errors::ParquetError,
+    },
+    #[error("flush store {path}: {message}")]
+    Store { path: String, message: String },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("flush workers have stopped")]
+    Stopped,
+}
+
+/// Where Parquet files live: an `object_store`, plus the local root when it
+/// is a local directory (for fsync and orphan removal).
+#[derive(Debug)]
+pub struct FileStore {
+    store: Arc<dyn ObjectStore>,
+    local_root: Option<PathBuf>,
+}
+
+impl FileStore {
+    /// A store in the local directory `root` (created if missing).
+    pub fn local(root: &Path) -> Result<FileStore, FlushError> {
+        std::fs::create_dir_all(root).map_err(|e| FlushError::Store {
+            path: root.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let store = LocalFileSystem::new_with_prefix(root).map_err(|e| FlushError::Store {
+            path: root.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(FileStore {
+            store: Arc::new(store),
+            local_root: Some(root.to_path_buf()),
+        })
+    }
+
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn local_root(&self) -> Option<&Path> {
+        self.local_root.as_deref()
+    }
+
+    /// Writes `bytes` at `path` and, on a local directory, makes the file and
+    /// every directory from it up to the root durable.
+    pub fn put(&self, path: &str, bytes: Bytes) -> Result<(), FlushError> {
+        let store_err = |message: String| FlushError::Store {
+            path: path.to_string(),
+            message,
+        };
+        let location = ObjectPath::parse(path).map_err(|e| store_err(e.to_string()))?;
+        futures::executor::block_on(self.store.put(&location, PutPayload::from(bytes)))
+            .map_err(|e| store_err(e.to_string()))?;
+        if let Some(root) = &self.local_root {
+            let file = root.join(path);
+            std::fs::File::open(&file)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| store_err(e.to_string()))?;
+            let mut dir = file.parent();
+            while let Some(d) = dir {
+                std::fs::File::open(d)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| store_err(e.to_string()))?;
+                if d == root {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the whole object at `path`.
+    pub fn get(&self, path: &str) -> Result<Bytes, FlushError> {
+        let store_err = |message: String| FlushError::Store {
+            path: path.to_string(),
+            message,
+        };
+        let location = ObjectPath::parse(path).map_err(|e| store_err(e.to_string()))?;
+        futures::executor::block_on(async {
+            self.store.get(&location).await?.bytes().await
+        })
+        .map_err(|e| store_err(e.to_string()))
+    }
+
+    /// Deletes every file under a local root that the manifest does not know:
+    /// files of flushes that crashed before their commit, and half-written
+    /// uploads. Returns the paths removed.
+    pub fn remove_orphans(&self, manifest: &Manifest) -> Result<Vec<String>, FlushError> {
+        let Some(root) = &self.local_root else {
+            return Ok(Vec::new());
+        };
+        let mut removed = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let entries = std::fs::read_dir(&dir).map_err(|e| FlushError::Store {
+                path: dir.display().to_string(),
+                message: e.to_string(),
+            })?;
+            for entry in entries.flatten() {
+                let p = entry.path();
+                if p.is_dir() {
+                    stack.push(p);
+                    continue;
+                }
+                let rel = p
+                    .strip_prefix(root)
+                    .ok()
+                    .and_then(|r| r.to_str())
+                    .map(|s| s.replace(std::path::MAIN_SEPARATOR, "/"));
+                if let Some(rel) = rel {
+                    if !manifest.contains(&rel) {
+                        tracing::warn!(path = %rel, "removing file not in the manifest");
+                        std::fs::remove_file(&p).map_err(|e| FlushError::Store {
+                            path: rel.clone(),
+                            message: e.to_string(),
+                        })?;
+                        removed.push(rel);
+                    }
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The object path of the file of `table`, hour `hour`, written by the flush
+/// of `shard` up to `upto`.
+pub fn file_path(table: &TableKey, hour: i64, shard: ShardId, upto: WalSeq) -> String {
+    let t = chrono::DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default();
+    format!(
+        "{}/{}/{}/{:03}-{:020}.parquet",
+        table.database(),
+        table.measurement(),
+        t.format("%Y/%m/%d/%H"),
+        shard.0,
+        upto.0
+    )
+}
+
+/// One encoded Parquet file, ready to store.
+#[derive(Debug)]
+pub struct EncodedFile {
+    pub meta: FileMeta,
+    pub bytes: Bytes,
+}
+
+/// Encodes the rows of one table as one Parquet file per hour of data.
+pub fn encode_table(
+    table: &TableKey,
+    frozen: &FrozenTable,
+    shard: ShardId,
+    upto: WalSeq,
+) -> Result<Vec<EncodedFile>, FlushError> {
+    let arrow_err = |source| FlushError::Arrow {
+        table: table.to_string(),
+        source,
+    };
+    let schema = frozen.schema.arrow();
+    let batch = concat_batches(schema, &frozen.batches).map_err(arrow_err)?;
+    if batch.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let time_idx = schema.index_of(TIME_COLUMN).map_err(arrow_err)?;
+    let times = batch.column(time_idx).as_primitive::<TimestampNanosecondType>();
+    let hours: Int64Array = times
+        .values()
+        .iter()
+        .map(|t| t.div_euclid(HOUR_NS))
+        .collect();
+    let tags = frozen.schema.tag_names();
+    // Sort by (hour, tags by name, time) in one pass, then cut at hours.
+    let mut fields = vec![SortField::new(DataType::Int64)];
+    let mut columns = vec![Arc::new(hours) as Arc<dyn Array>];
+    for tag in &tags {
+        let idx = schema.index_of(tag).map_err(arrow_err)?;
+        fields.push(SortField::new(schema.field(idx).data_type().clone()));
+        columns.push(batch.column(idx).clone());
+    }
+    fields.push(SortField::new(schema.field(time_idx).data_type().clone()));
+    columns.push(batch.column(time_idx).clone());
+    let converter = RowConverter::new(fields).map_err(arrow_err)?;
+    let rows = converter.convert_columns(&columns).map_err(arrow_err)?;
+    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
+    order.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    let order = UInt32Array::from(order);
+    let sorted = take_record_batch(&batch, &order).map_err(arrow_err)?;
+    let sorted_hours: Vec<i64> = order
+        .values()
+        .iter()
+        .map(|&i| times.value(i as usize).div_euclid(HOUR_NS))
+        .collect();
+
+    let sorting: Vec<SortingColumn> = tags
+        .iter()
+        .map(|t| schema.index_of(t).expect("tag in schema"))
+        .chain([time_idx])
+        .map(|i| SortingColumn {
+            column_idx: i as i32,
+            descending: false,
+            nulls_first: true,
+        })
+        .collect();
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_sorting_columns(Some(sorting))
+        .set_key_value_metadata(Some(vec![
+            KeyValue::new(
+                TAGS_METADATA_KEY.to_string(),
+                serde_json::to_string(&tags).expect("strings serialize"),
+            ),
+            KeyValue::new("tidemark.shard".to_string(), shard.0.to_string()),
+            KeyValue::new("tidemark.upto_seq".to_string(), upto.0.to_string()),
+        ]))
+        .build();
+    let columns_meta: Vec<(String, ColumnKind)> = frozen
+        .schema
+        .columns()
+        .map(|(n, k)| (n.to_string(), k))
+        .collect();
+
+    let mut files = Vec::new();
+    let mut start = 0;
+    while start < sorted_hours.len() {
+        let hour = sorted_hours[start];
+        let end = start + sorted_hours[start..].partition_point(|&h| h == hour);
+        let part: RecordBatch = sorted.slice(start, end - start);
+        let part_times = part.column(time_idx).as_primitive::<TimestampNanosecondType>();
+        let (min_time, max_time) = part_times
+            .values()
+            .iter()
+            .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+        let parquet_err = |source| FlushError::Parquet {
+            table: table.to_string(),
+            source,
+        };
+        let mut buf = Vec::new();
+        let mut writer =
+            ArrowWriter::try_new(&mut buf, schema.clone(), Some(props.clone())).map_err(parquet_err)?;
+        writer.write(&part).map_err(parquet_err)?;
+        writer.close().map_err(parquet_err)?;
+        let sha256 = hex::encode(Sha256::digest(&buf));
+        files.push(EncodedFile {
+            meta: FileMeta {
+                path: file_path(table, hour, shard, upto),
+                database: table.database().to_string(),
+                measurement: table.measurement().to_string(),
+                shard,
+                upto,
+                hour,
+                rows: part.num_rows() as u64,
+                size: buf.len() as u64,
+                sha256,
+                min_time,
+                max_time,
+                columns: columns_meta.clone(),
+            },
+            bytes: Bytes::from(buf),
+        });
+        start = end;
+    }
+    Ok(files)
+}
+
+/// Writes every file of `set` and commits them to the manifest.
+pub fn run_flush(
+    store: &FileStore,
+    manifest: &Manifest,
+    shard: ShardId,
+    set: &FlushingSet,
+) -> Result<Vec<FileMeta>, FlushError> {
+    let mut metas = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (table, frozen) in &set.tables {
+        for file in encode_table(table, frozen, shard, set.upto)? {
+            debug_assert!(seen.insert(file.meta.path.clone()), "file paths are unique");
+            crash_point("flush.before_put");
+            store.put(&file.meta.path, file.bytes)?;
+            metas.push(file.meta);
+        }
+    }
+    crash_point("flush.before_manifest");
+    manifest.commit_flush(shard, set.upto, metas.clone())?;
+    crash_point("flush.after_manifest");
+    Ok(metas)
+}
+
+struct Task {
+    shard: ShardId,
+    set: FlushingSet,
+    reply: futures::channel::oneshot::Sender<Result<Vec<FileMeta>, FlushError>>,
+}
+
+/// The sending side of the flush workers. Cheap to clone; `Send`.
+#[derive(Clone)]
+pub struct FlushPool {
+    tx: crossbeam_channel::Sender<Task>,
+}
+
+impl std::fmt::Debug for FlushPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlushPool").finish_non_exhaustive()
+    }
+}
+
+impl FlushPool {
+    /// Starts `workers` flush threads with a queue of `capacity` jobs. The
+    /// threads end once every `FlushPool` clone is dropped.
+    pub fn start(
+        workers: usize,
+        capacity: usize,
+        store: Arc<FileStore>,
+        manifest: Arc<Manifest>,
+    ) -> (FlushPool, Vec<JoinHandle<()>>) {
+        let (tx, rx) = crossbeam_channel::bounded::<Task>(capacity.max(1));
+        let handles = (0..workers.max(1))
+            .map(|i| {
+                let rx = rx.clone();
+                let store = store.clone();
+                let manifest = manifest.clone();
+                std::thread::Builder::new()
+                    .name(format!("tidemark-flush-{i}"))
+                    .spawn(move || {
+                        for task in rx {
+                            let res = run_flush(&store, &manifest, task.shard, &task.set);
+                            if let Err(e) = &res {
+                                tracing::error!(shard = %task.shard, upto = %task.set.upto, error = %e, "flush failed");
+                            }
+                            let _ = task.reply.send(res);
+                        }
+                    })
+                    .expect("spawn flush worker")
+            })
+            .collect();
+        (FlushPool { tx }, handles)
+    }
+
+    /// Hands `set` to a worker and waits for its files to be in the
+    /// manifest. While the queue is full the caller waits (polling every
+    /// millisecond on its own runtime), so a busy pool slows shards down.
+    pub async fn flush(
+        &self,
+        shard: ShardId,
+        set: FlushingSet,
+    ) -> Result<Vec<FileMeta>, FlushError> {
+        let (reply, rx) = futures::channel::oneshot::channel();
+        let mut task = Task { shard, set, reply };
+        loop {
+            match self.tx.try_send(task) {
+                Ok(()) => break,
+                Err(crossbeam_channel::TrySendError::Full(t)) => {
+                    task = t;
+                    monoio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                    return Err(FlushError::Stopped)
+                }
+            }
+        }
+        rx.await.map_err(|_| FlushError::Stopped)?
+    }
+}

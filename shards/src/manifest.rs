@@ -1,0 +1,309 @@
+//! The durable list of a node's Parquet files and each shard's flushed
+//! watermark.
+//!
+//! `manifest.log` is an append-only log of records, each
+//! `len u32 | crc32c u32 | JSON` (little-endian), made durable with
+//! `fdatasync` before [`Manifest::commit_flush`] returns. One record holds
+//! every file of one flush together with the shard's new watermark, so a
+//! flush is in the manifest whole or not at all. A torn last record is
+//! truncated at open; a corrupt record before the end refuses the open.
+//!
+//! Crash safety of a flush: files are written and fsynced first, then the
+//! record is committed, then WAL segments are deleted. A crash before the
+//! commit leaves files the manifest does not know (removed at start-up by
+//! [`crate::flush::FileStore::remove_orphans`]) and the rows still in the
+//! WAL; a crash after it leaves the rows in files and the WAL replays only
+//! entries after the watermark. Either way no row is lost or doubled.
+//!
+//! Shared by the flush workers of all shards (a mutex, off the hot path).
+//! Raft replaces the log in a cluster.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ShardId, WalSeq};
+use crate::schema::ColumnKind;
+
+const LOG_NAME: &str = "manifest.log";
+const RECORD_HEADER: usize = 8;
+
+/// A Parquet file the manifest knows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// Object path relative to the store root:
+    /// `<db>/<measurement>/<YYYY>/<MM>/<DD>/<HH>/<name>.parquet`.
+    pub path: String,
+    pub database: String,
+    pub measurement: String,
+    pub shard: ShardId,
+    /// The flush's watermark: the file holds rows of WAL entries up to here.
+    pub upto: WalSeq,
+    /// Hours since the Unix epoch of every row in the file.
+    pub hour: i64,
+    pub rows: u64,
+    pub size: u64,
+    /// Hex SHA-256 of the file's bytes.
+    pub sha256: String,
+    pub min_time: i64,
+    pub max_time: i64,
+    /// The file's columns in order.
+    pub columns: Vec<(String, ColumnKind)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Record {
+    Flush {
+        shard: ShardId,
+        upto: WalSeq,
+        files: Vec<FileMeta>,
+    },
+}
+
+/// Errors of the manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("manifest {path} is corrupt at offset {offset}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("flush of shard {shard} up to {upto} is not after its watermark {flushed}")]
+    Stale {
+        shard: ShardId,
+        upto: WalSeq,
+        flushed: WalSeq,
+    },
+}
+
+#[derive(Debug)]
+struct State {
+    file: fs::File,
+    files: BTreeMap<String, FileMeta>,
+    flushed: BTreeMap<ShardId, WalSeq>,
+}
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub struct Manifest {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ManifestError + 'a {
+    move |source| ManifestError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Manifest {
+    /// Opens (or creates) the manifest in `dir`, truncating a torn last record.
+    pub fn open(dir: &Path) -> Result<Manifest, ManifestError> {
+        fs::create_dir_all(dir).map_err(io_err("create", dir))?;
+        let path = dir.join(LOG_NAME);
+        let existed = path.exists();
+        let data = if existed {
+            fs::read(&path).map_err(io_err("read", &path))?
+        } else {
+            Vec::new()
+        };
+        let mut files = BTreeMap::new();
+        let mut flushed = BTreeMap::new();
+        let mut off = 0usize;
+        while off < data.len() {
+            let rest = &data[off..];
+            let complete = rest.len() >= RECORD_HEADER && {
+                let len = u32::from_le_bytes(rest[0..4].try_into().expect("4")) as usize;
+                rest.len() >= RECORD_HEADER + len
+            };
+            if !complete {
+                break; // torn tail
+            }
+            let len = u32::from_le_bytes(rest[0..4].try_into().expect("4")) as usize;
+            let crc = u32::from_le_bytes(rest[4..8].try_into().expect("4"));
+            let body = &rest[RECORD_HEADER..RECORD_HEADER + len];
+            let corrupt = |reason: String| ManifestError::Corrupt {
+                path: path.clone(),
+                offset: off as u64,
+                reason,
+            };
+            if crc32c::crc32c(body) != crc {
+                if off + RECORD_HEADER + len == data.len() {
+                    break; // the last record, torn
+                }
+                return Err(corrupt("record checksum mismatch".into()));
+            }
+            let record: Record =
+                serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?;
+            match record {
+                Record::Flush {
+                    shard,
+                    upto,
+                    files: new,
+                } => {
+                    flushed.insert(shard, upto);
+                    for f in new {
+                        files.insert(f.path.clone(), f);
+                    }
+                }
+            }
+            off += RECORD_HEADER + len;
+        }
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err("open", &path))?;
+        if off < data.len() {
+            tracing::warn!(path = %path.display(), torn_bytes = data.len() - off, "truncating torn manifest record");
+            file.set_len(off as u64)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err("truncate", &path))?;
+        }
+        if !existed {
+            file.sync_all().map_err(io_err("sync", &path))?;
+            fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err("sync", dir))?;
+        }
+        Ok(Manifest {
+            path,
+            state: Mutex::new(State {
+                file,
+                files,
+                flushed,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("manifest lock poisoned")
+    }
+
+    /// Records the files of one flush of `shard` and its new watermark
+    /// `upto`, durably, in one record.
+    pub fn commit_flush(
+        &self,
+        shard: ShardId,
+        upto: WalSeq,
+        files: Vec<FileMeta>,
+    ) -> Result<(), ManifestError> {
+        let mut st = self.lock();
+        let flushed = st.flushed.get(&shard).copied().unwrap_or(WalSeq::ZERO);
+        if upto <= flushed {
+            return Err(ManifestError::Stale {
+                shard,
+                upto,
+                flushed,
+            });
+        }
+        let record = Record::Flush { shard, upto, files };
+        let body = serde_json::to_vec(&record).expect("manifest records serialize");
+        let mut buf = Vec::with_capacity(RECORD_HEADER + body.len());
+        buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        buf.extend_from_slice(&body);
+        st.file
+            .write_all(&buf)
+            .and_then(|()| st.file.sync_data())
+            .map_err(io_err("append", &self.path))?;
+        let Record::Flush { files, .. } = record;
+        st.flushed.insert(shard, upto);
+        for f in files {
+            st.files.insert(f.path.clone(), f);
+        }
+        Ok(())
+    }
+
+    /// The last WAL entry of `shard` whose rows are in files (`ZERO` if none).
+    pub fn flushed_seq(&self, shard: ShardId) -> WalSeq {
+        self.lock()
+            .flushed
+            .get(&shard)
+            .copied()
+            .unwrap_or(WalSeq::ZERO)
+    }
+
+    /// Every file, sorted by path.
+    pub fn files(&self) -> Vec<FileMeta> {
+        self.lock().files.values().cloned().collect()
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        self.lock().files.contains_key(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(path: &str) -> FileMeta {
+        FileMeta {
+            path: path.into(),
+            database: "db".into(),
+            measurement: "cpu".into(),
+            shard: ShardId(0),
+            upto: WalSeq(5),
+            hour: 1,
+            rows: 10,
+            size: 100,
+            sha256: "00".into(),
+            min_time: 0,
+            max_time: 1,
+            columns: vec![("time".into(), ColumnKind::Time)],
+        }
+    }
+
+    #[test]
+    fn commit_reopen_and_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Manifest::open(dir.path()).unwrap();
+        m.commit_flush(ShardId(0), WalSeq(5), vec![meta("a"), meta("b")])
+            .unwrap();
+        m.commit_flush(ShardId(1), WalSeq(3), vec![meta("c")]).unwrap();
+        assert!(matches!(
+            m.commit_flush(ShardId(0), WalSeq(5), vec![]),
+            Err(ManifestError::Stale { .. })
+        ));
+        drop(m);
+        let log = dir.path().join(LOG_NAME);
+        let full = fs::read(&log).unwrap();
+        // Every cut inside the last record loses exactly that record.
+        let first_len = 8 + u32::from_le_bytes(full[0..4].try_into().unwrap()) as usize;
+        for cut in first_len..full.len() {
+            fs::write(&log, &full[..cut]).unwrap();
+            let m = Manifest::open(dir.path()).unwrap();
+            assert_eq!(m.files().len(), 2, "cut {cut}");
+            assert_eq!(m.flushed_seq(ShardId(1)), WalSeq::ZERO);
+            assert_eq!(fs::metadata(&log).unwrap().len() as usize, first_len);
+        }
+        fs::write(&log, &full).unwrap();
+        let m = Manifest::open(dir.path()).unwrap();
+        assert_eq!(m.files().len(), 3);
+        assert_eq!(m.flushed_seq(ShardId(0)), WalSeq(5));
+        assert_eq!(m.flushed_seq(ShardId(1)), WalSeq(3));
+        // A corrupt record in the middle refuses the open.
+        let mut bad = full.clone();
+        bad[12] ^= 0xff;
+        fs::write(&log, &bad).unwrap();
+        assert!(matches!(
+            Manifest::open(dir.path()),
+            Err(ManifestError::Corrupt { offset: 0, .. })
+        ));
+    }
+}

@@ -1,0 +1,362 @@
+//! One shard: the WAL, buffer and catalog cache that one core owns, and the
+//! order in which a write moves through them.
+//!
+//! A write is checked against the catalog, appended to the WAL (group
+//! commit), and, once durable, applied to the buffer in sequence order; then
+//! it is acknowledged, so a query issued after the acknowledgement sees it.
+//! The batch is queued for the buffer in the same synchronous step that gives
+//! it its sequence number, so a write whose caller goes away (a dropped
+//! connection) still reaches the buffer once durable, and entries reach the
+//! buffer in order whichever task resumes first.
+//!
+//! Invariants: `flushed_seq <= buffer.applied_seq <= wal.durable_seq`; the
+//! buffer holds exactly the rows of the entries after `flushed_seq`.
+//!
+//! `!Send`: a shard lives on its core; other threads reach it through the
+//! core's channels.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use event_listener::Event;
+
+use crate::batch::WriteBatch;
+use crate::buffer::{BufferConfig, BufferSnapshot, FlushReason, ShardBuffer};
+use crate::catalog::{Catalog, CatalogCache};
+use crate::failpoint::crash_point;
+use crate::flush::{FlushError, FlushPool};
+use crate::ids::{ShardId, WalSeq};
+use crate::manifest::{FileMeta, Manifest};
+use crate::schema::{SchemaError, TableKey, TableSchema};
+use crate::wal::payload::{decode_write, encode_write};
+use crate::wal::{EntryKind, RecoveryMode, RecoveryReport, Wal, WalConfig, WalError};
+
+/// Settings of one shard.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    pub wal: WalConfig,
+    pub buffer: BufferConfig,
+    /// Writes wait while the buffer (flushing set excluded) holds this many
+    /// bytes, until a flush frees it. Default 1 GiB.
+    pub max_buffer_bytes: usize,
+}
+
+impl ShardConfig {
+    pub fn new(wal: WalConfig) -> ShardConfig {
+        ShardConfig {
+            wal,
+            buffer: BufferConfig::default(),
+            max_buffer_bytes: 1 << 30,
+        }
+    }
+}
+
+/// Errors of a shard, split by whose fault they are.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The write does not fit the data model or the table's schema: the
+    /// client's fault (HTTP 400). Nothing was written.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Flush(#[from] FlushError),
+    #[error("WAL entry {seq} cannot be replayed: {reason}")]
+    Replay { seq: WalSeq, reason: String },
+}
+
+/// What [`Shard::open`] recovered.
+#[derive(Debug, Clone, Default)]
+pub struct ShardRecovery {
+    pub wal: RecoveryReport,
+    pub flushed_seq: WalSeq,
+    pub replayed_entries: u64,
+    pub replayed_rows: u64,
+    /// Entries that passed their checksum but could not be decoded, skipped
+    /// in [`RecoveryMode::Skip`].
+    pub skipped_entries: Vec<WalSeq>,
+}
+
+/// What one flush did.
+#[derive(Debug, Clone)]
+pub struct FlushOutcome {
+    pub upto: WalSeq,
+    pub files: Vec<FileMeta>,
+    pub rows: u64,
+    pub segments_removed: usize,
+}
+
+type PendingEntry = (TableKey, TableSchema, RecordBatch);
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub struct Shard {
+    id: ShardId,
+    config: ShardConfig,
+    wal: Wal,
+    buffer: RefCell<ShardBuffer>,
+    catalog: RefCell<CatalogCache>,
+    /// Durable-or-soon entries waiting to be applied to the buffer in order.
+    pending: RefCell<BTreeMap<WalSeq, PendingEntry>>,
+    /// Wakes writers waiting for their entry to be applied, or for buffer room.
+    applied: Event,
+    flushed_seq: Cell<WalSeq>,
+    flush_running: Cell<bool>,
+    flushes: FlushPool,
+    manifest: Arc<Manifest>,
+}
+
+impl Shard {
+    /// Opens the shard's WAL and replays every entry after the manifest's
+    /// watermark into a fresh buffer. Must run on the shard's monoio runtime.
+    pub async fn open(
+        config: ShardConfig,
+        catalog: Arc<Catalog>,
+        flushes: FlushPool,
+        manifest: Arc<Manifest>,
+    ) -> Result<(Shard, ShardRecovery), ShardError> {
+        let id = config.wal.shard;
+        let flushed_seq = manifest.flushed_seq(id);
+        let (wal, wal_report) = Wal::open(config.wal.clone(), flushed_seq.next()).await?;
+        let mut recovery = ShardRecovery {
+            wal: wal_report,
+            flushed_seq,
+            ..ShardRecovery::default()
+        };
+        let mut buffer = ShardBuffer::new(config.buffer.clone(), flushed_seq);
+        let mut cache = CatalogCache::new(catalog);
+        let mode = config.wal.recovery_mode;
+        let mut failure = None;
+        wal.read_from(flushed_seq.next(), |entry| {
+            let applied = match entry.kind {
+                EntryKind::Write => decode_write(entry.payload)
+                    .map_err(|e| e.to_string())
+                    .and_then(|wb| {
+                        let schema = cache
+                            .check(wb.table(), wb.batch().schema_ref())
+                            .map_err(|e| e.to_string())?;
+                        Ok((wb, schema))
+                    }),
+            };
+            match applied {
+                Ok((wb, schema)) => {
+                    // A skipped entry leaves a gap; the buffer follows the WAL.
+                    let expected = buffer.applied_seq().next();
+                    if entry.seq != expected {
+                        buffer.skip_to(entry.seq.prev().unwrap_or(WalSeq::ZERO));
+                    }
+                    buffer.append(entry.seq, wb.table(), &schema, wb.batch());
+                    recovery.replayed_entries += 1;
+                    recovery.replayed_rows += wb.num_rows() as u64;
+                    ControlFlow::Continue(())
+                }
+                Err(reason) if mode == RecoveryMode::Skip => {
+                    tracing::error!(shard = %id, seq = %entry.seq, %reason, "skipping WAL entry that cannot be replayed");
+                    recovery.skipped_entries.push(entry.seq);
+                    ControlFlow::Continue(())
+                }
+                Err(reason) => {
+                    failure = Some(ShardError::Replay {
+                        seq: entry.seq,
+                        reason,
+                    });
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        // Entries skipped at the very end still advance the buffer's position.
+        buffer.skip_to(wal.durable_seq());
+        // A crash between a flush's commit and its segment removal leaves
+        // segments that are wholly flushed.
+        wal.remove_segments_through(flushed_seq)?;
+        tracing::info!(
+            shard = %id,
+            flushed_seq = %flushed_seq,
+            replayed_entries = recovery.replayed_entries,
+            replayed_rows = recovery.replayed_rows,
+            truncated_bytes = recovery.wal.truncated_bytes,
+            "shard recovered"
+        );
+        Ok((
+            Shard {
+                id,
+                config,
+                wal,
+                buffer: RefCell::new(buffer),
+                catalog: RefCell::new(cache),
+                pending: RefCell::new(BTreeMap::new()),
+                applied: Event::new(),
+                flushed_seq: Cell::new(flushed_seq),
+                flush_running: Cell::new(false),
+                flushes,
+                manifest,
+            },
+            recovery,
+        ))
+    }
+
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    pub fn wal(&self) -> &Wal {
+        &self.wal
+    }
+
+    pub fn manifest(&self) -> &Arc<Manifest> {
+        &self.manifest
+    }
+
+    /// The last entry whose rows are in Parquet files.
+    pub fn flushed_seq(&self) -> WalSeq {
+        self.flushed_seq.get()
+    }
+
+    /// The last entry whose rows are in the buffer (and so visible).
+    pub fn applied_seq(&self) -> WalSeq {
+        self.buffer.borrow().applied_seq()
+    }
+
+    /// Rows and approximate bytes in the buffer outside a flush in flight.
+    pub fn buffered(&self) -> (usize, usize) {
+        let b = self.buffer.borrow();
+        (b.rows(), b.bytes())
+    }
+
+    /// Writes `batch`: returns its sequence number once it is durable and
+    /// visible to [`Shard::snapshot`]. A schema error changes nothing.
+    pub async fn write(&self, batch: WriteBatch) -> Result<WalSeq, ShardError> {
+        let schema = self
+            .catalog
+            .borrow_mut()
+            .check(batch.table(), batch.batch().schema_ref())?;
+        // Backpressure: wait for a flush to make room.
+        loop {
+            let listener = {
+                if self.buffer.borrow().bytes() < self.config.max_buffer_bytes {
+                    break;
+                }
+                self.applied.listen()
+            };
+            listener.await;
+        }
+        let pending = &self.pending;
+        let seq = self
+            .wal
+            .append_with(
+                EntryKind::Write,
+                |out| encode_write(out, &batch),
+                |seq| {
+                    let (table, rows) = batch.clone().into_parts();
+                    pending.borrow_mut().insert(seq, (table, schema, rows));
+                },
+            )
+            .await?;
+        self.apply_durable();
+        loop {
+            let listener = {
+                if self.buffer.borrow().applied_seq() >= seq {
+                    return Ok(seq);
+                }
+                self.applied.listen()
+            };
+            listener.await;
+            self.apply_durable();
+        }
+    }
+
+    /// Moves durable entries from the pending queue into the buffer, in order.
+    pub fn apply_durable(&self) {
+        let durable = self.wal.durable_seq();
+        let mut applied_any = false;
+        {
+            let mut pending = self.pending.borrow_mut();
+            let mut buffer = self.buffer.borrow_mut();
+            while let Some(entry) = pending.first_entry() {
+                let seq = *entry.key();
+                if seq > durable || seq != buffer.applied_seq().next() {
+                    break;
+                }
+                let (table, schema, rows) = entry.remove();
+                buffer.append(seq, &table, &schema, &rows);
+                applied_any = true;
+            }
+        }
+        if applied_any {
+            self.applied.notify(usize::MAX);
+        }
+    }
+
+    /// An immutable snapshot of the buffer for queries.
+    pub fn snapshot(&self) -> BufferSnapshot {
+        self.apply_durable();
+        self.buffer.borrow().snapshot()
+    }
+
+    /// Whether a flush is due now.
+    pub fn flush_due(&self) -> Option<FlushReason> {
+        self.apply_durable();
+        self.buffer.borrow().flush_due(Instant::now())
+    }
+
+    /// Flushes everything buffered up to now to Parquet files, records them
+    /// in the manifest, and deletes WAL segments they cover. Returns `None`
+    /// if there was nothing to flush. If another flush of this shard is
+    /// running, waits for it first. A failed flush keeps its rows buffered
+    /// (and visible) and is retried by the next call.
+    pub async fn flush(&self) -> Result<Option<FlushOutcome>, ShardError> {
+        while self.flush_running.get() {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.apply_durable();
+        let Some(set) = self.buffer.borrow_mut().begin_flush() else {
+            return Ok(None);
+        };
+        self.flush_running.set(true);
+        let rows = set.tables.values().map(|t| t.num_rows() as u64).sum();
+        let upto = set.upto;
+        let result = self.flushes.flush(self.id, set).await;
+        self.flush_running.set(false);
+        let files = result?;
+        crash_point("shard.after_flush_commit");
+        self.flushed_seq.set(upto);
+        self.buffer.borrow_mut().finish_flush(upto);
+        self.applied.notify(usize::MAX);
+        let segments_removed = self.wal.remove_segments_through(upto)?;
+        tracing::debug!(shard = %self.id, %upto, rows, files = files.len(), segments_removed, "flushed");
+        Ok(Some(FlushOutcome {
+            upto,
+            files,
+            rows,
+            segments_removed,
+        }))
+    }
+
+    /// Flushes whenever [`Shard::flush_due`] says so, checking every
+    /// `interval`, until the WAL is closed. Spawn it on the shard's core.
+    pub async fn run_flush_loop(&self, interval: Duration) {
+        loop {
+            monoio::time::sleep(interval).await;
+            if self.flush_due().is_some() {
+                if let Err(e) = self.flush().await {
+                    tracing::error!(shard = %self.id, error = %e, "background flush failed; retrying later");
+                }
+            }
+        }
+    }
+
+    /// Commits what the WAL has queued and stops its committer. Buffered rows
+    /// stay in the WAL for the next start.
+    pub async fn close(&self) {
+        self.wal.close().await;
+        self.apply_durable();
+    }
+}
