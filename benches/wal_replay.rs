@@ -1,0 +1,92 @@
+//! WAL replay of ~256 MiB of real write entries (TSBS-cpu-like batches
+//! encoded with `payload::encode_write`), from the page cache:
+//!
+//! * `wal_replay/read/...`: `Wal::read_from` over every entry (memory maps,
+//!   CRC32C of each entry checked), payloads untouched;
+//! * `wal_replay/replay/...`: what `Shard::open` does per entry: read,
+//!   `decode_write` (Arrow IPC), catalog check, `ShardBuffer::append` into a
+//!   fresh buffer (dropped outside the timing).
+//!
+//! One iteration is the whole WAL; throughput counts WAL bytes (headers and
+//! padding included). Ids: `wal_replay/<read|replay>/entry_rows=<rows>`.
+
+use std::hint::black_box;
+use std::ops::ControlFlow;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tidemark_benches::{scratch_dir, CpuGen};
+use tidemark_shards::buffer::{BufferConfig, ShardBuffer};
+use tidemark_shards::runtime::{self, DriverChoice};
+use tidemark_shards::wal::payload::{decode_write, encode_write};
+use tidemark_shards::wal::format::SEGMENT_HEADER_LEN;
+use tidemark_shards::wal::{EntryKind, SyncMode, Wal, WalConfig};
+use tidemark_shards::{Catalog, CatalogCache, ShardId, WalSeq};
+
+const WAL_BYTES: u64 = 256 << 20;
+
+fn bench(c: &mut Criterion) {
+    let (mut rt, _) = runtime::build(DriverChoice::Auto, 4096).expect("runtime");
+    let mut group = c.benchmark_group("wal_replay");
+    group.sample_size(10);
+    for entry_rows in [1_000, 5_000] {
+        let dir = scratch_dir("wal-replay-");
+        let mut config = WalConfig::new(dir.path(), ShardId(0));
+        config.sync_mode = SyncMode::None;
+        let (wal, entries) = rt.block_on(async {
+            let (wal, _) = Wal::open(config, WalSeq(1)).await.expect("open WAL");
+            let mut gen = CpuGen::default();
+            let mut entries = 0u64;
+            while wal_bytes(&wal) < WAL_BYTES {
+                let wb = gen.batch(entry_rows);
+                wal.append_with(EntryKind::Write, |out| encode_write(out, &wb), |_| {})
+                    .await
+                    .expect("append");
+                entries += 1;
+            }
+            (wal, entries)
+        });
+        let bytes = wal_bytes(&wal);
+        eprintln!(
+            "wal_replay/entry_rows={entry_rows}: {entries} entries, {bytes} bytes in {} segments ({} B/entry)",
+            wal.segments().len(),
+            bytes / entries
+        );
+        group.throughput(Throughput::BytesDecimal(bytes));
+        group.bench_function(format!("read/entry_rows={entry_rows}"), |b| {
+            b.iter(|| {
+                let mut n = 0u64;
+                wal.read_from(WalSeq(1), |e| {
+                    n += black_box(e.payload).len() as u64;
+                    ControlFlow::Continue(())
+                })
+                .expect("read");
+                n
+            })
+        });
+        group.bench_function(format!("replay/entry_rows={entry_rows}"), |b| {
+            b.iter_with_large_drop(|| {
+                let mut buffer = ShardBuffer::new(BufferConfig::default(), WalSeq::ZERO);
+                let mut cache = CatalogCache::new(Catalog::new());
+                wal.read_from(WalSeq(1), |e| {
+                    let wb = decode_write(e.payload).expect("decode");
+                    let schema = cache.check(wb.table(), wb.batch().schema_ref()).expect("schema");
+                    buffer.append(e.seq, wb.table(), &schema, wb.batch());
+                    ControlFlow::Continue(())
+                })
+                .expect("replay");
+                buffer
+            })
+        });
+        rt.block_on(wal.close());
+        drop(dir);
+    }
+    group.finish();
+}
+
+/// Bytes of the WAL's segments past their headers.
+fn wal_bytes(wal: &Wal) -> u64 {
+    wal.segments().iter().map(|s| s.len - SEGMENT_HEADER_LEN as u64).sum()
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
