@@ -64,7 +64,11 @@ pub fn cpu_table() -> TableKey {
 pub fn cpu_arrow_schema() -> Schema {
     let mut fields = vec![ColumnKind::Time.field("time")];
     fields.extend(TAGS.iter().map(|t| ColumnKind::Tag.field(t)));
-    fields.extend(FIELDS.iter().map(|f| ColumnKind::Field(FieldType::Float).field(f)));
+    fields.extend(
+        FIELDS
+            .iter()
+            .map(|f| ColumnKind::Field(FieldType::Float).field(f)),
+    );
     Schema::new(fields)
 }
 
@@ -123,7 +127,8 @@ impl CpuGen {
     /// The next `rows` rows as one write batch.
     pub fn batch(&mut self, rows: usize) -> WriteBatch {
         let hosts = self.hostnames.len() as u64;
-        let mut time = TimestampNanosecondBuilder::with_capacity(rows).with_data_type(time_data_type());
+        let mut time =
+            TimestampNanosecondBuilder::with_capacity(rows).with_data_type(time_data_type());
         let mut tags: Vec<StringDictionaryBuilder<Int32Type>> = (0..TAGS.len())
             .map(|_| StringDictionaryBuilder::new())
             .collect();

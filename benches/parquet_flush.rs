@@ -17,7 +17,11 @@ fn bench(c: &mut Criterion) {
     let table = cpu_table();
     for rows in [100_000, 1_000_000] {
         let frozen = frozen_cpu_table(rows);
-        let arrow_bytes: usize = frozen.batches.iter().map(RecordBatch::get_array_memory_size).sum();
+        let arrow_bytes: usize = frozen
+            .batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum();
         let files = encode_table(&table, &frozen, ShardId(0), WalSeq(1)).expect("encode");
         let parquet_bytes: u64 = files.iter().map(|f| f.meta.size).sum();
         eprintln!(

@@ -27,12 +27,20 @@ fn sync_label(mode: SyncMode) -> &'static str {
 
 /// Appends `iters` entries of `payload`, spread over `writers` tasks, to a
 /// fresh WAL; returns the time from the first append to the last durable one.
-fn wal_run(rt: &mut CoreRuntime, mode: SyncMode, payload: &Rc<Vec<u8>>, writers: usize, iters: u64) -> Duration {
+fn wal_run(
+    rt: &mut CoreRuntime,
+    mode: SyncMode,
+    payload: &Rc<Vec<u8>>,
+    writers: usize,
+    iters: u64,
+) -> Duration {
     let dir = scratch_dir("wal-append-");
     let mut config = WalConfig::new(dir.path(), ShardId(0));
     config.sync_mode = mode;
     let elapsed = rt.block_on(async {
-        let (wal, _) = Wal::open(config, tidemark_shards::WalSeq(1)).await.expect("open WAL");
+        let (wal, _) = Wal::open(config, tidemark_shards::WalSeq(1))
+            .await
+            .expect("open WAL");
         let start = Instant::now();
         let handles: Vec<_> = (0..writers as u64)
             .map(|w| {
@@ -41,7 +49,9 @@ fn wal_run(rt: &mut CoreRuntime, mode: SyncMode, payload: &Rc<Vec<u8>>, writers:
                 let payload = payload.clone();
                 monoio::spawn(async move {
                     for _ in 0..n {
-                        wal.append(EntryKind::Write, &payload).await.expect("append");
+                        wal.append(EntryKind::Write, &payload)
+                            .await
+                            .expect("append");
                     }
                 })
             })
@@ -73,7 +83,10 @@ fn std_file_run(mode: SyncMode, payload: &[u8], iters: u64) -> Duration {
 
 fn bench(c: &mut Criterion) {
     let (mut rt, driver) = runtime::build(DriverChoice::Auto, 4096).expect("runtime");
-    eprintln!("wal_append: driver {driver}, scratch dir {}", tidemark_benches::scratch_root().display());
+    eprintln!(
+        "wal_append: driver {driver}, scratch dir {}",
+        tidemark_benches::scratch_root().display()
+    );
     let mut group = c.benchmark_group("wal_append");
     for (mode, sizes) in [
         (SyncMode::None, &[1 << 10, 8 << 10, 64 << 10, 1 << 20][..]),

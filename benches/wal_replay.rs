@@ -17,8 +17,8 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tidemark_benches::{scratch_dir, CpuGen};
 use tidemark_shards::buffer::{BufferConfig, ShardBuffer};
 use tidemark_shards::runtime::{self, DriverChoice};
-use tidemark_shards::wal::payload::{decode_write, encode_write};
 use tidemark_shards::wal::format::SEGMENT_HEADER_LEN;
+use tidemark_shards::wal::payload::{decode_write, encode_write};
 use tidemark_shards::wal::{EntryKind, SyncMode, Wal, WalConfig};
 use tidemark_shards::{Catalog, CatalogCache, ShardId, WalSeq};
 
@@ -69,7 +69,9 @@ fn bench(c: &mut Criterion) {
                 let mut cache = CatalogCache::new(Catalog::new());
                 wal.read_from(WalSeq(1), |e| {
                     let wb = decode_write(e.payload).expect("decode");
-                    let schema = cache.check(wb.table(), wb.batch().schema_ref()).expect("schema");
+                    let schema = cache
+                        .check(wb.table(), wb.batch().schema_ref())
+                        .expect("schema");
                     buffer.append(e.seq, wb.table(), &schema, wb.batch());
                     ControlFlow::Continue(())
                 })
@@ -85,7 +87,10 @@ fn bench(c: &mut Criterion) {
 
 /// Bytes of the WAL's segments past their headers.
 fn wal_bytes(wal: &Wal) -> u64 {
-    wal.segments().iter().map(|s| s.len - SEGMENT_HEADER_LEN as u64).sum()
+    wal.segments()
+        .iter()
+        .map(|s| s.len - SEGMENT_HEADER_LEN as u64)
+        .sum()
 }
 
 criterion_group!(benches, bench);

@@ -136,17 +136,23 @@ pub(crate) mod test_util {
             (
                 "usage",
                 ColumnKind::Field(FieldType::Float),
-                Arc::new(Float64Array::from(rows.iter().map(|r| r.usage).collect::<Vec<_>>())),
+                Arc::new(Float64Array::from(
+                    rows.iter().map(|r| r.usage).collect::<Vec<_>>(),
+                )),
             ),
             (
                 "count",
                 ColumnKind::Field(FieldType::Integer),
-                Arc::new(Int64Array::from(rows.iter().map(|r| r.count).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.count).collect::<Vec<_>>(),
+                )),
             ),
             (
                 "bytes",
                 ColumnKind::Field(FieldType::Unsigned),
-                Arc::new(UInt64Array::from(rows.iter().map(|r| r.bytes).collect::<Vec<_>>())),
+                Arc::new(UInt64Array::from(
+                    rows.iter().map(|r| r.bytes).collect::<Vec<_>>(),
+                )),
             ),
             (
                 "note",
@@ -158,7 +164,9 @@ pub(crate) mod test_util {
             (
                 "up",
                 ColumnKind::Field(FieldType::Boolean),
-                Arc::new(BooleanArray::from(rows.iter().map(|r| r.up).collect::<Vec<_>>())),
+                Arc::new(BooleanArray::from(
+                    rows.iter().map(|r| r.up).collect::<Vec<_>>(),
+                )),
             ),
         ];
         let schema = Schema::new(
@@ -210,7 +218,11 @@ mod tests {
     #[test]
     fn rejects_null_time_and_missing_time() {
         let key = TableKey::new("db", "m").unwrap();
-        let schema = Arc::new(Schema::new(vec![Field::new("time", time_data_type(), true)]));
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "time",
+            time_data_type(),
+            true,
+        )]));
         let time = TimestampNanosecondArray::from(vec![Some(1), None]).with_timezone(TIME_ZONE);
         let b = RecordBatch::try_new(schema, vec![Arc::new(time)]).unwrap();
         assert_eq!(
@@ -222,8 +234,8 @@ mod tests {
             arrow_schema::DataType::Float64,
             true,
         )]));
-        let b = RecordBatch::try_new(schema, vec![Arc::new(Float64Array::from(vec![1.0]))])
-            .unwrap();
+        let b =
+            RecordBatch::try_new(schema, vec![Arc::new(Float64Array::from(vec![1.0]))]).unwrap();
         assert_eq!(
             WriteBatch::try_new(key, b).unwrap_err(),
             SchemaError::MissingTime

@@ -20,9 +20,7 @@ use arrow_array::builder::{
     TimestampNanosecondBuilder, UInt64Builder,
 };
 use arrow_array::cast::AsArray;
-use arrow_array::types::{
-    Float64Type, Int32Type, Int64Type, TimestampNanosecondType, UInt64Type,
-};
+use arrow_array::types::{Float64Type, Int32Type, Int64Type, TimestampNanosecondType, UInt64Type};
 use arrow_array::{new_null_array, Array, ArrayRef, RecordBatch};
 
 use crate::ids::WalSeq;
@@ -85,9 +83,7 @@ impl ColumnBuilder {
             ColumnKind::Tag => ColumnBuilder::Tag(StringDictionaryBuilder::new()),
             ColumnKind::Field(FieldType::Float) => ColumnBuilder::Float(Float64Builder::new()),
             ColumnKind::Field(FieldType::Integer) => ColumnBuilder::Integer(Int64Builder::new()),
-            ColumnKind::Field(FieldType::Unsigned) => {
-                ColumnBuilder::Unsigned(UInt64Builder::new())
-            }
+            ColumnKind::Field(FieldType::Unsigned) => ColumnBuilder::Unsigned(UInt64Builder::new()),
             ColumnKind::Field(FieldType::String) => ColumnBuilder::String(StringBuilder::new()),
             ColumnKind::Field(FieldType::Boolean) => ColumnBuilder::Boolean(BooleanBuilder::new()),
         }
@@ -109,7 +105,9 @@ impl ColumnBuilder {
     /// column's.
     fn append_array(&mut self, array: &dyn Array) {
         match self {
-            ColumnBuilder::Time(b) => b.append_array(array.as_primitive::<TimestampNanosecondType>()),
+            ColumnBuilder::Time(b) => {
+                b.append_array(array.as_primitive::<TimestampNanosecondType>())
+            }
             ColumnBuilder::Tag(b) => {
                 let dict = array
                     .as_dictionary::<Int32Type>()
@@ -216,7 +214,11 @@ impl TableBuffer {
         if self.active_rows == 0 {
             return;
         }
-        let columns = self.builders.iter_mut().map(ColumnBuilder::finish).collect();
+        let columns = self
+            .builders
+            .iter_mut()
+            .map(ColumnBuilder::finish)
+            .collect();
         let batch = RecordBatch::try_new(self.schema.arrow().clone(), columns)
             .expect("builders follow the table schema");
         self.frozen.push(batch);
@@ -230,7 +232,11 @@ impl TableBuffer {
             .map(|b| pad_to_schema(b, &self.schema))
             .collect();
         if self.active_rows > 0 {
-            let columns = self.builders.iter().map(ColumnBuilder::finish_cloned).collect();
+            let columns = self
+                .builders
+                .iter()
+                .map(ColumnBuilder::finish_cloned)
+                .collect();
             out.push(
                 RecordBatch::try_new(self.schema.arrow().clone(), columns)
                     .expect("builders follow the table schema"),
@@ -349,8 +355,18 @@ impl ShardBuffer {
 
     /// Appends the rows of WAL entry `seq`, which must be `applied_seq + 1`.
     /// `schema` is the table's catalog schema, a superset of `batch`'s.
-    pub fn append(&mut self, seq: WalSeq, table: &TableKey, schema: &TableSchema, batch: &RecordBatch) {
-        assert_eq!(seq, self.applied_seq.next(), "buffer entries must be applied in order");
+    pub fn append(
+        &mut self,
+        seq: WalSeq,
+        table: &TableKey,
+        schema: &TableSchema,
+        batch: &RecordBatch,
+    ) {
+        assert_eq!(
+            seq,
+            self.applied_seq.next(),
+            "buffer entries must be applied in order"
+        );
         if !self.tables.contains_key(table) {
             self.tables.insert(table.clone(), TableBuffer::new());
         }

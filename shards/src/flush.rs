@@ -134,10 +134,8 @@ impl FileStore {
             message,
         };
         let location = ObjectPath::parse(path).map_err(|e| store_err(e.to_string()))?;
-        futures::executor::block_on(async {
-            self.store.get(&location).await?.bytes().await
-        })
-        .map_err(|e| store_err(e.to_string()))
+        futures::executor::block_on(async { self.store.get(&location).await?.bytes().await })
+            .map_err(|e| store_err(e.to_string()))
     }
 
     /// Deletes every file under a local root that the manifest does not know:
@@ -219,7 +217,9 @@ pub fn encode_table(
         return Ok(Vec::new());
     }
     let time_idx = schema.index_of(TIME_COLUMN).map_err(arrow_err)?;
-    let times = batch.column(time_idx).as_primitive::<TimestampNanosecondType>();
+    let times = batch
+        .column(time_idx)
+        .as_primitive::<TimestampNanosecondType>();
     let hours: Int64Array = times
         .values()
         .iter()
@@ -259,7 +259,9 @@ pub fn encode_table(
         })
         .collect();
     let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("valid level")))
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid level"),
+        ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(Some(sorting))
         .set_key_value_metadata(Some(vec![
@@ -283,7 +285,9 @@ pub fn encode_table(
         let hour = sorted_hours[start];
         let end = start + sorted_hours[start..].partition_point(|&h| h == hour);
         let part: RecordBatch = sorted.slice(start, end - start);
-        let part_times = part.column(time_idx).as_primitive::<TimestampNanosecondType>();
+        let part_times = part
+            .column(time_idx)
+            .as_primitive::<TimestampNanosecondType>();
         let (min_time, max_time) = part_times
             .values()
             .iter()
@@ -293,8 +297,8 @@ pub fn encode_table(
             source,
         };
         let mut buf = Vec::new();
-        let mut writer =
-            ArrowWriter::try_new(&mut buf, schema.clone(), Some(props.clone())).map_err(parquet_err)?;
+        let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props.clone()))
+            .map_err(parquet_err)?;
         writer.write(&part).map_err(parquet_err)?;
         writer.close().map_err(parquet_err)?;
         let sha256 = hex::encode(Sha256::digest(&buf));

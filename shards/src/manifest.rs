@@ -102,7 +102,10 @@ pub struct Manifest {
     state: Mutex<State>,
 }
 
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ManifestError + 'a {
+fn io_err<'a>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> ManifestError + 'a {
     move |source| ManifestError::Io {
         op,
         path: path.to_path_buf(),
@@ -275,7 +278,8 @@ mod tests {
         let m = Manifest::open(dir.path()).unwrap();
         m.commit_flush(ShardId(0), WalSeq(5), vec![meta("a"), meta("b")])
             .unwrap();
-        m.commit_flush(ShardId(1), WalSeq(3), vec![meta("c")]).unwrap();
+        m.commit_flush(ShardId(1), WalSeq(3), vec![meta("c")])
+            .unwrap();
         assert!(matches!(
             m.commit_flush(ShardId(0), WalSeq(5), vec![]),
             Err(ManifestError::Stale { .. })

@@ -142,11 +142,7 @@ impl ColumnKind {
         if is_time_name != (kind == ColumnKind::Time) {
             return Err(SchemaError::TypeConflict {
                 column: name.to_string(),
-                existing: if is_time_name {
-                    ColumnKind::Time
-                } else {
-                    kind
-                },
+                existing: if is_time_name { ColumnKind::Time } else { kind },
                 given: kind,
             });
         }
@@ -356,9 +352,7 @@ impl TableSchema {
     /// Builds a table schema from an Arrow schema (as stored in a Parquet
     /// file or a WAL entry), checking every column.
     pub fn try_from_arrow(schema: &Schema) -> Result<TableSchema, SchemaError> {
-        Ok(TableSchema::default()
-            .merge(schema)?
-            .unwrap_or_default())
+        Ok(TableSchema::default().merge(schema)?.unwrap_or_default())
     }
 }
 

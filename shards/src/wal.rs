@@ -220,10 +220,7 @@ fn map_segment(path: &Path, len: u64) -> Result<Option<memmap2::Mmap>, WalError>
 
 /// Scans every segment in `dir` and repairs a torn tail. The result is the
 /// list of segments with their durable lengths.
-fn recover(
-    dir: &Path,
-    mode: RecoveryMode,
-) -> Result<(Vec<SegmentMeta>, RecoveryReport), WalError> {
+fn recover(dir: &Path, mode: RecoveryMode) -> Result<(Vec<SegmentMeta>, RecoveryReport), WalError> {
     use format::{SegmentHeader, SEGMENT_HEADER_LEN};
 
     let files = list_segments(dir)?;

@@ -51,7 +51,10 @@ fn write_snapshot_flush_and_read_parquet_back() {
         assert_eq!(parts.len(), 7, "{}", f.path);
         assert_eq!(&parts[..2], ["db", "cpu"]);
         let hour_start = chrono::DateTime::from_timestamp(f.hour * 3600, 0).unwrap();
-        assert_eq!(parts[2..6].join("/"), hour_start.format("%Y/%m/%d/%H").to_string());
+        assert_eq!(
+            parts[2..6].join("/"),
+            hour_start.format("%Y/%m/%d/%H").to_string()
+        );
         let bytes = p.store.get(&f.path).unwrap();
         assert_eq!(hex::encode(Sha256::digest(&bytes)), f.sha256);
         assert_eq!(bytes.len() as u64, f.size);
@@ -83,7 +86,10 @@ fn write_snapshot_flush_and_read_parquet_back() {
         assert_eq!(rec.flushed_seq, WalSeq(12));
         assert_eq!(shard.wal().segments().len(), 1);
         // Numbering continues after the watermark.
-        let seq = shard.write(cpu_batch(&cpu_rows(5000, 1, base))).await.unwrap();
+        let seq = shard
+            .write(cpu_batch(&cpu_rows(5000, 1, base)))
+            .await
+            .unwrap();
         assert_eq!(seq, WalSeq(13));
         shard.close().await;
     })
@@ -98,10 +104,19 @@ fn restart_replays_unflushed_writes_after_the_watermark() {
     let p = parts(&dirs);
     block_on(DriverChoice::Auto, async {
         let (shard, _) = open_shard(&dirs, &p, 0).await;
-        shard.write(cpu_batch(&cpu_rows(0, 100, base))).await.unwrap();
+        shard
+            .write(cpu_batch(&cpu_rows(0, 100, base)))
+            .await
+            .unwrap();
         shard.flush().await.unwrap().unwrap();
-        shard.write(cpu_batch(&cpu_rows(100, 100, base))).await.unwrap();
-        shard.write(cpu_batch(&cpu_rows(200, 100, base))).await.unwrap();
+        shard
+            .write(cpu_batch(&cpu_rows(100, 100, base)))
+            .await
+            .unwrap();
+        shard
+            .write(cpu_batch(&cpu_rows(200, 100, base)))
+            .await
+            .unwrap();
         shard.close().await;
     })
     .unwrap();

@@ -215,10 +215,7 @@ pub fn decode_entry(b: &[u8]) -> Decoded<'_> {
     if b.len() < total {
         return Decoded::Truncated;
     }
-    let actual = crc32c::crc32c_append(
-        crc32c::crc32c(&b[0..4]),
-        &b[8..ENTRY_HEADER_LEN + len],
-    );
+    let actual = crc32c::crc32c_append(crc32c::crc32c(&b[0..4]), &b[8..ENTRY_HEADER_LEN + len]);
     if actual != crc {
         return Decoded::Corrupt("entry checksum mismatch");
     }

@@ -162,7 +162,11 @@ mod tests {
         (data, offsets)
     }
 
-    fn seqs(data: &[u8], is_last: bool, mode: RecoveryMode) -> Result<(Vec<u64>, SegmentScan), CorruptRegion> {
+    fn seqs(
+        data: &[u8],
+        is_last: bool,
+        mode: RecoveryMode,
+    ) -> Result<(Vec<u64>, SegmentScan), CorruptRegion> {
         let mut seen = Vec::new();
         let scan = scan_segment(data, SegmentId(1), WalSeq(5), is_last, mode, |e| {
             seen.push(e.seq.0);

@@ -64,10 +64,7 @@ impl Wal {
     /// `floor` is the lowest sequence number the next entry may have: the
     /// flushed watermark + 1, so numbering continues after all segments were
     /// deleted.
-    pub async fn open(
-        config: WalConfig,
-        floor: WalSeq,
-    ) -> Result<(Wal, RecoveryReport), WalError> {
+    pub async fn open(config: WalConfig, floor: WalSeq) -> Result<(Wal, RecoveryReport), WalError> {
         fs::create_dir_all(&config.dir).map_err(|e| WalError::io("create", &config.dir, e))?;
         let (mut segments, report) = recover(&config.dir, config.recovery_mode)?;
         let last_seq = report.last_seq.unwrap_or(WalSeq::ZERO);
@@ -395,9 +392,7 @@ async fn commit_group(
         let (res, buf) = file.write_all_at(group, active.len).await;
         group = buf;
         let res = match res {
-            Ok(()) => sync(file, config.sync_mode)
-                .await
-                .map_err(|e| ("sync", e)),
+            Ok(()) => sync(file, config.sync_mode).await.map_err(|e| ("sync", e)),
             Err(e) => Err(("write", e)),
         };
         match res {

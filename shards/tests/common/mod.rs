@@ -96,7 +96,7 @@ pub fn cpu_rows(first_id: i64, n: usize, base_time: i64) -> Vec<CpuRow> {
         .map(|i| {
             let id = first_id + i;
             CpuRow {
-                time: base_time + (id * 3_700_000_001) % (3 * HOUR),
+                time: base_time + (id % 1_000_000).wrapping_mul(3_700_000_001) % (3 * HOUR),
                 host: (id % 7) as u32,
                 id,
                 usage: id as f64 * 0.5,
@@ -123,7 +123,9 @@ pub fn cpu_batch(rows: &[CpuRow]) -> WriteBatch {
         (
             "id",
             ColumnKind::Field(FieldType::Integer),
-            Arc::new(Int64Array::from(rows.iter().map(|r| r.id).collect::<Vec<_>>())),
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            )),
         ),
         (
             "usage",
@@ -133,7 +135,12 @@ pub fn cpu_batch(rows: &[CpuRow]) -> WriteBatch {
             )),
         ),
     ];
-    let schema = Schema::new(columns.iter().map(|(n, k, _)| k.field(n)).collect::<Vec<_>>());
+    let schema = Schema::new(
+        columns
+            .iter()
+            .map(|(n, k, _)| k.field(n))
+            .collect::<Vec<_>>(),
+    );
     let batch = RecordBatch::try_new(
         Arc::new(schema),
         columns.into_iter().map(|(_, _, a)| a).collect(),
@@ -155,7 +162,10 @@ pub fn rows_of(batches: &[RecordBatch]) -> Vec<CpuRow> {
             .column_by_name("usage")
             .unwrap()
             .as_primitive::<arrow_array::types::Float64Type>();
-        let host = b.column_by_name("host").unwrap().as_dictionary::<Int32Type>();
+        let host = b
+            .column_by_name("host")
+            .unwrap()
+            .as_dictionary::<Int32Type>();
         let host_values = host.values().as_string::<i32>();
         for i in 0..b.num_rows() {
             let h = host_values.value(host.keys().value(i) as usize);
