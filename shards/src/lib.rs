@@ -13,6 +13,8 @@
 //! are `!Send` where that matters); flush workers and the manifest are shared
 //! by all cores and are reached through bounded channels.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 pub mod batch;
 pub mod buffer;
 pub mod catalog;

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Crash tests with real child processes. The test binary re-runs itself as
 //! the child (`TIDEMARK_CRASH_CHILD` names the scenario); the child writes,
 //! logs every acknowledged write to a file, and is killed with SIGKILL at

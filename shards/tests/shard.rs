@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! A shard on real files: writes, snapshots, flushes to Parquet read back
 //! with the `parquet` crate, restarts and replay.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! WAL behaviour on real files: round trips, rotation, torn tails at every
 //! byte offset, corruption handling, and continuity across restarts.
 

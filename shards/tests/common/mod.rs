@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Helpers shared by the integration tests: a node-like set of shard parts
 //! in a temporary directory, and a generator of cpu rows.
 #![allow(dead_code)]
