@@ -362,19 +362,34 @@ impl ShardBuffer {
         schema: &TableSchema,
         batch: &RecordBatch,
     ) {
+        self.append_tables(seq, [(table, schema, batch)]);
+    }
+
+    /// Appends the rows of WAL entry `seq` that holds several tables.
+    pub fn append_entry(&mut self, seq: WalSeq, tables: &[(TableKey, TableSchema, RecordBatch)]) {
+        self.append_tables(seq, tables.iter().map(|(t, s, b)| (t, s, b)));
+    }
+
+    fn append_tables<'a>(
+        &mut self,
+        seq: WalSeq,
+        tables: impl IntoIterator<Item = (&'a TableKey, &'a TableSchema, &'a RecordBatch)>,
+    ) {
         assert_eq!(
             seq,
             self.applied_seq.next(),
             "buffer entries must be applied in order"
         );
-        if !self.tables.contains_key(table) {
-            self.tables.insert(table.clone(), TableBuffer::new());
+        for (table, schema, batch) in tables {
+            if !self.tables.contains_key(table) {
+                self.tables.insert(table.clone(), TableBuffer::new());
+            }
+            let t = self.tables.get_mut(table).expect("inserted above");
+            t.append(schema, batch, self.config.freeze_rows);
+            self.rows += batch.num_rows();
+            self.bytes += batch.get_array_memory_size();
         }
-        let t = self.tables.get_mut(table).expect("inserted above");
-        t.append(schema, batch, self.config.freeze_rows);
         self.applied_seq = seq;
-        self.rows += batch.num_rows();
-        self.bytes += batch.get_array_memory_size();
         self.oldest.get_or_insert_with(Instant::now);
     }
 

@@ -32,7 +32,7 @@ use crate::flush::{FlushError, FlushPool};
 use crate::ids::{ShardId, WalSeq};
 use crate::manifest::{FileMeta, Manifest};
 use crate::schema::{SchemaError, TableKey, TableSchema};
-use crate::wal::payload::{decode_write, encode_write};
+use crate::wal::payload::{decode_writes, encode_writes};
 use crate::wal::{EntryKind, RecoveryMode, RecoveryReport, Wal, WalConfig, WalError};
 
 /// Settings of one shard.
@@ -91,7 +91,8 @@ pub struct FlushOutcome {
     pub segments_removed: usize,
 }
 
-type PendingEntry = (TableKey, TableSchema, RecordBatch);
+/// The tables of one WAL entry, ready for the buffer.
+type PendingEntry = Vec<(TableKey, TableSchema, RecordBatch)>;
 
 /// See the [module docs](self).
 #[derive(Debug)]
@@ -134,25 +135,32 @@ impl Shard {
         let mut failure = None;
         wal.read_from(flushed_seq.next(), |entry| {
             let applied = match entry.kind {
-                EntryKind::Write => decode_write(entry.payload)
+                EntryKind::Write => decode_writes(entry.payload)
                     .map_err(|e| e.to_string())
-                    .and_then(|wb| {
-                        let schema = cache
-                            .check(wb.table(), wb.batch().schema_ref())
-                            .map_err(|e| e.to_string())?;
-                        Ok((wb, schema))
+                    .and_then(|batches| {
+                        batches
+                            .into_iter()
+                            .map(|wb| {
+                                let schema = cache
+                                    .check(wb.table(), wb.batch().schema_ref())
+                                    .map_err(|e| e.to_string())?;
+                                let (table, rows) = wb.into_parts();
+                                Ok((table, schema, rows))
+                            })
+                            .collect::<Result<PendingEntry, String>>()
                     }),
             };
             match applied {
-                Ok((wb, schema)) => {
+                Ok(tables) => {
                     // A skipped entry leaves a gap; the buffer follows the WAL.
                     let expected = buffer.applied_seq().next();
                     if entry.seq != expected {
                         buffer.skip_to(entry.seq.prev().unwrap_or(WalSeq::ZERO));
                     }
-                    buffer.append(entry.seq, wb.table(), &schema, wb.batch());
+                    recovery.replayed_rows +=
+                        tables.iter().map(|t| t.2.num_rows() as u64).sum::<u64>();
+                    buffer.append_entry(entry.seq, &tables);
                     recovery.replayed_entries += 1;
-                    recovery.replayed_rows += wb.num_rows() as u64;
                     ControlFlow::Continue(())
                 }
                 Err(reason) if mode == RecoveryMode::Skip => {
@@ -231,13 +239,24 @@ impl Shard {
         (b.rows(), b.bytes())
     }
 
-    /// Writes `batch`: returns its sequence number once it is durable and
-    /// visible to [`Shard::snapshot`]. A schema error changes nothing.
+    /// Writes one table's rows; see [`Shard::write_all`].
     pub async fn write(&self, batch: WriteBatch) -> Result<WalSeq, ShardError> {
-        let schema = self
-            .catalog
-            .borrow_mut()
-            .check(batch.table(), batch.batch().schema_ref())?;
+        self.write_all(vec![batch]).await
+    }
+
+    /// Writes the rows of one request, possibly of several tables, as one
+    /// WAL entry: returns its sequence number once it is durable and visible
+    /// to [`Shard::snapshot`]. All or nothing: a schema error in any table
+    /// changes nothing.
+    pub async fn write_all(&self, batches: Vec<WriteBatch>) -> Result<WalSeq, ShardError> {
+        let mut tables: PendingEntry = Vec::with_capacity(batches.len());
+        {
+            let mut catalog = self.catalog.borrow_mut();
+            for b in &batches {
+                let schema = catalog.check(b.table(), b.batch().schema_ref())?;
+                tables.push((b.table().clone(), schema, b.batch().clone()));
+            }
+        }
         // Backpressure: wait for a flush to make room.
         loop {
             let listener = {
@@ -253,10 +272,9 @@ impl Shard {
             .wal
             .append_with(
                 EntryKind::Write,
-                |out| encode_write(out, &batch),
+                |out| encode_writes(out, &batches),
                 |seq| {
-                    let (table, rows) = batch.clone().into_parts();
-                    pending.borrow_mut().insert(seq, (table, schema, rows));
+                    pending.borrow_mut().insert(seq, tables);
                 },
             )
             .await?;
@@ -285,8 +303,8 @@ impl Shard {
                 if seq > durable || seq != buffer.applied_seq().next() {
                     break;
                 }
-                let (table, schema, rows) = entry.remove();
-                buffer.append(seq, &table, &schema, &rows);
+                let tables = entry.remove();
+                buffer.append_entry(seq, &tables);
                 applied_any = true;
             }
         }
