@@ -1,0 +1,386 @@
+//! Building the Arrow columns of a request row by row, with the checks every
+//! decoder needs: names, types, duplicates, and one type per column within
+//! the request.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
+    UInt64Builder,
+};
+use arrow_array::types::Int32Type;
+use arrow_array::{ArrayRef, RecordBatch, TimestampNanosecondArray};
+use arrow_schema::Schema;
+use tidemark_shards::schema::{validate_column_name, TIME_COLUMN, TIME_ZONE};
+use tidemark_shards::{ColumnKind, FieldType, TableKey, WriteBatch};
+
+use crate::error::IngestError;
+
+/// One value of a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value<'a> {
+    Tag(Cow<'a, str>),
+    Float(f64),
+    Integer(i64),
+    Unsigned(u64),
+    String(Cow<'a, str>),
+    Boolean(bool),
+}
+
+impl Value<'_> {
+    pub fn kind(&self) -> ColumnKind {
+        match self {
+            Value::Tag(_) => ColumnKind::Tag,
+            Value::Float(_) => ColumnKind::Field(FieldType::Float),
+            Value::Integer(_) => ColumnKind::Field(FieldType::Integer),
+            Value::Unsigned(_) => ColumnKind::Field(FieldType::Unsigned),
+            Value::String(_) => ColumnKind::Field(FieldType::String),
+            Value::Boolean(_) => ColumnKind::Field(FieldType::Boolean),
+        }
+    }
+}
+
+enum Data {
+    Tag(StringDictionaryBuilder<Int32Type>),
+    Float(Float64Builder),
+    Integer(Int64Builder),
+    Unsigned(UInt64Builder),
+    String(StringBuilder),
+    Boolean(BooleanBuilder),
+}
+
+impl Data {
+    fn new(kind: ColumnKind) -> Data {
+        match kind {
+            ColumnKind::Tag | ColumnKind::Time => Data::Tag(StringDictionaryBuilder::new()),
+            ColumnKind::Field(FieldType::Float) => Data::Float(Float64Builder::new()),
+            ColumnKind::Field(FieldType::Integer) => Data::Integer(Int64Builder::new()),
+            ColumnKind::Field(FieldType::Unsigned) => Data::Unsigned(UInt64Builder::new()),
+            ColumnKind::Field(FieldType::String) => Data::String(StringBuilder::new()),
+            ColumnKind::Field(FieldType::Boolean) => Data::Boolean(BooleanBuilder::new()),
+        }
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        match self {
+            Data::Tag(b) => b.append_nulls(n),
+            Data::Float(b) => b.append_nulls(n),
+            Data::Integer(b) => b.append_nulls(n),
+            Data::Unsigned(b) => b.append_nulls(n),
+            Data::String(b) => b.append_nulls(n),
+            Data::Boolean(b) => b.append_nulls(n),
+        }
+    }
+
+    /// Appends `v`, whose kind was checked to be this column's.
+    fn append(&mut self, v: &Value<'_>) {
+        match (self, v) {
+            (Data::Tag(b), Value::Tag(s)) => {
+                b.append_value(s.as_ref());
+            }
+            (Data::Float(b), Value::Float(x)) => b.append_value(*x),
+            (Data::Integer(b), Value::Integer(x)) => b.append_value(*x),
+            (Data::Unsigned(b), Value::Unsigned(x)) => b.append_value(*x),
+            (Data::String(b), Value::String(s)) => b.append_value(s.as_ref()),
+            (Data::Boolean(b), Value::Boolean(x)) => b.append_value(*x),
+            _ => unreachable!("value kind checked against the column"),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Data::Tag(b) => Arc::new(b.finish()),
+            Data::Float(b) => Arc::new(b.finish()),
+            Data::Integer(b) => Arc::new(b.finish()),
+            Data::Unsigned(b) => Arc::new(b.finish()),
+            Data::String(b) => Arc::new(b.finish()),
+            Data::Boolean(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+struct Column {
+    name: String,
+    kind: ColumnKind,
+    /// Where the column first appeared, for conflict messages.
+    first_at: usize,
+    data: Data,
+    len: usize,
+    /// The row stamp of the last row that set this column (duplicate check).
+    stamp: u64,
+}
+
+/// The rows of one table of a request.
+#[allow(missing_debug_implementations)]
+pub struct TableBuilder {
+    key: TableKey,
+    time: Vec<i64>,
+    columns: Vec<Column>,
+    index: HashMap<String, usize>,
+    stamp: u64,
+    scratch: Vec<usize>,
+}
+
+const NEW: usize = usize::MAX;
+
+impl TableBuilder {
+    fn new(key: TableKey) -> TableBuilder {
+        TableBuilder {
+            key,
+            time: Vec::new(),
+            columns: Vec::new(),
+            index: HashMap::new(),
+            stamp: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.time.len()
+    }
+
+    /// Validates one row and appends it; on error nothing is appended.
+    /// `at` is the row's line or record number, for messages.
+    pub fn push_row<S: AsRef<str>>(
+        &mut self,
+        at: usize,
+        time: i64,
+        values: &[(S, Value<'_>)],
+    ) -> Result<(), IngestError> {
+        self.stamp += 1;
+        let stamp = self.stamp;
+        let mut idxs = std::mem::take(&mut self.scratch);
+        idxs.clear();
+        let check = (|| {
+            for (i, (name, v)) in values.iter().enumerate() {
+                let name = name.as_ref();
+                let kind = v.kind();
+                match self.index.get(name) {
+                    Some(&c) => {
+                        let col = &mut self.columns[c];
+                        if col.stamp == stamp {
+                            return Err(IngestError::column(at, name, "appears twice"));
+                        }
+                        if col.kind != kind {
+                            return Err(IngestError::column(
+                                at,
+                                name,
+                                format!(
+                                    "is {kind} here but {} at {} {}",
+                                    col.kind,
+                                    if col.first_at == at {
+                                        "this"
+                                    } else {
+                                        "earlier"
+                                    },
+                                    col.first_at
+                                ),
+                            ));
+                        }
+                        col.stamp = stamp;
+                        idxs.push(c);
+                    }
+                    None => {
+                        if name == TIME_COLUMN {
+                            return Err(IngestError::column(
+                                at,
+                                name,
+                                "is reserved for the timestamp",
+                            ));
+                        }
+                        validate_column_name(name)
+                            .map_err(|e| IngestError::column(at, name, e.to_string()))?;
+                        if values[..i].iter().any(|(n, _)| n.as_ref() == name) {
+                            return Err(IngestError::column(at, name, "appears twice"));
+                        }
+                        idxs.push(NEW);
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = check {
+            self.scratch = idxs;
+            return Err(e);
+        }
+        let row = self.time.len();
+        for ((name, v), c) in values.iter().zip(idxs.iter()) {
+            let c = if *c == NEW {
+                let mut data = Data::new(v.kind());
+                data.append_nulls(row);
+                self.index
+                    .insert(name.as_ref().to_string(), self.columns.len());
+                self.columns.push(Column {
+                    name: name.as_ref().to_string(),
+                    kind: v.kind(),
+                    first_at: at,
+                    data,
+                    len: row,
+                    stamp,
+                });
+                self.columns.len() - 1
+            } else {
+                *c
+            };
+            let col = &mut self.columns[c];
+            if col.len < row {
+                col.data.append_nulls(row - col.len);
+            }
+            col.data.append(v);
+            col.len = row + 1;
+        }
+        self.time.push(time);
+        self.scratch = idxs;
+        Ok(())
+    }
+
+    /// The line or record where `column` first appeared in this request.
+    pub fn first_at(&self, column: &str) -> Option<usize> {
+        self.index.get(column).map(|&c| self.columns[c].first_at)
+    }
+
+    fn finish(mut self) -> (WriteBatch, HashMap<String, usize>) {
+        let rows = self.time.len();
+        let mut fields = vec![ColumnKind::Time.field(TIME_COLUMN)];
+        let mut arrays: Vec<ArrayRef> = vec![Arc::new(
+            TimestampNanosecondArray::from(std::mem::take(&mut self.time)).with_timezone(TIME_ZONE),
+        )];
+        let mut first_at = HashMap::new();
+        for mut col in self.columns {
+            if col.len < rows {
+                col.data.append_nulls(rows - col.len);
+            }
+            fields.push(col.kind.field(&col.name));
+            arrays.push(col.data.finish());
+            first_at.insert(col.name, col.first_at);
+        }
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            .expect("columns built to the same length");
+        let wb =
+            WriteBatch::try_new(self.key, batch).expect("names and types were checked row by row");
+        (wb, first_at)
+    }
+}
+
+/// Every table of one request, in order of first appearance.
+#[derive(Default)]
+#[allow(missing_debug_implementations)]
+pub struct RequestBuilder {
+    tables: Vec<TableBuilder>,
+    index: HashMap<String, usize>,
+}
+
+/// A request's batches, with where each column first appeared (for turning a
+/// catalog conflict into a message that names a line).
+#[derive(Debug)]
+pub struct Decoded {
+    pub batches: Vec<WriteBatch>,
+    first_at: Vec<HashMap<String, usize>>,
+}
+
+impl Decoded {
+    /// The line or record where `column` of `table` first appeared.
+    pub fn first_at(&self, table: &TableKey, column: &str) -> Option<usize> {
+        let i = self.batches.iter().position(|b| b.table() == table)?;
+        self.first_at[i].get(column).copied()
+    }
+
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(WriteBatch::num_rows).sum()
+    }
+
+    /// Adds a batch built elsewhere (a columnar record) whose columns all
+    /// come from record or line `at`.
+    pub fn push(&mut self, batch: WriteBatch, at: usize) {
+        let first_at = batch
+            .batch()
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), at))
+            .collect();
+        self.batches.push(batch);
+        self.first_at.push(first_at);
+    }
+}
+
+impl RequestBuilder {
+    pub fn new() -> RequestBuilder {
+        RequestBuilder::default()
+    }
+
+    /// The builder of `database.measurement`, validating the names when the
+    /// table first appears.
+    pub fn table(
+        &mut self,
+        database: &str,
+        measurement: &str,
+        at: usize,
+    ) -> Result<&mut TableBuilder, IngestError> {
+        if let Some(&i) = self.index.get(measurement) {
+            return Ok(&mut self.tables[i]);
+        }
+        let key = TableKey::new(database, measurement)
+            .map_err(|e| IngestError::new(at, e.to_string()))?;
+        self.index
+            .insert(measurement.to_string(), self.tables.len());
+        self.tables.push(TableBuilder::new(key));
+        Ok(self.tables.last_mut().expect("pushed"))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.iter().all(|t| t.rows() == 0)
+    }
+
+    pub fn finish(self) -> Decoded {
+        let mut batches = Vec::new();
+        let mut first_at = Vec::new();
+        for t in self.tables.into_iter().filter(|t| t.rows() > 0) {
+            let (b, f) = t.finish();
+            batches.push(b);
+            first_at.push(f);
+        }
+        Decoded { batches, first_at }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_with_missing_and_new_columns() {
+        let mut r = RequestBuilder::new();
+        let t = r.table("db", "cpu", 1).unwrap();
+        t.push_row(
+            1,
+            10,
+            &[("host", Value::Tag("a".into())), ("v", Value::Float(1.0))],
+        )
+        .unwrap();
+        t.push_row(2, 20, &[("v", Value::Float(2.0)), ("n", Value::Integer(3))])
+            .unwrap();
+        let err = t.push_row(3, 30, &[("v", Value::Integer(1))]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "\"v\": is integer here but float at earlier 1"
+        );
+        let err = t
+            .push_row(4, 30, &[("v", Value::Float(1.0)), ("v", Value::Float(2.0))])
+            .unwrap_err();
+        assert_eq!(err.to_string(), "\"v\": appears twice");
+        let err = t
+            .push_row(5, 30, &[("time", Value::Float(1.0))])
+            .unwrap_err();
+        assert!(err.to_string().contains("reserved"));
+        let d = r.finish();
+        let b = d.batches[0].batch();
+        assert_eq!(b.num_rows(), 2);
+        assert_eq!(b.num_columns(), 4);
+        assert_eq!(b.column_by_name("host").unwrap().null_count(), 1);
+        assert_eq!(b.column_by_name("n").unwrap().null_count(), 1);
+        assert_eq!(d.first_at(d.batches[0].table(), "n"), Some(2));
+    }
+}

@@ -1,0 +1,341 @@
+//! InfluxDB line protocol.
+//!
+//! ```text
+//! measurement[,tag_key=tag_value...] field_key=field_value[,field_key=field_value...] [timestamp]
+//! ```
+//!
+//! * Measurement names escape `,` and space with `\`; tag keys, tag values
+//!   and field keys escape `,`, `=` and space. A `\` before any other byte is
+//!   a literal backslash.
+//! * Field values: floats (`1`, `-1.5`, `1e3`), integers `12i`, unsigned
+//!   integers `12u`, strings in double quotes (escaping `"` and `\` with `\`),
+//!   booleans `t T true True TRUE f F false False FALSE`.
+//! * The timestamp is an integer in the request's precision; without one the
+//!   row gets the time the request was received.
+//! * Blank lines and lines starting with `#` are skipped; `\r\n` line endings
+//!   are accepted.
+//!
+//! The parser builds Arrow columns directly (one builder per column), with no
+//! row maps in between. A request is all or nothing: with any error nothing
+//! is returned but the first errors, each naming the line and the field.
+
+use std::borrow::Cow;
+
+use crate::builder::{Decoded, RequestBuilder, Value};
+use crate::error::{IngestError, IngestErrors, Unit};
+use crate::precision::Precision;
+
+/// Parses a whole line-protocol body for database `database`.
+/// `now_ns` is the timestamp of rows that carry none.
+pub fn parse(
+    body: &[u8],
+    database: &str,
+    precision: Precision,
+    now_ns: i64,
+) -> Result<Decoded, IngestErrors> {
+    let text = match std::str::from_utf8(body) {
+        Ok(t) => t,
+        Err(e) => {
+            let line = body[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            return Err(IngestErrors::one(
+                Unit::Line,
+                IngestError::new(line, "is not valid UTF-8"),
+            ));
+        }
+    };
+    let mut request = RequestBuilder::new();
+    let mut errors = IngestErrors::new(Unit::Line);
+    let mut values: Vec<(Cow<'_, str>, Value<'_>)> = Vec::with_capacity(16);
+    for (i, raw) in text.split('\n').enumerate() {
+        let n = i + 1;
+        let line = raw.strip_suffix('\r').unwrap_or(raw);
+        let line = line.trim_start_matches([' ', '\t']);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        values.clear();
+        let parsed = match parse_line(line, &mut values, precision) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.push(e.at(n));
+                continue;
+            }
+        };
+        if !errors.is_empty() {
+            // Keep reporting syntax errors, but build nothing more.
+            continue;
+        }
+        let time = parsed.time.unwrap_or(now_ns);
+        let pushed = request
+            .table(database, &parsed.measurement, n)
+            .and_then(|t| t.push_row(n, time, &values));
+        if let Err(e) = pushed {
+            errors.push(e);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(request.finish())
+}
+
+/// A parse error before the line number is known.
+struct LineError {
+    column: Option<String>,
+    reason: String,
+}
+
+impl LineError {
+    fn new(reason: impl Into<String>) -> LineError {
+        LineError {
+            column: None,
+            reason: reason.into(),
+        }
+    }
+    fn column(column: &str, reason: impl Into<String>) -> LineError {
+        LineError {
+            column: Some(column.to_string()),
+            reason: reason.into(),
+        }
+    }
+    fn at(self, line: usize) -> IngestError {
+        IngestError {
+            at: line,
+            column: self.column,
+            reason: self.reason,
+        }
+    }
+}
+
+struct ParsedLine<'a> {
+    measurement: Cow<'a, str>,
+    time: Option<i64>,
+}
+
+/// Scans from `pos` to the first unescaped byte in `stops` (or the end).
+/// `\` followed by a byte in `escapable` is an escape. Returns the end and
+/// whether any escape was seen.
+#[inline]
+fn scan(b: &[u8], mut pos: usize, stops: &[u8], escapable: &[u8]) -> (usize, bool) {
+    let mut escaped = false;
+    while pos < b.len() {
+        let c = b[pos];
+        if c == b'\\' && pos + 1 < b.len() && escapable.contains(&b[pos + 1]) {
+            pos += 2;
+            escaped = true;
+            continue;
+        }
+        if stops.contains(&c) {
+            break;
+        }
+        pos += 1;
+    }
+    (pos, escaped)
+}
+
+/// `s` with every `\x` for `x` in `escapable` replaced by `x`.
+fn unescape<'a>(s: &'a str, escaped: bool, escapable: &[u8]) -> Cow<'a, str> {
+    if !escaped {
+        return Cow::Borrowed(s);
+    }
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() && escapable.contains(&b[i + 1]) {
+            out.push(b[i + 1]);
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Cow::Owned(String::from_utf8(out).expect("removing ASCII escapes keeps UTF-8"))
+}
+
+const MEASUREMENT_ESC: &[u8] = b", ";
+const KEY_ESC: &[u8] = b",= ";
+
+fn skip_spaces(b: &[u8], mut pos: usize) -> usize {
+    while pos < b.len() && (b[pos] == b' ' || b[pos] == b'\t') {
+        pos += 1;
+    }
+    pos
+}
+
+fn parse_line<'a>(
+    line: &'a str,
+    values: &mut Vec<(Cow<'a, str>, Value<'a>)>,
+    precision: Precision,
+) -> Result<ParsedLine<'a>, LineError> {
+    let b = line.as_bytes();
+    let (end, esc) = scan(b, 0, b", ", MEASUREMENT_ESC);
+    if end == 0 {
+        return Err(LineError::new("missing measurement"));
+    }
+    let measurement = unescape(&line[..end], esc, MEASUREMENT_ESC);
+    let mut pos = end;
+    // Tags.
+    while pos < b.len() && b[pos] == b',' {
+        let (kend, kesc) = scan(b, pos + 1, b",= ", KEY_ESC);
+        let key = unescape(&line[pos + 1..kend], kesc, KEY_ESC);
+        if key.is_empty() {
+            return Err(LineError::new("empty tag key"));
+        }
+        if kend >= b.len() || b[kend] != b'=' {
+            return Err(LineError::column(&key, "tag without '=' and value"));
+        }
+        let (vend, vesc) = scan(b, kend + 1, b", ", KEY_ESC);
+        if vend == kend + 1 {
+            return Err(LineError::column(&key, "tag without a value"));
+        }
+        let value = unescape(&line[kend + 1..vend], vesc, KEY_ESC);
+        values.push((key, Value::Tag(value)));
+        pos = vend;
+    }
+    if pos >= b.len() {
+        return Err(LineError::new("missing fields"));
+    }
+    pos = skip_spaces(b, pos);
+    if pos >= b.len() {
+        return Err(LineError::new("missing fields"));
+    }
+    // Fields.
+    loop {
+        let (kend, kesc) = scan(b, pos, b",= ", KEY_ESC);
+        let key = unescape(&line[pos..kend], kesc, KEY_ESC);
+        if key.is_empty() {
+            return Err(LineError::new("empty field key"));
+        }
+        if kend >= b.len() || b[kend] != b'=' {
+            return Err(LineError::column(&key, "field without '=' and value"));
+        }
+        let vstart = kend + 1;
+        let (value, vend) = if b.get(vstart) == Some(&b'"') {
+            parse_string(line, vstart).map_err(|r| LineError::column(&key, r))?
+        } else {
+            let mut vend = vstart;
+            while vend < b.len() && b[vend] != b',' && b[vend] != b' ' && b[vend] != b'\t' {
+                vend += 1;
+            }
+            let token = &line[vstart..vend];
+            (
+                parse_scalar(token).map_err(|r| LineError::column(&key, r))?,
+                vend,
+            )
+        };
+        values.push((key, value));
+        pos = vend;
+        if pos < b.len() && b[pos] == b',' {
+            pos += 1;
+            continue;
+        }
+        break;
+    }
+    // Timestamp.
+    pos = skip_spaces(b, pos);
+    let time = if pos < b.len() {
+        let mut end = pos;
+        while end < b.len() && b[end] != b' ' && b[end] != b'\t' {
+            end += 1;
+        }
+        let token = &line[pos..end];
+        if skip_spaces(b, end) != b.len() {
+            return Err(LineError::new(format!(
+                "unexpected text after the timestamp: {:?}",
+                &line[end..].trim()
+            )));
+        }
+        let raw: i64 = token
+            .parse()
+            .map_err(|_| LineError::new(format!("invalid timestamp {token:?}")))?;
+        Some(
+            precision
+                .to_nanos(raw)
+                .ok_or_else(|| LineError::new(format!("timestamp {token} is out of range")))?,
+        )
+    } else {
+        None
+    };
+    Ok(ParsedLine { measurement, time })
+}
+
+/// Parses a quoted string starting at `start` (the opening quote). Returns
+/// the value and the position after the closing quote.
+fn parse_string(line: &str, start: usize) -> Result<(Value<'_>, usize), String> {
+    let b = line.as_bytes();
+    let mut i = start + 1;
+    let mut escaped = false;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if i + 1 < b.len() && (b[i + 1] == b'"' || b[i + 1] == b'\\') => {
+                escaped = true;
+                i += 2;
+            }
+            b'"' => {
+                let raw = &line[start + 1..i];
+                let s = unescape(raw, escaped, b"\"\\");
+                let after = i + 1;
+                if after < b.len() && !matches!(b[after], b',' | b' ' | b'\t') {
+                    return Err("unexpected text after the closing quote".into());
+                }
+                return Ok((Value::String(s), after));
+            }
+            _ => i += 1,
+        }
+    }
+    Err("string value without a closing quote".into())
+}
+
+/// Parses an unquoted field value.
+fn parse_scalar(token: &str) -> Result<Value<'_>, String> {
+    if token.is_empty() {
+        return Err("missing field value".into());
+    }
+    match token {
+        "t" | "T" | "true" | "True" | "TRUE" => return Ok(Value::Boolean(true)),
+        "f" | "F" | "false" | "False" | "FALSE" => return Ok(Value::Boolean(false)),
+        _ => {}
+    }
+    let bytes = token.as_bytes();
+    let last = bytes[bytes.len() - 1];
+    let digits_ok = |s: &str| {
+        let s = s.strip_prefix('-').unwrap_or(s);
+        !s.is_empty() && s.bytes().all(|c| c.is_ascii_digit())
+    };
+    match last {
+        b'i' => {
+            let n = &token[..token.len() - 1];
+            if !digits_ok(n) {
+                return Err(format!("invalid integer {token:?}"));
+            }
+            n.parse()
+                .map(Value::Integer)
+                .map_err(|_| format!("integer {token} is out of range"))
+        }
+        b'u' => {
+            let n = &token[..token.len() - 1];
+            if !digits_ok(n) || n.starts_with('-') {
+                return Err(format!("invalid unsigned integer {token:?}"));
+            }
+            n.parse()
+                .map(Value::Unsigned)
+                .map_err(|_| format!("unsigned integer {token} is out of range"))
+        }
+        _ => {
+            let first = bytes[0];
+            if !(first.is_ascii_digit() || first == b'-' || first == b'+' || first == b'.') {
+                return Err(format!("invalid value {token:?}"));
+            }
+            match token.parse::<f64>() {
+                Ok(x) if x.is_finite() => Ok(Value::Float(x)),
+                Ok(_) => Err(format!("float {token} is out of range")),
+                Err(_) => Err(format!("invalid float {token:?}")),
+            }
+        }
+    }
+}
