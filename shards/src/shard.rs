@@ -33,7 +33,9 @@ use crate::ids::{ShardId, WalSeq};
 use crate::manifest::{FileMeta, Manifest};
 use crate::schema::{SchemaError, TableKey, TableSchema};
 use crate::wal::payload::{decode_writes, encode_writes};
-use crate::wal::{EntryKind, RecoveryMode, RecoveryReport, Wal, WalConfig, WalError};
+use crate::wal::{
+    read_segments, EntryKind, Recovered, RecoveryMode, RecoveryReport, Wal, WalConfig, WalError,
+};
 
 /// Settings of one shard.
 #[derive(Debug, Clone)]
@@ -115,6 +117,8 @@ pub struct Shard {
 impl Shard {
     /// Opens the shard's WAL and replays every entry after the manifest's
     /// watermark into a fresh buffer. Must run on the shard's monoio runtime.
+    /// The scan and the replay run on a helper thread, so the core's event
+    /// loop keeps serving (e.g. answering "not ready") meanwhile.
     pub async fn open(
         config: ShardConfig,
         catalog: Arc<Catalog>,
@@ -123,63 +127,27 @@ impl Shard {
     ) -> Result<(Shard, ShardRecovery), ShardError> {
         let id = config.wal.shard;
         let flushed_seq = manifest.flushed_seq(id);
-        let (wal, wal_report) = Wal::open(config.wal.clone(), flushed_seq.next()).await?;
-        let mut recovery = ShardRecovery {
-            wal: wal_report,
-            flushed_seq,
-            ..ShardRecovery::default()
-        };
-        let mut buffer = ShardBuffer::new(config.buffer.clone(), flushed_seq);
-        let mut cache = CatalogCache::new(catalog);
-        let mode = config.wal.recovery_mode;
-        let mut failure = None;
-        wal.read_from(flushed_seq.next(), |entry| {
-            let applied = match entry.kind {
-                EntryKind::Write => decode_writes(entry.payload)
-                    .map_err(|e| e.to_string())
-                    .and_then(|batches| {
-                        batches
-                            .into_iter()
-                            .map(|wb| {
-                                let schema = cache
-                                    .check(wb.table(), wb.batch().schema_ref())
-                                    .map_err(|e| e.to_string())?;
-                                let (table, rows) = wb.into_parts();
-                                Ok((table, schema, rows))
-                            })
-                            .collect::<Result<PendingEntry, String>>()
-                    }),
-            };
-            match applied {
-                Ok(tables) => {
-                    // A skipped entry leaves a gap; the buffer follows the WAL.
-                    let expected = buffer.applied_seq().next();
-                    if entry.seq != expected {
-                        buffer.skip_to(entry.seq.prev().unwrap_or(WalSeq::ZERO));
-                    }
-                    recovery.replayed_rows +=
-                        tables.iter().map(|t| t.2.num_rows() as u64).sum::<u64>();
-                    buffer.append_entry(entry.seq, &tables);
-                    recovery.replayed_entries += 1;
-                    ControlFlow::Continue(())
-                }
-                Err(reason) if mode == RecoveryMode::Skip => {
-                    tracing::error!(shard = %id, seq = %entry.seq, %reason, "skipping WAL entry that cannot be replayed");
-                    recovery.skipped_entries.push(entry.seq);
-                    ControlFlow::Continue(())
-                }
-                Err(reason) => {
-                    failure = Some(ShardError::Replay {
-                        seq: entry.seq,
-                        reason,
-                    });
-                    ControlFlow::Break(())
-                }
-            }
-        })?;
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let job_config = config.clone();
+        std::thread::Builder::new()
+            .name(format!("tidemark-recover-{id}"))
+            .spawn(move || {
+                let _ = tx.send(recover(
+                    &job_config,
+                    CatalogCache::new(catalog),
+                    flushed_seq,
+                ));
+            })
+            .map_err(|e| ShardError::Replay {
+                seq: flushed_seq,
+                reason: format!("cannot start the recovery thread: {e}"),
+            })?;
+        let (recovered, buffer, cache, recovery) = rx.await.map_err(|_| ShardError::Replay {
+            seq: flushed_seq,
+            reason: "the recovery thread died".into(),
+        })??;
+        let wal = Wal::open_recovered(config.wal.clone(), flushed_seq.next(), recovered).await?;
+        let mut buffer = buffer;
         // Entries skipped at the very end still advance the buffer's position.
         buffer.skip_to(wal.durable_seq());
         // A crash between a flush's commit and its segment removal leaves
@@ -376,5 +344,70 @@ impl Shard {
     pub async fn close(&self) {
         self.wal.close().await;
         self.apply_durable();
+    }
+}
+
+/// Scans the WAL and replays every entry after `flushed_seq` into a new
+/// buffer. Blocking; runs on a helper thread.
+fn recover(
+    config: &ShardConfig,
+    mut cache: CatalogCache,
+    flushed_seq: WalSeq,
+) -> Result<(Recovered, ShardBuffer, CatalogCache, ShardRecovery), ShardError> {
+    let id = config.wal.shard;
+    let recovered = Recovered::scan(&config.wal)?;
+    let mut recovery = ShardRecovery {
+        wal: recovered.report.clone(),
+        flushed_seq,
+        ..ShardRecovery::default()
+    };
+    let mut buffer = ShardBuffer::new(config.buffer.clone(), flushed_seq);
+    let mode = config.wal.recovery_mode;
+    let mut failure = None;
+    read_segments(&recovered.segments, flushed_seq.next(), mode, |entry| {
+        let applied = match entry.kind {
+            EntryKind::Write => decode_writes(entry.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|batches| {
+                    batches
+                        .into_iter()
+                        .map(|wb| {
+                            let schema = cache
+                                .check(wb.table(), wb.batch().schema_ref())
+                                .map_err(|e| e.to_string())?;
+                            let (table, rows) = wb.into_parts();
+                            Ok((table, schema, rows))
+                        })
+                        .collect::<Result<PendingEntry, String>>()
+                }),
+        };
+        match applied {
+            Ok(tables) => {
+                // A skipped entry leaves a gap; the buffer follows the WAL.
+                if entry.seq != buffer.applied_seq().next() {
+                    buffer.skip_to(entry.seq.prev().unwrap_or(WalSeq::ZERO));
+                }
+                recovery.replayed_rows += tables.iter().map(|t| t.2.num_rows() as u64).sum::<u64>();
+                buffer.append_entry(entry.seq, &tables);
+                recovery.replayed_entries += 1;
+                ControlFlow::Continue(())
+            }
+            Err(reason) if mode == RecoveryMode::Skip => {
+                tracing::error!(shard = %id, seq = %entry.seq, %reason, "skipping WAL entry that cannot be replayed");
+                recovery.skipped_entries.push(entry.seq);
+                ControlFlow::Continue(())
+            }
+            Err(reason) => {
+                failure = Some(ShardError::Replay {
+                    seq: entry.seq,
+                    reason,
+                });
+                ControlFlow::Break(())
+            }
+        }
+    })?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok((recovered, buffer, cache, recovery)),
     }
 }

@@ -21,6 +21,23 @@ use crate::ids::{SegmentId, WalSeq};
 /// How long the committer waits before retrying a write that found the disk full.
 const DISK_FULL_RETRY: Duration = Duration::from_millis(200);
 
+/// The result of scanning a WAL directory: its segments (torn tail already
+/// truncated) and what recovery found. `Send`, unlike [`Wal`].
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    pub segments: Vec<SegmentMeta>,
+    pub report: RecoveryReport,
+}
+
+impl Recovered {
+    /// Scans (and repairs) the WAL in `config.dir`; plain blocking I/O.
+    pub fn scan(config: &WalConfig) -> Result<Recovered, WalError> {
+        fs::create_dir_all(&config.dir).map_err(|e| WalError::io("create", &config.dir, e))?;
+        let (segments, report) = recover(&config.dir, config.recovery_mode)?;
+        Ok(Recovered { segments, report })
+    }
+}
+
 /// A shard's WAL, open for appends. Cheap to clone (a shared handle); not
 /// `Send`: it lives on its shard's core. See the [module docs](super).
 #[derive(Debug, Clone)]
@@ -65,8 +82,22 @@ impl Wal {
     /// flushed watermark + 1, so numbering continues after all segments were
     /// deleted.
     pub async fn open(config: WalConfig, floor: WalSeq) -> Result<(Wal, RecoveryReport), WalError> {
-        fs::create_dir_all(&config.dir).map_err(|e| WalError::io("create", &config.dir, e))?;
-        let (mut segments, report) = recover(&config.dir, config.recovery_mode)?;
+        let recovered = Recovered::scan(&config)?;
+        let report = recovered.report.clone();
+        Ok((Wal::open_recovered(config, floor, recovered).await?, report))
+    }
+
+    /// Opens the WAL for appends after [`Recovered::scan`] (which may run on
+    /// another thread, so that a long scan does not stall the core).
+    pub async fn open_recovered(
+        config: WalConfig,
+        floor: WalSeq,
+        recovered: Recovered,
+    ) -> Result<Wal, WalError> {
+        let Recovered {
+            mut segments,
+            report,
+        } = recovered;
         let last_seq = report.last_seq.unwrap_or(WalSeq::ZERO);
         let next_seq = last_seq.next().max(floor);
         // Append to the last segment only if it continues the numbering;
@@ -107,7 +138,7 @@ impl Wal {
             None => unreachable!("a segment was created above"),
         };
         monoio::spawn(committer(wal.inner.clone(), file));
-        Ok((wal, report))
+        Ok(wal)
     }
 
     pub fn config(&self) -> &WalConfig {
