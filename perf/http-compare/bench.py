@@ -4,7 +4,8 @@
 Usage: python3 bench.py [--runs 3] [--duration 10] [--modes hyper,httparse,...] [--cases big,small,pipe]
 Server: pinned to CPU 0 by itself; wrk: taskset -c 1 wrk -t1.
 Modes: httparse | hyper (frame-by-frame body) | hyper-collect (BodyExt::collect) |
-       hyper-timer (frames + MonoioTimer header_read_timeout 30s)
+       hyper-timer (frames + MonoioTimer header_read_timeout 30s) |
+       hyper-compat (frames, monoio_compat::StreamWrapper = io_uring ops instead of poll-io)
 """
 import argparse, json, os, re, resource, subprocess, sys, time, statistics
 
@@ -17,6 +18,7 @@ MODES = {
     "hyper": ["--mode", "hyper"],
     "hyper-collect": ["--mode", "hyper", "--hyper-body", "collect"],
     "hyper-timer": ["--mode", "hyper", "--hyper-timer", "30"],
+    "hyper-compat": ["--mode", "hyper", "--hyper-io", "compat"],
 }
 BIG = os.path.join(HERE, "wrk/body_5000.lp")
 ONE = os.path.join(HERE, "wrk/body_1.lp")

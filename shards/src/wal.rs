@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{SegmentId, ShardId, WalSeq};
 pub use format::{EntryKind, EntryRef};
 pub use scan::{CorruptRegion, RecoveryMode};
-pub use writer::{Recovered, Wal};
+pub use writer::{CommitInfo, CommitObserver, Recovered, Wal};
 
 /// When an appended entry counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -41,6 +41,9 @@ struct Opts {
     port: u16,
     collect: bool,
     hyper_timer: Option<u64>,
+    /// hyper I/O adapter: false = monoio poll-io (`into_poll_io`), true = monoio-compat
+    /// `StreamWrapper` (poll-style facade over io_uring ops with internal buffers).
+    hyper_compat_io: bool,
     max_body: usize,
 }
 
@@ -50,6 +53,7 @@ fn parse_args() -> Opts {
         port: 8080,
         collect: false,
         hyper_timer: None,
+        hyper_compat_io: false,
         max_body: 64 << 20,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -66,6 +70,7 @@ fn parse_args() -> Opts {
             }
             "--port" => o.port = v.parse().expect("port"),
             "--hyper-body" => o.collect = v == "collect",
+            "--hyper-io" => o.hyper_compat_io = v == "compat",
             "--hyper-timer" => o.hyper_timer = Some(v.parse().expect("secs")),
             "--max-body" => o.max_body = v.parse().expect("bytes"),
             a => panic!("unknown arg {a}"),
@@ -203,6 +208,10 @@ mod hyper_mode {
     }
 
     pub async fn serve(stream: monoio::net::TcpStream, o: Opts) {
+        if o.hyper_compat_io {
+            let io = MonoioIo::new(monoio_compat::StreamWrapper::new(stream));
+            return serve_io(io, o).await;
+        }
         // monoio `poll-io`: turn the completion-based stream into a readiness-based one
         // (tokio::io::AsyncRead/AsyncWrite), then adapt to hyper::rt::{Read, Write}.
         let io = match stream.into_poll_io() {
@@ -212,6 +221,13 @@ mod hyper_mode {
                 return;
             }
         };
+        serve_io(io, o).await
+    }
+
+    async fn serve_io<I>(io: I, o: Opts)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    {
         let (collect, max_body) = (o.collect, o.max_body);
         let mut b = http1::Builder::new();
         b.keep_alive(true).pipeline_flush(true);

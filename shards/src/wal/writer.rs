@@ -45,14 +45,37 @@ pub struct Wal {
     inner: Rc<Inner>,
 }
 
-#[derive(Debug)]
+/// What one group commit did, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitInfo {
+    /// Entries in the group.
+    pub entries: u64,
+    /// Bytes written.
+    pub bytes: u64,
+    /// Time spent in `fdatasync`/`fsync` (`None` with sync mode `none`).
+    pub sync: Option<Duration>,
+}
+
+/// Called by the committer after every group commit.
+pub type CommitObserver = Box<dyn Fn(&CommitInfo)>;
+
 struct Inner {
     config: WalConfig,
+    observer: RefCell<Option<CommitObserver>>,
     state: RefCell<WriterState>,
     /// Wakes the committer: entries are pending, or the WAL is closing.
     work: Event,
     /// Wakes appenders: `durable_seq` advanced, space freed, or a failure.
     changed: Event,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("config", &self.config)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Invariants: `durable_seq < next_seq`; `pending` holds exactly the entries
@@ -124,6 +147,7 @@ impl Wal {
                     committer_done: false,
                 }),
                 config,
+                observer: RefCell::new(None),
                 work: Event::new(),
                 changed: Event::new(),
             }),
@@ -139,6 +163,11 @@ impl Wal {
         };
         monoio::spawn(committer(wal.inner.clone(), file));
         Ok(wal)
+    }
+
+    /// Sets the function called after every group commit (for metrics).
+    pub fn set_commit_observer(&self, observer: CommitObserver) {
+        *self.inner.observer.borrow_mut() = Some(observer);
     }
 
     pub fn config(&self) -> &WalConfig {
@@ -378,7 +407,14 @@ async fn committer(inner: Rc<Inner>, mut file: File) {
         // Room for the next group to queue up while this one is written.
         inner.changed.notify(usize::MAX);
         match commit_group(&inner, &mut file, group, first, last, active).await {
-            Ok(mut group) => {
+            Ok((mut group, sync)) => {
+                if let Some(observe) = inner.observer.borrow().as_ref() {
+                    observe(&CommitInfo {
+                        entries: last.0 - first.0 + 1,
+                        bytes: group.len() as u64,
+                        sync,
+                    });
+                }
                 group.clear();
                 spare = group;
                 inner.state.borrow_mut().durable_seq = last;
@@ -404,8 +440,9 @@ async fn commit_group(
     first: WalSeq,
     last: WalSeq,
     mut active: SegmentMeta,
-) -> Result<Vec<u8>, WalError> {
+) -> Result<(Vec<u8>, Option<Duration>), WalError> {
     let config = &inner.config;
+    let mut sync_time = None;
     if active.last_seq.is_some() && active.len + group.len() as u64 > config.segment_size {
         let meta = create_segment(config, active.id.next(), first).await?;
         let new_file = OpenOptions::new()
@@ -423,7 +460,14 @@ async fn commit_group(
         let (res, buf) = file.write_all_at(group, active.len).await;
         group = buf;
         let res = match res {
-            Ok(()) => sync(file, config.sync_mode).await.map_err(|e| ("sync", e)),
+            Ok(()) => {
+                let start = std::time::Instant::now();
+                let r = sync(file, config.sync_mode).await.map_err(|e| ("sync", e));
+                if config.sync_mode != SyncMode::None {
+                    sync_time = Some(start.elapsed());
+                }
+                r
+            }
             Err(e) => Err(("write", e)),
         };
         match res {
@@ -446,5 +490,5 @@ async fn commit_group(
     let seg = st.segments.last_mut().expect("active segment");
     seg.len = active.len + group.len() as u64;
     seg.last_seq = Some(last);
-    Ok(group)
+    Ok((group, sync_time))
 }

@@ -1,0 +1,537 @@
+//! tidemark's one configuration: defaults, then a TOML file (`--config`),
+//! then `TIDEMARK_<SECTION>_<KEY>` environment variables, then command-line
+//! flags. Validated once at start (`Config::validate`).
+//!
+//! Every key, its default and its limits are documented on its field and in
+//! README.md ("Configuration").
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tidemark_shards::runtime::DriverChoice;
+use tidemark_shards::wal::{RecoveryMode, SyncMode};
+
+/// Prefix of the environment variables that override settings.
+pub const ENV_PREFIX: &str = "TIDEMARK_";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub http: HttpConfig,
+    pub wal: WalSettings,
+    pub buffer: BufferSettings,
+    pub flush: FlushSettings,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where WAL, Parquet files and the manifest live. Default `./data`.
+    pub data_dir: PathBuf,
+    /// Shard cores (each runs an HTTP listener, a WAL and a buffer).
+    /// Default 0 = all cores minus one, at least one. At most 256.
+    pub shard_cores: usize,
+    /// Pin shard core `i` to CPU `i`. Default true.
+    pub pin_cores: bool,
+    /// I/O driver: `auto` (io_uring when allowed), `io_uring`, `legacy`.
+    pub driver: DriverChoice,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("./data"),
+            shard_cores: 0,
+            pin_cores: true,
+            driver: DriverChoice::Auto,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address. Default `127.0.0.1:8000`.
+    pub addr: String,
+    /// Largest request body, compressed or decompressed, in bytes; larger
+    /// bodies get 413. Default 256 MiB; at least 1 KiB.
+    pub max_body_bytes: u64,
+    /// Time allowed to send a request's head, in ms; default 10,000.
+    pub header_timeout_ms: u64,
+    /// Time allowed to send a request's body, in ms; default 60,000.
+    pub body_timeout_ms: u64,
+    /// An idle keep-alive connection is closed after this many ms; default 120,000.
+    pub idle_timeout_ms: u64,
+    /// Open connections allowed on the node (split evenly over shard cores);
+    /// further connections are closed at once. Default 10,000.
+    pub max_connections: usize,
+    /// Database of writes that name none. Default `default`.
+    pub default_database: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: "127.0.0.1:8000".into(),
+            max_body_bytes: 256 << 20,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 60_000,
+            idle_timeout_ms: 120_000,
+            max_connections: 10_000,
+            default_database: "default".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalSettings {
+    /// `fdatasync` (default), `fsync` or `none`.
+    pub sync_mode: SyncMode,
+    /// Segment size in bytes; default 64 MiB, at least 64 KiB.
+    pub segment_bytes: u64,
+    /// Bytes queued for the next group commit before writers wait; default 64 MiB.
+    pub max_pending_bytes: u64,
+    /// `strict` (default: refuse to start on a corrupt entry) or `skip`.
+    pub recovery_mode: RecoveryMode,
+}
+
+impl Default for WalSettings {
+    fn default() -> Self {
+        WalSettings {
+            sync_mode: SyncMode::Fdatasync,
+            segment_bytes: 64 << 20,
+            max_pending_bytes: 64 << 20,
+            recovery_mode: RecoveryMode::Strict,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BufferSettings {
+    /// Flush a shard at this many buffered rows; default 1,000,000.
+    pub flush_rows: usize,
+    /// Flush a shard at about this many buffered bytes; default 256 MiB.
+    pub flush_bytes: u64,
+    /// Flush a shard once its oldest row is this many ms old; default 60,000.
+    pub flush_age_ms: u64,
+    /// Writes to a shard wait while its buffer holds this many bytes; default 1 GiB.
+    pub max_bytes: u64,
+}
+
+impl Default for BufferSettings {
+    fn default() -> Self {
+        BufferSettings {
+            flush_rows: 1_000_000,
+            flush_bytes: 256 << 20,
+            flush_age_ms: 60_000,
+            max_bytes: 1 << 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlushSettings {
+    /// Flush worker threads; default 1, at most 64.
+    pub workers: usize,
+    /// How often a shard checks whether a flush is due, in ms; default 100.
+    pub check_interval_ms: u64,
+}
+
+impl Default for FlushSettings {
+    fn default() -> Self {
+        FlushSettings {
+            workers: 1,
+            check_interval_ms: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Require a token on every endpoint but /health, /ready and /metrics.
+    /// Default false.
+    pub enabled: bool,
+    /// Accepted tokens.
+    pub tokens: Vec<String>,
+    /// A file of further tokens, one per line (`#` comments allowed).
+    pub token_file: Option<PathBuf>,
+}
+
+/// A configuration problem, named by the key and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("--set {arg:?}: {message}")]
+    Flag { arg: String, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Command-line overrides (`tidemark serve` flags).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub http_addr: Option<String>,
+    pub shard_cores: Option<usize>,
+    /// `section.key=value` pairs.
+    pub set: Vec<String>,
+}
+
+/// Parses `raw` as a TOML value when it is one (numbers, booleans, arrays),
+/// else takes it as a string.
+fn env_value(raw: &str) -> toml::Value {
+    match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn set_key(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let sec = table
+        .entry(section.to_string())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(t) = sec {
+        t.insert(key.to_string(), value);
+    }
+}
+
+impl Config {
+    /// Loads the configuration: defaults, `file`, the environment `env`
+    /// (`TIDEMARK_*` pairs), then `flags`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut table = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str::<toml::Table>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => toml::Table::new(),
+        };
+        // Check the file alone first, so its errors name the file.
+        if let Some(path) = file {
+            toml::Value::Table(table.clone())
+                .try_into::<Config>()
+                .map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+        }
+        let mut env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != "TIDEMARK_LOG")
+            .collect();
+        env.sort();
+        for (var, raw) in &env {
+            let rest = var[ENV_PREFIX.len()..].to_ascii_lowercase();
+            let Some((section, key)) = rest.split_once('_') else {
+                return Err(ConfigError::Env {
+                    var: var.clone(),
+                    message: "expected TIDEMARK_<SECTION>_<KEY>".into(),
+                });
+            };
+            let mut probe = toml::Table::new();
+            set_key(&mut probe, section, key, env_value(raw));
+            toml::Value::Table(probe)
+                .try_into::<Config>()
+                .map_err(|e| ConfigError::Env {
+                    var: var.clone(),
+                    message: e.to_string(),
+                })?;
+            set_key(&mut table, section, key, env_value(raw));
+        }
+        for arg in &flags.set {
+            let flag_err = |message: &str| ConfigError::Flag {
+                arg: arg.clone(),
+                message: message.into(),
+            };
+            let (path, raw) = arg
+                .split_once('=')
+                .ok_or_else(|| flag_err("expected section.key=value"))?;
+            let (section, key) = path
+                .split_once('.')
+                .ok_or_else(|| flag_err("expected section.key=value"))?;
+            set_key(&mut table, section, key, env_value(raw));
+        }
+        if let Some(d) = &flags.data_dir {
+            set_key(
+                &mut table,
+                "node",
+                "data_dir",
+                toml::Value::String(d.display().to_string()),
+            );
+        }
+        if let Some(a) = &flags.http_addr {
+            set_key(&mut table, "http", "addr", toml::Value::String(a.clone()));
+        }
+        if let Some(n) = flags.shard_cores {
+            set_key(
+                &mut table,
+                "node",
+                "shard_cores",
+                toml::Value::Integer(n as i64),
+            );
+        }
+        toml::Value::Table(table)
+            .try_into::<Config>()
+            .map_err(|e| ConfigError::Flag {
+                arg: "(command line)".into(),
+                message: e.to_string(),
+            })
+    }
+
+    /// Checks every setting; the first problem names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        if self.http.addr.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "http.addr",
+                format!(
+                    "{:?} is not an IP address and port, e.g. 127.0.0.1:8000",
+                    self.http.addr
+                ),
+            );
+        }
+        if self.node.shard_cores > 256 {
+            return invalid(
+                "node.shard_cores",
+                format!("{} is more than 256", self.node.shard_cores),
+            );
+        }
+        if self.node.data_dir.as_os_str().is_empty() {
+            return invalid("node.data_dir", "must not be empty".into());
+        }
+        if self.http.max_body_bytes < 1024 {
+            return invalid(
+                "http.max_body_bytes",
+                format!("{} is less than 1024", self.http.max_body_bytes),
+            );
+        }
+        for (key, v) in [
+            ("http.header_timeout_ms", self.http.header_timeout_ms),
+            ("http.body_timeout_ms", self.http.body_timeout_ms),
+            ("http.idle_timeout_ms", self.http.idle_timeout_ms),
+            ("buffer.flush_age_ms", self.buffer.flush_age_ms),
+            ("flush.check_interval_ms", self.flush.check_interval_ms),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be more than 0".into());
+            }
+        }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be more than 0".into());
+        }
+        if tidemark_shards::schema::validate_database_name(&self.http.default_database).is_err() {
+            return invalid(
+                "http.default_database",
+                format!(
+                    "{:?} is not a valid database name",
+                    self.http.default_database
+                ),
+            );
+        }
+        if self.wal.segment_bytes < 64 << 10 {
+            return invalid(
+                "wal.segment_bytes",
+                format!("{} is less than 65536", self.wal.segment_bytes),
+            );
+        }
+        if self.wal.max_pending_bytes < 1 << 20 {
+            return invalid(
+                "wal.max_pending_bytes",
+                format!("{} is less than 1 MiB", self.wal.max_pending_bytes),
+            );
+        }
+        if self.buffer.flush_rows == 0 || self.buffer.flush_bytes == 0 {
+            return invalid(
+                "buffer.flush_rows",
+                "flush_rows and flush_bytes must be more than 0".into(),
+            );
+        }
+        if self.buffer.max_bytes < self.buffer.flush_bytes {
+            return invalid(
+                "buffer.max_bytes",
+                format!(
+                    "{} is less than buffer.flush_bytes ({})",
+                    self.buffer.max_bytes, self.buffer.flush_bytes
+                ),
+            );
+        }
+        if self.flush.workers == 0 || self.flush.workers > 64 {
+            return invalid(
+                "flush.workers",
+                format!("{} is not between 1 and 64", self.flush.workers),
+            );
+        }
+        if self.auth.enabled && self.auth.tokens.is_empty() && self.auth.token_file.is_none() {
+            return invalid(
+                "auth.enabled",
+                "auth is enabled but no auth.tokens or auth.token_file is set".into(),
+            );
+        }
+        if let Some(t) = self.auth.tokens.iter().find(|t| t.trim().is_empty()) {
+            return invalid("auth.tokens", format!("{t:?} is an empty token"));
+        }
+        Ok(())
+    }
+
+    /// The shard core count, with 0 resolved to all cores minus one (at least one).
+    pub fn shard_cores(&self) -> usize {
+        if self.node.shard_cores > 0 {
+            return self.node.shard_cores;
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cores.saturating_sub(1).max(1)
+    }
+
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.http.addr.parse().expect("validated")
+    }
+
+    /// Every token accepted: the configured ones plus those of the token file.
+    pub fn load_tokens(&self) -> Result<Vec<String>, ConfigError> {
+        let mut tokens = self.auth.tokens.clone();
+        if let Some(path) = &self.auth.token_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            tokens.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_string),
+            );
+        }
+        if self.auth.enabled && tokens.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "auth.token_file",
+                message: "auth is enabled but the token file holds no token".into(),
+            });
+        }
+        Ok(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_docs() {
+        let c = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http.addr, "127.0.0.1:8000");
+        assert_eq!(c.node.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.wal.sync_mode, SyncMode::Fdatasync);
+        assert!(c.shard_cores() >= 1);
+    }
+
+    #[test]
+    fn precedence_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(
+            &file,
+            "[http]\naddr = \"127.0.0.1:1\"\nmax_body_bytes = 2048\n[wal]\nsync_mode = \"none\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&file),
+            env(&[
+                ("TIDEMARK_HTTP_ADDR", "127.0.0.1:2"),
+                ("TIDEMARK_NODE_SHARD_CORES", "3"),
+                ("TIDEMARK_AUTH_TOKENS", "[\"a\", \"b\"]"),
+                ("PATH", "/bin"),
+            ]),
+            &Overrides {
+                shard_cores: Some(2),
+                set: vec!["flush.workers=4".into()],
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.http.addr, "127.0.0.1:2");
+        assert_eq!(c.http.max_body_bytes, 2048);
+        assert_eq!(c.wal.sync_mode, SyncMode::None);
+        assert_eq!(c.node.shard_cores, 2);
+        assert_eq!(c.flush.workers, 4);
+        assert_eq!(c.auth.tokens, ["a", "b"]);
+    }
+
+    #[test]
+    fn clear_errors() {
+        let e = Config::load(
+            None,
+            env(&[("TIDEMARK_HTTP_NOPE", "1")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("environment variable TIDEMARK_HTTP_NOPE: "),
+            "{e}"
+        );
+        assert!(e.to_string().contains("unknown field `nope`"), "{e}");
+        let e = Config::load(
+            None,
+            env(&[("TIDEMARK_WAL_SYNC_MODE", "sometimes")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("TIDEMARK_WAL_SYNC_MODE"), "{e}");
+        let c = Config::load(
+            None,
+            env(&[("TIDEMARK_HTTP_ADDR", "nowhere")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "http.addr: \"nowhere\" is not an IP address and port, e.g. 127.0.0.1:8000"
+        );
+        let c = Config::load(
+            None,
+            env(&[("TIDEMARK_AUTH_ENABLED", "true")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("auth.enabled: "));
+    }
+}

@@ -1,0 +1,246 @@
+//! The endpoints: ingest (`/write`, `/api/v2/write`,
+//! `/api/v1/write/line-protocol`, `/api/v1/write/msgpack`), operations
+//! (`/health`, `/ready`, `/metrics`, `POST /api/v1/flush`).
+
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tidemark_ingest::builder::Decoded;
+use tidemark_ingest::{line_protocol, msgpack, Precision};
+use tidemark_shards::shard::{Shard, ShardError};
+use tidemark_shards::SchemaError;
+
+use super::{auth, body, Request, Response};
+use crate::node::CoreCtx;
+
+const LINE_PROTOCOL: usize = 0;
+const MSGPACK: usize = 1;
+
+/// Routes a request. `route` is the metrics label index.
+pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
+    let node = &ctx.node;
+    let path = req.path.as_str();
+    let route = match path {
+        "/write" | "/api/v2/write" | "/api/v1/write/line-protocol" => 0,
+        "/api/v1/write/msgpack" => 1,
+        "/health" => 2,
+        "/ready" => 3,
+        "/metrics" => 4,
+        "/api/v1/flush" => 5,
+        _ => 6,
+    };
+    let public = matches!(path, "/health" | "/ready" | "/metrics");
+    if node.config.auth.enabled && !public {
+        if let Some(denied) = auth::check(&req, &node.tokens) {
+            return (denied, route);
+        }
+    }
+    let method = req.method.as_str();
+    let resp = match (method, path) {
+        ("GET" | "HEAD", "/health") => Response::json(200, &serde_json::json!({"status": "ok"})),
+        ("GET" | "HEAD", "/ready") => {
+            if node.is_ready() {
+                Response::json(200, &serde_json::json!({"status": "ready"}))
+            } else {
+                let why = if node.is_shutting_down() {
+                    "shutting down"
+                } else {
+                    "recovering"
+                };
+                Response::json(
+                    503,
+                    &serde_json::json!({"status": "not ready", "reason": why}),
+                )
+                .with_header("Retry-After", "1")
+            }
+        }
+        ("GET", "/metrics") => {
+            ctx.refresh_gauges();
+            Response {
+                status: 200,
+                headers: vec![(
+                    "Content-Type",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8".into(),
+                )],
+                body: node.metrics.encode().into_bytes(),
+            }
+        }
+        ("POST", "/write" | "/api/v2/write" | "/api/v1/write/line-protocol") => {
+            write(ctx, req, LINE_PROTOCOL).await
+        }
+        ("POST", "/api/v1/write/msgpack") => write(ctx, req, MSGPACK).await,
+        ("POST", "/api/v1/flush") => flush_all(ctx).await,
+        (
+            _,
+            "/health"
+            | "/ready"
+            | "/metrics"
+            | "/write"
+            | "/api/v2/write"
+            | "/api/v1/write/line-protocol"
+            | "/api/v1/write/msgpack"
+            | "/api/v1/flush",
+        ) => Response::error(405, format!("method {method} is not allowed on {path}")),
+        _ => Response::error(404, format!("no endpoint {path}")),
+    };
+    (resp, route)
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+/// The database of a write: `x-arc-database`, else `db` (InfluxDB 1.x) or
+/// `bucket` (2.x), else the default.
+fn database(ctx: &CoreCtx, req: &Request) -> String {
+    req.header("x-arc-database")
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+        .or_else(|| req.query_param("db").filter(|d| !d.is_empty()))
+        .or_else(|| req.query_param("bucket").filter(|d| !d.is_empty()))
+        .unwrap_or_else(|| ctx.node.config.http.default_database.clone())
+}
+
+/// Turns a catalog conflict into a message naming the line or record where
+/// the column first appears in this request.
+fn schema_error_message(e: &SchemaError, decoded: &Decoded, format: usize) -> String {
+    if let SchemaError::TypeConflict {
+        column,
+        existing,
+        given,
+    } = e
+    {
+        let at = decoded
+            .batches
+            .iter()
+            .find_map(|b| decoded.first_at(b.table(), column));
+        let unit = if format == LINE_PROTOCOL {
+            "line"
+        } else {
+            "record"
+        };
+        if let Some(at) = at {
+            return format!(
+                "{unit} {at}: {column:?}: is {given} here but the column is stored as {existing}"
+            );
+        }
+    }
+    e.to_string()
+}
+
+async fn write(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response {
+    let m = &ctx.metrics;
+    m.ingest_requests[format].inc();
+    m.ingest_bytes[format].inc_by(req.body.len() as u64);
+    let resp = write_inner(ctx, req, format).await;
+    if resp.status >= 300 {
+        m.ingest_error(format, resp.status);
+    }
+    resp
+}
+
+async fn write_inner(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response {
+    let node = &ctx.node;
+    let Some(shard) = ctx.shard().filter(|_| node.is_ready()) else {
+        let why = if node.is_shutting_down() {
+            "the node is shutting down"
+        } else {
+            "the node is recovering its WAL"
+        };
+        return Response::error(503, format!("{why}; retry shortly"));
+    };
+    let db = database(ctx, &req);
+    if let Err(e) = tidemark_shards::schema::validate_database_name(&db) {
+        return Response::error(400, e.to_string());
+    }
+    let precision = match req.query_param("precision") {
+        None => Precision::Nanoseconds,
+        Some(p) if p.is_empty() => Precision::Nanoseconds,
+        Some(p) => match Precision::parse(&p) {
+            Some(p) => p,
+            None => {
+                return Response::error(
+                    400,
+                    format!("invalid precision {p:?} (expected ns, us, ms or s)"),
+                )
+            }
+        },
+    };
+    let encoding = req.header("content-encoding").map(str::to_string);
+    let body = match body::decode(
+        req.body,
+        encoding.as_deref(),
+        node.config.http.max_body_bytes,
+    ) {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let now = now_ns();
+    let decoded = match format {
+        LINE_PROTOCOL => line_protocol::parse(&body, &db, precision, now),
+        _ => msgpack::parse(&body, &db, now),
+    };
+    let decoded = match decoded {
+        Ok(d) => d,
+        Err(e) => return Response::error(400, e.to_string()),
+    };
+    if decoded.batches.is_empty() {
+        return Response::no_content();
+    }
+    let rows = decoded.num_rows() as u64;
+    match shard.write_all(decoded.batches.clone()).await {
+        Ok(_) => {
+            ctx.metrics.ingest_rows[format].inc_by(rows);
+            Response::no_content()
+        }
+        Err(ShardError::Schema(e)) => {
+            Response::error(400, schema_error_message(&e, &decoded, format))
+        }
+        Err(ShardError::Wal(e)) if e.is_retryable() => Response::error(503, e.to_string()),
+        Err(e) => {
+            tracing::error!(shard = ctx.id, error = %e, "write failed");
+            Response::error(500, format!("write failed: {e}"))
+        }
+    }
+}
+
+/// Flushes this core's shard and counts it.
+pub async fn flush_shard(ctx: &CoreCtx, shard: &Shard) -> Result<(), ShardError> {
+    match shard.flush().await {
+        Ok(Some(out)) => {
+            ctx.metrics.flushes.inc();
+            ctx.metrics.flush_rows.inc_by(out.rows);
+            ctx.metrics.flush_files.inc_by(out.files.len() as u64);
+            ctx.refresh_gauges();
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => {
+            tracing::error!(shard = ctx.id, error = %e, "flush failed");
+            Err(e)
+        }
+    }
+}
+
+/// `POST /api/v1/flush`: asks every core to flush and waits until all have
+/// their files in the manifest.
+async fn flush_all(ctx: &Rc<CoreCtx>) -> Response {
+    let node = &ctx.node;
+    if !node.is_ready() {
+        return Response::error(503, "the node is not ready");
+    }
+    let epoch = node.request_flush();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match node.flush_status(epoch) {
+            Some(Ok(())) => return Response::json(200, &serde_json::json!({"success": true})),
+            Some(Err(e)) => return Response::error(500, format!("flush failed: {e}")),
+            None if Instant::now() > deadline => {
+                return Response::error(503, "flush did not finish within 120 s")
+            }
+            None => monoio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! Starting and stopping a node: the data directory, the shared parts
+//! (manifest, file store, catalog, flush workers, metrics), one pinned
+//! runtime per shard core, and the control thread.
+//!
+//! Threads: `tidemark-shard-<i>` (one per shard core: HTTP listener with
+//! SO_REUSEPORT, WAL, buffer), `tidemark-flush-<i>` (Parquet), and
+//! `tidemark-control` (signals, housekeeping, shutdown; Raft later).
+//!
+//! Shutdown on SIGTERM/SIGINT: `/ready` turns 503, cores stop accepting,
+//! finish the requests in flight (closing idle keep-alive connections), make
+//! the WAL's queued entries durable and close it; then flush workers finish.
+//! Buffered rows stay in the WAL and are replayed at the next start.
+
+use std::cell::{Cell, RefCell};
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use event_listener::Event;
+use tidemark_shards::buffer::BufferConfig;
+use tidemark_shards::flush::{FileStore, FlushPool};
+use tidemark_shards::manifest::Manifest;
+use tidemark_shards::runtime;
+use tidemark_shards::shard::{Shard, ShardConfig};
+use tidemark_shards::wal::WalConfig;
+use tidemark_shards::{Catalog, ColumnKind, ShardId, TableKey};
+
+use crate::config::Config;
+use crate::metrics::{CoreMetrics, NodeMetrics};
+
+/// What every core shares. Read-mostly; nothing here is touched per row.
+#[derive(Debug)]
+pub struct NodeShared {
+    pub config: Config,
+    pub tokens: Vec<String>,
+    pub metrics: Arc<NodeMetrics>,
+    pub manifest: Arc<Manifest>,
+    pub shard_count: usize,
+    recovered: AtomicUsize,
+    shutting_down: AtomicBool,
+    /// `POST /api/v1/flush`: the latest flush epoch asked for, and per core
+    /// the latest epoch it has flushed (or failed: `flush_errors`).
+    flush_requested: AtomicU64,
+    flush_done: Vec<AtomicU64>,
+    flush_errors: Mutex<Vec<(u64, String)>>,
+}
+
+impl NodeShared {
+    /// Recovered, and not shutting down.
+    pub fn is_ready(&self) -> bool {
+        self.recovered.load(Ordering::Acquire) == self.shard_count && !self.is_shutting_down()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Asks every core to flush; returns the epoch to wait for.
+    pub fn request_flush(&self) -> u64 {
+        self.flush_requested.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// `None` while some core has not flushed `epoch` yet.
+    pub fn flush_status(&self, epoch: u64) -> Option<Result<(), String>> {
+        if self
+            .flush_done
+            .iter()
+            .any(|d| d.load(Ordering::Acquire) < epoch)
+        {
+            return None;
+        }
+        let errors = self.flush_errors.lock().expect("flush errors lock");
+        match errors.iter().find(|(e, _)| *e >= epoch) {
+            Some((_, msg)) => Some(Err(msg.clone())),
+            None => Some(Ok(())),
+        }
+    }
+
+    fn update_ready_gauge(&self) {
+        self.metrics.ready.set(i64::from(self.is_ready()));
+    }
+}
+
+/// One shard core's state, owned by its thread.
+#[derive(Debug)]
+pub struct CoreCtx {
+    pub id: usize,
+    pub node: Arc<NodeShared>,
+    pub metrics: CoreMetrics,
+    /// The shard, once recovered.
+    pub shard: RefCell<Option<Rc<Shard>>>,
+    /// Set at shutdown: finish in-flight requests, accept no more.
+    pub draining: Cell<bool>,
+    /// Wakes idle connections and the accept loop when draining starts.
+    pub drain_event: Event,
+    pub connections: Cell<usize>,
+}
+
+impl CoreCtx {
+    pub fn shard(&self) -> Option<Rc<Shard>> {
+        self.shard.borrow().clone()
+    }
+
+    /// Copies the shard's buffer size into its gauges.
+    pub fn refresh_gauges(&self) {
+        if let Some(shard) = self.shard() {
+            let (rows, bytes) = shard.buffered();
+            self.metrics.buffer_rows.set(rows as i64);
+            self.metrics.buffer_bytes.set(bytes as i64);
+        }
+    }
+}
+
+/// Holds an exclusive `flock` on `<data_dir>/LOCK` for the life of the node.
+struct DirLock {
+    _file: fs::File,
+}
+
+fn lock_data_dir(dir: &Path) -> anyhow::Result<DirLock> {
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        anyhow::bail!(
+            "data directory {} is in use by another tidemark process (cannot lock {})",
+            dir.display(),
+            path.display()
+        );
+    }
+    Ok(DirLock { _file: f })
+}
+
+/// Seeds the catalog with the schemas of the files the manifest knows, so a
+/// write cannot retype a column that is only in Parquet.
+fn seed_catalog(catalog: &Catalog, manifest: &Manifest) {
+    for f in manifest.files() {
+        let Ok(table) = TableKey::new(&f.database, &f.measurement) else {
+            continue;
+        };
+        let fields: Vec<_> = f
+            .columns
+            .iter()
+            .map(|(n, k): &(String, ColumnKind)| k.field(n))
+            .collect();
+        let schema = arrow_schema::Schema::new(fields);
+        if let Err(e) = catalog.merge(&table, &schema) {
+            tracing::error!(file = %f.path, error = %e, "file schema conflicts with the catalog");
+        }
+    }
+}
+
+fn shard_config(config: &Config, data: &Path, i: usize) -> ShardConfig {
+    let mut wal = WalConfig::new(
+        data.join("wal").join(format!("shard-{i:03}")),
+        ShardId(i as u32),
+    );
+    wal.sync_mode = config.wal.sync_mode;
+    wal.segment_size = config.wal.segment_bytes;
+    wal.max_pending_bytes = config.wal.max_pending_bytes as usize;
+    wal.recovery_mode = config.wal.recovery_mode;
+    let mut sc = ShardConfig::new(wal);
+    sc.buffer = BufferConfig {
+        flush_rows: config.buffer.flush_rows,
+        flush_bytes: config.buffer.flush_bytes as usize,
+        flush_age: Duration::from_millis(config.buffer.flush_age_ms),
+        ..BufferConfig::default()
+    };
+    sc.max_buffer_bytes = config.buffer.max_bytes as usize;
+    sc
+}
+
+/// Runs a node until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let data: PathBuf = config.node.data_dir.clone();
+    let _lock = lock_data_dir(&data)?;
+    let tokens = config.load_tokens()?;
+    let addr = config.socket_addr();
+    if !config.auth.enabled && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening on a non-loopback address without auth: anyone who can reach it can write; set auth.enabled = true");
+    }
+    let manifest =
+        Arc::new(Manifest::open(&data.join("manifest")).context("opening the manifest")?);
+    let store =
+        Arc::new(FileStore::local(&data.join("parquet")).context("opening the file store")?);
+    let orphans = store
+        .remove_orphans(&manifest)
+        .context("removing orphan files")?;
+    if !orphans.is_empty() {
+        tracing::info!(
+            count = orphans.len(),
+            "removed files of flushes that did not complete"
+        );
+    }
+    let catalog = Catalog::new();
+    seed_catalog(&catalog, &manifest);
+    let shard_count = config.shard_cores();
+    let (pool, flush_threads) = FlushPool::start(
+        config.flush.workers,
+        shard_count * 2,
+        store,
+        manifest.clone(),
+    );
+    let metrics = NodeMetrics::new();
+    let node = Arc::new(NodeShared {
+        tokens,
+        metrics: metrics.clone(),
+        manifest: manifest.clone(),
+        shard_count,
+        recovered: AtomicUsize::new(0),
+        shutting_down: AtomicBool::new(false),
+        flush_requested: AtomicU64::new(0),
+        flush_done: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
+        flush_errors: Mutex::new(Vec::new()),
+        config,
+    });
+    tracing::info!(%addr, shard_cores = shard_count, data_dir = %data.display(), sync_mode = ?node.config.wal.sync_mode, "starting tidemark");
+
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut cores = Vec::new();
+    for i in 0..shard_count {
+        let node = node.clone();
+        let pool = pool.clone();
+        let catalog = catalog.clone();
+        let sc = shard_config(&node.config, &data, i);
+        let cpu = node.config.node.pin_cores.then_some(i % cpus);
+        let handle = runtime::spawn_core(
+            format!("tidemark-shard-{i}"),
+            cpu,
+            node.config.node.driver,
+            move |_driver| core_main(i, node, sc, catalog, pool),
+        )
+        .with_context(|| format!("starting shard core {i}"))?;
+        cores.push(handle);
+    }
+    drop(pool);
+
+    // The control thread: signals, housekeeping, shutdown.
+    let control_node = node.clone();
+    let control = std::thread::Builder::new()
+        .name("tidemark-control".into())
+        .spawn(move || control_main(control_node))
+        .context("starting the control thread")?;
+
+    let mut failure = None;
+    for (i, c) in cores.into_iter().enumerate() {
+        match c.join() {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => failure = Some(e.context(format!("shard core {i}"))),
+            Ok(Err(e)) => {
+                failure = Some(anyhow::Error::new(e).context(format!("shard core {i} runtime")))
+            }
+            Err(_) => failure = Some(anyhow::anyhow!("shard core {i} panicked")),
+        }
+        if failure.is_some() {
+            // One core failing stops the node.
+            node.shutting_down.store(true, Ordering::Release);
+        }
+    }
+    node.shutting_down.store(true, Ordering::Release);
+    let _ = control.join();
+    for t in flush_threads {
+        let _ = t.join();
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            tracing::info!("tidemark stopped");
+            Ok(())
+        }
+    }
+}
+
+fn control_main(node: Arc<NodeShared>) {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return;
+        }
+    };
+    loop {
+        for sig in signals.pending() {
+            tracing::info!(signal = sig, "shutting down: finishing requests in flight");
+            node.shutting_down.store(true, Ordering::Release);
+        }
+        node.update_ready_gauge();
+        if node.is_shutting_down() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+async fn core_main(
+    id: usize,
+    node: Arc<NodeShared>,
+    config: ShardConfig,
+    catalog: Arc<Catalog>,
+    pool: FlushPool,
+) -> anyhow::Result<()> {
+    let ctx = Rc::new(CoreCtx {
+        id,
+        metrics: node.metrics.core(id),
+        node: node.clone(),
+        shard: RefCell::new(None),
+        draining: Cell::new(false),
+        drain_event: Event::new(),
+        connections: Cell::new(0),
+    });
+    // Listen first, so /health and /ready answer while the shard recovers.
+    let listener = crate::http::server::bind(node.config.socket_addr())
+        .with_context(|| format!("binding {}", node.config.http.addr))?;
+    let server = monoio::spawn(crate::http::server::serve(listener, ctx.clone()));
+
+    let (shard, recovery) = Shard::open(config, catalog, pool, node.manifest.clone())
+        .await
+        .context("recovering the shard")?;
+    tracing::info!(
+        shard = id,
+        replayed_entries = recovery.replayed_entries,
+        replayed_rows = recovery.replayed_rows,
+        "shard ready"
+    );
+    let shard = Rc::new(shard);
+    {
+        let m = ctx.metrics.clone();
+        shard.wal().set_commit_observer(Box::new(move |c| {
+            m.wal_appends.inc_by(c.entries);
+            m.wal_bytes.inc_by(c.bytes);
+            if let Some(d) = c.sync {
+                m.wal_fsyncs.inc();
+                m.wal_fsync_seconds.observe(d.as_secs_f64());
+            }
+        }));
+    }
+    *ctx.shard.borrow_mut() = Some(shard.clone());
+    node.recovered.fetch_add(1, Ordering::AcqRel);
+    node.update_ready_gauge();
+
+    let flush_interval = Duration::from_millis(node.config.flush.check_interval_ms);
+    // Flushes when a trigger fires, or when `POST /api/v1/flush` asks.
+    let flusher = {
+        let shard = shard.clone();
+        let ctx = ctx.clone();
+        monoio::spawn(async move {
+            let mut since_check = Duration::ZERO;
+            let tick = Duration::from_millis(5);
+            loop {
+                monoio::time::sleep(tick).await;
+                since_check += tick;
+                if ctx.draining.get() {
+                    return;
+                }
+                let asked = ctx.node.flush_requested.load(Ordering::Acquire);
+                if asked > ctx.node.flush_done[ctx.id].load(Ordering::Acquire) {
+                    if let Err(e) = crate::http::handlers::flush_shard(&ctx, &shard).await {
+                        ctx.node
+                            .flush_errors
+                            .lock()
+                            .expect("flush errors lock")
+                            .push((asked, e.to_string()));
+                    }
+                    ctx.node.flush_done[ctx.id].store(asked, Ordering::Release);
+                } else if since_check >= flush_interval {
+                    since_check = Duration::ZERO;
+                    if shard.flush_due().is_some() {
+                        crate::http::handlers::flush_shard(&ctx, &shard).await.ok();
+                    }
+                }
+            }
+        })
+    };
+
+    // Housekeeping until shutdown: gauges and this core's load.
+    let mut last_cpu = thread_cpu_seconds();
+    while !node.is_shutting_down() {
+        monoio::time::sleep(Duration::from_millis(100)).await;
+        let cpu = thread_cpu_seconds();
+        ctx.metrics.core_busy.inc_by((cpu - last_cpu).max(0.0));
+        last_cpu = cpu;
+        ctx.refresh_gauges();
+    }
+    ctx.draining.set(true);
+    ctx.drain_event.notify(usize::MAX);
+    server.await;
+    flusher.await;
+    shard.close().await;
+    tracing::info!(shard = id, applied_seq = %shard.applied_seq(), "shard closed");
+    Ok(())
+}
