@@ -241,7 +241,13 @@ impl NodeMetrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text format (0.0.4) of every metric: what `promtool
+    /// check metrics` and older scrapers read.
+    pub fn encode_prometheus(&self) -> String {
+        to_prometheus_text(&self.encode())
+    }
+
+    /// The OpenMetrics exposition of every metric.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(
@@ -251,6 +257,33 @@ impl NodeMetrics {
         .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// Rewrites OpenMetrics text as Prometheus text format 0.0.4: a counter
+/// family's `# HELP`/`# TYPE` lines name the `_total` series it exposes,
+/// and `# UNIT` and `# EOF` lines (not part of 0.0.4) are dropped.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        out.push_str(rewritten.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
 }
 
 /// One shard core's metrics. Only that core updates them.

@@ -56,13 +56,25 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
         }
         ("GET", "/metrics") => {
             ctx.refresh_gauges();
+            // OpenMetrics for scrapers that ask for it, else text format 0.0.4.
+            let openmetrics = req
+                .header("accept")
+                .is_some_and(|a| a.contains("application/openmetrics-text"));
+            let (content_type, body) = if openmetrics {
+                (
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    node.metrics.encode(),
+                )
+            } else {
+                (
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    node.metrics.encode_prometheus(),
+                )
+            };
             Response {
                 status: 200,
-                headers: vec![(
-                    "Content-Type",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8".into(),
-                )],
-                body: node.metrics.encode().into_bytes(),
+                headers: vec![("Content-Type", content_type.into())],
+                body: body.into_bytes(),
             }
         }
         ("POST", "/write" | "/api/v2/write" | "/api/v1/write/line-protocol") => {

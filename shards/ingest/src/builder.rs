@@ -116,6 +116,8 @@ struct Column {
 #[allow(missing_debug_implementations)]
 pub struct TableBuilder {
     key: TableKey,
+    /// "line" or "record", for messages.
+    unit: &'static str,
     time: Vec<i64>,
     columns: Vec<Column>,
     index: HashMap<String, usize>,
@@ -126,9 +128,10 @@ pub struct TableBuilder {
 const NEW: usize = usize::MAX;
 
 impl TableBuilder {
-    fn new(key: TableKey) -> TableBuilder {
+    fn new(key: TableKey, unit: &'static str) -> TableBuilder {
         TableBuilder {
             key,
+            unit,
             time: Vec::new(),
             columns: Vec::new(),
             index: HashMap::new(),
@@ -168,14 +171,8 @@ impl TableBuilder {
                                 at,
                                 name,
                                 format!(
-                                    "is {kind} here but {} at {} {}",
-                                    col.kind,
-                                    if col.first_at == at {
-                                        "this"
-                                    } else {
-                                        "earlier"
-                                    },
-                                    col.first_at
+                                    "is {kind} here but {} in {} {}",
+                                    col.kind, self.unit, col.first_at
                                 ),
                             ));
                         }
@@ -265,9 +262,9 @@ impl TableBuilder {
 }
 
 /// Every table of one request, in order of first appearance.
-#[derive(Default)]
 #[allow(missing_debug_implementations)]
 pub struct RequestBuilder {
+    unit: &'static str,
     tables: Vec<TableBuilder>,
     index: HashMap<String, usize>,
 }
@@ -307,8 +304,13 @@ impl Decoded {
 }
 
 impl RequestBuilder {
-    pub fn new() -> RequestBuilder {
-        RequestBuilder::default()
+    /// A builder whose positions count `unit`s ("line" or "record").
+    pub fn new(unit: &'static str) -> RequestBuilder {
+        RequestBuilder {
+            unit,
+            tables: Vec::new(),
+            index: HashMap::new(),
+        }
     }
 
     /// The builder of `database.measurement`, validating the names when the
@@ -326,7 +328,7 @@ impl RequestBuilder {
             .map_err(|e| IngestError::new(at, e.to_string()))?;
         self.index
             .insert(measurement.to_string(), self.tables.len());
-        self.tables.push(TableBuilder::new(key));
+        self.tables.push(TableBuilder::new(key, self.unit));
         Ok(self.tables.last_mut().expect("pushed"))
     }
 
@@ -352,7 +354,7 @@ mod tests {
 
     #[test]
     fn rows_with_missing_and_new_columns() {
-        let mut r = RequestBuilder::new();
+        let mut r = RequestBuilder::new("line");
         let t = r.table("db", "cpu", 1).unwrap();
         t.push_row(
             1,
@@ -365,7 +367,7 @@ mod tests {
         let err = t.push_row(3, 30, &[("v", Value::Integer(1))]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "\"v\": is integer here but float at earlier 1"
+            "\"v\": is integer here but float in line 1"
         );
         let err = t
             .push_row(4, 30, &[("v", Value::Float(1.0)), ("v", Value::Float(2.0))])

@@ -47,7 +47,7 @@ pub fn parse(
             ));
         }
     };
-    let mut request = RequestBuilder::new();
+    let mut request = RequestBuilder::new("line");
     let mut errors = IngestErrors::new(Unit::Line);
     let mut values: Vec<(Cow<'_, str>, Value<'_>)> = Vec::with_capacity(16);
     for (i, raw) in text.split('\n').enumerate() {

@@ -261,7 +261,7 @@ pub fn parse(body: &[u8], database: &str, now_ns: i64) -> Result<Decoded, Ingest
     let mut ctx = Ctx {
         database,
         now_ns,
-        rows: RequestBuilder::new(),
+        rows: RequestBuilder::new("record"),
         columnar: Vec::new(),
         errors: IngestErrors::new(Unit::Record),
         record: 0,

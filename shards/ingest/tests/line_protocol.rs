@@ -171,7 +171,7 @@ fn errors_name_the_line_the_field_and_the_reason() {
     // A type conflict within the request names the line of each.
     assert_eq!(
         err("m v=1\nm v=2i\n"),
-        "line 2: \"v\": is integer here but float at earlier 1"
+        "line 2: \"v\": is integer here but float in line 1"
     );
     // Several errors are listed, with their lines; nothing is returned.
     assert_eq!(

@@ -339,7 +339,7 @@ fn errors_name_the_record_the_column_and_the_reason() {
                 good.clone(),
                 map(vec![("m", s("m")), ("fields", map(vec![("v", M::I(1))]))]),
             ])),
-            "record 2: \"v\": is integer here but float at earlier 1",
+            "record 2: \"v\": is integer here but float in record 1",
         ),
     ];
     for (body, want) in cases {

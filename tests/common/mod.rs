@@ -1,0 +1,330 @@
+//! Test harness: starts the real `tidemark` binary on 127.0.0.1 with a free
+//! port and a temporary data directory, and speaks raw HTTP/1.1 to it.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int32Type, Int64Type, TimestampNanosecondType};
+use arrow_array::{Array, RecordBatch};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running node. Killed (SIGKILL) when dropped.
+pub struct Node {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    pub extra: Vec<String>,
+    pub env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Node {
+    /// Starts a node on `dir` with `extra` flags and waits until it is ready.
+    pub fn start(dir: &Path, extra: &[&str]) -> Node {
+        Node::start_with_env(dir, extra, &[])
+    }
+
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let mut node = Node {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log: dir.join(format!("node-{}.log", free_port())),
+        };
+        node.spawn();
+        node.wait_ready();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidemark"));
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(self.dir.join("data"))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--shard-cores")
+            .arg("2")
+            .args(&self.extra)
+            .env_remove("TIDEMARK_LOG")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().unwrap());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("node exited early ({status}):\n{}", self.log());
+            }
+            if let Ok(r) = try_request(self.port, "GET", "/ready", &[], b"") {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node not ready in time:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and waits for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let c = self.child.as_mut().unwrap();
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let status = c.wait().unwrap();
+        self.child = None;
+        status
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+        self.wait_ready();
+    }
+
+    pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        try_request(self.port, method, path, headers, body).unwrap()
+    }
+
+    pub fn write_lp(&self, db: &str, body: &str) -> Resp {
+        self.req("POST", &format!("/write?db={db}"), &[], body.as_bytes())
+    }
+
+    pub fn flush(&self) {
+        let r = self.req("POST", "/api/v1/flush", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    /// Every row of `db.measurement` in the node's Parquet files (flush first).
+    pub fn parquet_rows(&self, db: &str, measurement: &str) -> Vec<RecordBatch> {
+        let mut out = Vec::new();
+        let root = self
+            .dir
+            .join("data")
+            .join("parquet")
+            .join(db)
+            .join(measurement);
+        let mut stack = vec![root];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    let f = std::fs::File::open(&p).unwrap();
+                    let r = ParquetRecordBatchReaderBuilder::try_new(f)
+                        .unwrap()
+                        .build()
+                        .unwrap();
+                    out.extend(r.map(|b| b.unwrap()));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.text()))
+    }
+    pub fn error(&self) -> String {
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// One request on a new connection (`Connection: close`).
+pub fn try_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Resp> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && *v == "chunked");
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    if !chunked {
+        req += &format!("Content-Length: {}\r\n", body.len());
+    }
+    req += "\r\n";
+    s.write_all(req.as_bytes())?;
+    s.write_all(body)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_responses(&raw)
+        .into_iter()
+        .next()
+        .ok_or_else(|| std::io::Error::other("no response"))
+}
+
+/// Parses consecutive HTTP responses from `raw`.
+pub fn parse_responses(raw: &[u8]) -> Vec<Resp> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            break;
+        };
+        let head = std::str::from_utf8(&rest[..end]).unwrap();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines
+            .next()
+            .unwrap()
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let headers: BTreeMap<String, String> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let len: usize = headers
+            .get("content-length")
+            .map_or(0, |v| v.parse().unwrap());
+        let body = rest[end + 4..end + 4 + len].to_vec();
+        rest = &rest[end + 4 + len..];
+        if status == 100 {
+            continue;
+        }
+        out.push(Resp {
+            status,
+            headers,
+            body,
+        });
+    }
+    out
+}
+
+/// (time, host, id) of rows of test measurements: `host` a tag, `id` an
+/// integer field, `v` a float field.
+pub fn ids(batches: &[RecordBatch]) -> Vec<i64> {
+    let mut out = Vec::new();
+    for b in batches {
+        let id = b.column_by_name("id").unwrap().as_primitive::<Int64Type>();
+        for i in 0..b.num_rows() {
+            out.push(id.value(i));
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn count_rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+pub fn column_f64(batches: &[RecordBatch], name: &str) -> Vec<Option<f64>> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let c = b
+                .column_by_name(name)
+                .unwrap()
+                .as_primitive::<Float64Type>()
+                .clone();
+            (0..c.len())
+                .map(move |i| c.is_valid(i).then(|| c.value(i)))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+pub fn tags(batches: &[RecordBatch], name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for b in batches {
+        let d = b.column_by_name(name).unwrap().as_dictionary::<Int32Type>();
+        let vals = d.values().as_string::<i32>();
+        for i in 0..b.num_rows() {
+            out.push(vals.value(d.keys().value(i) as usize).to_string());
+        }
+    }
+    out
+}
+
+pub fn times(batches: &[RecordBatch]) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let t = b
+                .column_by_name("time")
+                .unwrap()
+                .as_primitive::<TimestampNanosecondType>()
+                .clone();
+            (0..t.len()).map(move |i| t.value(i)).collect::<Vec<_>>()
+        })
+        .collect()
+}
