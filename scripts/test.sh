@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace, installing what the tests need first.
+# This is the README's test command; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# promtool (Debian's `prometheus` package) checks the /metrics output.
+if ! command -v promtool >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "== installing prometheus (for promtool)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+  else
+    echo "promtool is missing: install Debian's prometheus package (apt-get install prometheus)" >&2
+    exit 1
+  fi
+fi
+
+cargo test --workspace --all-features --locked "$@"
