@@ -225,7 +225,9 @@ fn bad_input_is_refused_with_a_clear_message_and_changes_nothing() {
     let node = Node::start(dir.path(), &["--set", "http.max_body_bytes=4096"]);
     assert_eq!(node.write_lp("a", &lp(0, 5)).status, 204);
     let before = row_ids(&node);
-    let cases: Vec<(&str, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
+    // (path, headers, body, status, message)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "/write?db=a",
             vec![],
