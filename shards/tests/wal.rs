@@ -253,3 +253,85 @@ proptest! {
         prop_assert_eq!(got, want);
     }
 }
+
+/// Mounts a small tmpfs for the life of the value (needs root).
+struct TinyFs(tempfile::TempDir);
+
+impl TinyFs {
+    fn mount(size: &str) -> TinyFs {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount tmpfs failed");
+        TinyFs(dir)
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_holds_writers_refuses_new_ones_and_loses_nothing() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let fs = TinyFs::mount("1m");
+    let filler = fs.0.path().join("filler");
+    std::fs::write(&filler, vec![1u8; 700 << 10]).unwrap();
+    let mut cfg = config(&fs.0.path().join("wal"), 64 << 10);
+    cfg.sync_mode = SyncMode::Fdatasync;
+    let (results, refused) = block_on(DriverChoice::Auto, async {
+        let (wal, _) = Wal::open(cfg.clone(), WalSeq(1)).await.unwrap();
+        let results = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let writer = {
+            let wal = wal.clone();
+            let results = results.clone();
+            monoio::spawn(async move {
+                for i in 0..60u32 {
+                    let r = wal.append(EntryKind::Write, &vec![i as u8; 8 << 10]).await;
+                    results.borrow_mut().push(r.map_err(|e| e.to_string()));
+                }
+            })
+        };
+        // Wait until the disk is full: new appends are refused at once.
+        let mut refused = None;
+        for _ in 0..200 {
+            monoio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if let Err(e) = wal.append(EntryKind::Write, b"probe").await {
+                refused = Some(e);
+                break;
+            }
+        }
+        let held = results.borrow().len();
+        assert!(held < 60, "the writer is held while the disk is full");
+        // Free space: the held group is retried and everything completes.
+        std::fs::remove_file(&filler).unwrap();
+        writer.await;
+        wal.close().await;
+        let r = results.borrow().clone();
+        (r, refused)
+    })
+    .unwrap();
+    let refused = refused.expect("an append was refused while the disk was full");
+    assert!(refused.is_retryable(), "{refused}");
+    assert!(refused.to_string().contains("disk is full"), "{refused}");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let got = read_all(&cfg, WalSeq(1)).unwrap();
+    // 60 writer entries plus the probes that were accepted before the disk filled.
+    let writer_entries: Vec<_> = got.iter().filter(|(_, p)| p.len() == 8 << 10).collect();
+    assert_eq!(writer_entries.len(), 60);
+    for (i, (seq, _)) in got.iter().enumerate() {
+        assert_eq!(seq.0, i as u64 + 1, "gap-free");
+    }
+}
