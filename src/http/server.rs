@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
 use super::{handlers, reason, Request, Response};
@@ -279,6 +279,42 @@ fn encode_response(
     }
 }
 
+/// Writes the final response and closes "lingering": the write side is shut
+/// down and whatever the client still sends (an unread body) is read and
+/// dropped for a short while, so the kernel does not answer it with a reset
+/// that could destroy the response before the client reads it.
+async fn close_with(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    resp: &Response,
+    head_only: bool,
+    minor_version: u8,
+) {
+    encode_response(out, resp, head_only, false, minor_version);
+    if !flush_out(stream, out).await {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut scratch = Vec::with_capacity(READ_CHUNK);
+    let mut drained = 0usize;
+    while drained < (16 << 20) {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        let read = monoio::select! {
+            (res, b) = stream.read(scratch) => Some((res, b)),
+            _ = monoio::time::sleep(wait) => None,
+        };
+        match read {
+            Some((Ok(n), mut b)) if n > 0 => {
+                drained += n;
+                b.clear();
+                scratch = b;
+            }
+            _ => return,
+        }
+    }
+}
+
 async fn flush_out(stream: &mut TcpStream, out: &mut Vec<u8>) -> bool {
     if out.is_empty() {
         return true;
@@ -421,14 +457,12 @@ async fn connection(mut stream: TcpStream, ctx: &Rc<CoreCtx>) {
                             431,
                             format!("request head is larger than {MAX_HEAD} bytes"),
                         );
-                        encode_response(&mut out, &r, false, false, 1);
-                        flush_out(&mut stream, &mut out).await;
+                        close_with(&mut stream, &mut out, &r, false, 1).await;
                         return;
                     }
                     Parsed::Partial => {}
                     Parsed::Invalid(r) => {
-                        encode_response(&mut out, &r, false, false, 1);
-                        flush_out(&mut stream, &mut out).await;
+                        close_with(&mut stream, &mut out, &r, false, 1).await;
                         return;
                     }
                 }
@@ -446,8 +480,7 @@ async fn connection(mut stream: TcpStream, ctx: &Rc<CoreCtx>) {
                 Read::Data => {}
                 Read::Timeout if !idle => {
                     let r = Response::error(408, "request head not received in time");
-                    encode_response(&mut out, &r, false, false, 1);
-                    flush_out(&mut stream, &mut out).await;
+                    close_with(&mut stream, &mut out, &r, false, 1).await;
                     return;
                 }
                 Read::Eof | Read::Timeout | Read::Drain | Read::Error => return,
@@ -460,8 +493,7 @@ async fn connection(mut stream: TcpStream, ctx: &Rc<CoreCtx>) {
         let frame = match framing(&head) {
             Ok(f) => f,
             Err(r) => {
-                encode_response(&mut out, &r, head_only, false, head.minor_version);
-                flush_out(&mut stream, &mut out).await;
+                close_with(&mut stream, &mut out, &r, head_only, head.minor_version).await;
                 return;
             }
         };
@@ -476,8 +508,7 @@ async fn connection(mut stream: TcpStream, ctx: &Rc<CoreCtx>) {
                     413,
                     format!("request body of {n} bytes is larger than the limit of {limit} bytes"),
                 );
-                encode_response(&mut out, &r, head_only, false, head.minor_version);
-                flush_out(&mut stream, &mut out).await;
+                close_with(&mut stream, &mut out, &r, head_only, head.minor_version).await;
                 return;
             }
             Framing::Length(n) => {
@@ -511,8 +542,14 @@ async fn connection(mut stream: TcpStream, ctx: &Rc<CoreCtx>) {
                             Some(_) => return,
                             None => {
                                 let r = Response::error(408, "request body not received in time");
-                                encode_response(&mut out, &r, head_only, false, head.minor_version);
-                                flush_out(&mut stream, &mut out).await;
+                                close_with(
+                                    &mut stream,
+                                    &mut out,
+                                    &r,
+                                    head_only,
+                                    head.minor_version,
+                                )
+                                .await;
                                 return;
                             }
                         }
@@ -542,22 +579,22 @@ async fn connection(mut stream: TcpStream, ctx: &Rc<CoreCtx>) {
                                 Read::Timeout => {
                                     let r =
                                         Response::error(408, "request body not received in time");
-                                    encode_response(
+                                    close_with(
+                                        &mut stream,
                                         &mut out,
                                         &r,
                                         head_only,
-                                        false,
                                         head.minor_version,
-                                    );
-                                    flush_out(&mut stream, &mut out).await;
+                                    )
+                                    .await;
                                     return;
                                 }
                                 _ => return,
                             }
                         }
                         Err(r) => {
-                            encode_response(&mut out, &r, head_only, false, head.minor_version);
-                            flush_out(&mut stream, &mut out).await;
+                            close_with(&mut stream, &mut out, &r, head_only, head.minor_version)
+                                .await;
                             return;
                         }
                     }
