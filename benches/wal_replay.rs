@@ -4,7 +4,7 @@
 //! * `wal_replay/read/...`: `Wal::read_from` over every entry (memory maps,
 //!   CRC32C of each entry checked), payloads untouched;
 //! * `wal_replay/replay/...`: what `Shard::open` does per entry: read,
-//!   `decode_write` (Arrow IPC), catalog check, `ShardBuffer::append` into a
+//!   `decode_writes` (Arrow IPC), catalog check, `ShardBuffer::append_entry` into a
 //!   fresh buffer (dropped outside the timing).
 //!
 //! One iteration is the whole WAL; throughput counts WAL bytes (headers and
@@ -18,7 +18,7 @@ use tidemark_benches::{scratch_dir, CpuGen};
 use tidemark_shards::buffer::{BufferConfig, ShardBuffer};
 use tidemark_shards::runtime::{self, DriverChoice};
 use tidemark_shards::wal::format::SEGMENT_HEADER_LEN;
-use tidemark_shards::wal::payload::{decode_write, encode_write};
+use tidemark_shards::wal::payload::{decode_writes, encode_write};
 use tidemark_shards::wal::{EntryKind, SyncMode, Wal, WalConfig};
 use tidemark_shards::{Catalog, CatalogCache, ShardId, WalSeq};
 
@@ -68,11 +68,20 @@ fn bench(c: &mut Criterion) {
                 let mut buffer = ShardBuffer::new(BufferConfig::default(), WalSeq::ZERO);
                 let mut cache = CatalogCache::new(Catalog::new());
                 wal.read_from(WalSeq(1), |e| {
-                    let wb = decode_write(e.payload).expect("decode");
-                    let schema = cache
-                        .check(wb.table(), wb.batch().schema_ref())
-                        .expect("schema");
-                    buffer.append(e.seq, wb.table(), &schema, wb.batch());
+                    // As `Shard` recovery does: every table of the entry,
+                    // checked against the catalog, appended as one entry.
+                    let tables: Vec<_> = decode_writes(e.payload)
+                        .expect("decode")
+                        .into_iter()
+                        .map(|wb| {
+                            let schema = cache
+                                .check(wb.table(), wb.batch().schema_ref())
+                                .expect("schema");
+                            let (table, rows) = wb.into_parts();
+                            (table, schema, rows)
+                        })
+                        .collect();
+                    buffer.append_entry(e.seq, &tables);
                     ControlFlow::Continue(())
                 })
                 .expect("replay");

@@ -528,8 +528,14 @@ fn a_client_still_sending_an_oversized_body_reads_the_413() {
     let mut s = TcpStream::connect(("127.0.0.1", node.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let body = vec![b'x'; 2 << 20];
-    s.write_all(format!("POST /write?db=a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())
-        .unwrap();
+    s.write_all(
+        format!(
+            "POST /write?db=a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     // Keep sending the body the server will not read; ignore a broken pipe.
     let _ = s.write_all(&body);
     let mut raw = Vec::new();
