@@ -454,43 +454,49 @@ impl ShardBuffer {
 
     /// A snapshot of every table, flushing rows included.
     pub fn snapshot(&self) -> BufferSnapshot {
-        let mut tables: BTreeMap<TableKey, TableSnapshot> = BTreeMap::new();
-        for (k, t) in &self.tables {
-            tables.insert(
-                k.clone(),
-                TableSnapshot {
-                    schema: t.schema.clone(),
-                    live: t.snapshot(),
-                    flushing: Vec::new(),
-                    flushing_upto: None,
-                },
-            );
-        }
-        if let Some(f) = &self.flushing {
-            for (k, ft) in &f.tables {
-                let entry = tables.entry(k.clone()).or_insert_with(|| TableSnapshot {
-                    schema: ft.schema.clone(),
-                    live: Vec::new(),
-                    flushing: Vec::new(),
-                    flushing_upto: None,
-                });
-                // The live part's schema is at least as wide as the flushing one.
-                if entry.schema.len() < ft.schema.len() {
-                    entry.schema = ft.schema.clone();
-                }
-                entry.flushing = ft.batches.clone();
-                entry.flushing_upto = Some(f.upto);
-            }
-        }
-        for t in tables.values_mut() {
-            for b in t.live.iter_mut().chain(t.flushing.iter_mut()) {
-                *b = pad_to_schema(b, &t.schema);
-            }
-        }
+        let keys: std::collections::BTreeSet<&TableKey> = self
+            .tables
+            .keys()
+            .chain(self.flushing.iter().flat_map(|f| f.tables.keys()))
+            .collect();
         BufferSnapshot {
             applied_seq: self.applied_seq,
-            tables,
+            tables: keys
+                .into_iter()
+                .filter_map(|k| self.snapshot_table(k).map(|t| (k.clone(), t)))
+                .collect(),
         }
+    }
+
+    /// A snapshot of one table, flushing rows included; `None` if the buffer
+    /// holds no rows of it.
+    pub fn snapshot_table(&self, table: &TableKey) -> Option<TableSnapshot> {
+        let live = self.tables.get(table);
+        let flushing = self
+            .flushing
+            .as_ref()
+            .and_then(|f| f.tables.get(table).map(|t| (f.upto, t)));
+        if live.is_none() && flushing.is_none() {
+            return None;
+        }
+        // The live part's schema is at least as wide as the flushing one.
+        let schema = match (live, flushing) {
+            (Some(t), Some((_, f))) if f.schema.len() > t.schema.len() => f.schema.clone(),
+            (Some(t), _) => t.schema.clone(),
+            (None, Some((_, f))) => f.schema.clone(),
+            (None, None) => unreachable!("checked above"),
+        };
+        let pad = |b: &RecordBatch| pad_to_schema(b, &schema);
+        Some(TableSnapshot {
+            live: live
+                .map(|t| t.snapshot().iter().map(pad).collect())
+                .unwrap_or_default(),
+            flushing: flushing
+                .map(|(_, f)| f.batches.iter().map(pad).collect())
+                .unwrap_or_default(),
+            flushing_upto: flushing.map(|(u, _)| u),
+            schema,
+        })
     }
 }
 

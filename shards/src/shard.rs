@@ -287,6 +287,19 @@ impl Shard {
         self.buffer.borrow().snapshot()
     }
 
+    /// An immutable snapshot of one table's buffered rows, and the shard's
+    /// flushed watermark when it was taken.
+    pub fn snapshot_table(
+        &self,
+        table: &crate::schema::TableKey,
+    ) -> (Option<crate::buffer::TableSnapshot>, WalSeq) {
+        self.apply_durable();
+        (
+            self.buffer.borrow().snapshot_table(table),
+            self.flushed_seq.get(),
+        )
+    }
+
     /// Whether a flush is due now.
     pub fn flush_due(&self) -> Option<FlushReason> {
         self.apply_durable();
