@@ -239,9 +239,9 @@ fn is_memory_fs(path: &Path) -> bool {
 
 /// A human-readable size for bench ids: `1KiB`, `64KiB`, `1MiB`.
 pub fn size_label(bytes: usize) -> String {
-    if bytes >= 1 << 20 && bytes % (1 << 20) == 0 {
+    if bytes >= 1 << 20 && bytes & ((1 << 20) - 1) == 0 {
         format!("{}MiB", bytes >> 20)
-    } else if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+    } else if bytes >= 1 << 10 && bytes & ((1 << 10) - 1) == 0 {
         format!("{}KiB", bytes >> 10)
     } else {
         format!("{bytes}B")

@@ -16,4 +16,10 @@ if ! command -v promtool >/dev/null 2>&1; then
   fi
 fi
 
+# duckdb (PyPI) is the correctness oracle of the SQL tests.
+if ! python3 -c 'import duckdb' >/dev/null 2>&1; then
+  echo "== installing duckdb (PyPI)"
+  python3 -m pip install -q duckdb
+fi
+
 cargo test --workspace --all-features --locked "$@"

@@ -23,7 +23,33 @@ pub struct Config {
     pub wal: WalSettings,
     pub buffer: BufferSettings,
     pub flush: FlushSettings,
+    pub query: QuerySettings,
     pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuerySettings {
+    /// Threads of the query pool (DataFusion); default 1, at most 64.
+    pub threads: usize,
+    /// A query running longer is cancelled (504); default 30,000 ms.
+    pub timeout_ms: u64,
+    /// A result with more rows is refused (400); default 1,000,000.
+    pub max_rows: usize,
+    /// Memory the query pool may use for sorts, joins and aggregates;
+    /// default 1 GiB.
+    pub memory_limit_bytes: u64,
+}
+
+impl Default for QuerySettings {
+    fn default() -> Self {
+        QuerySettings {
+            threads: 1,
+            timeout_ms: 30_000,
+            max_rows: 1_000_000,
+            memory_limit_bytes: 1 << 30,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -386,6 +412,24 @@ impl Config {
             return invalid(
                 "flush.workers",
                 format!("{} is not between 1 and 64", self.flush.workers),
+            );
+        }
+        if self.query.threads == 0 || self.query.threads > 64 {
+            return invalid(
+                "query.threads",
+                format!("{} is not between 1 and 64", self.query.threads),
+            );
+        }
+        if self.query.timeout_ms == 0 || self.query.max_rows == 0 {
+            return invalid(
+                "query.timeout_ms",
+                "query.timeout_ms and query.max_rows must be more than 0".into(),
+            );
+        }
+        if self.query.memory_limit_bytes < 16 << 20 {
+            return invalid(
+                "query.memory_limit_bytes",
+                format!("{} is less than 16 MiB", self.query.memory_limit_bytes),
             );
         }
         if self.auth.enabled && self.auth.tokens.is_empty() && self.auth.token_file.is_none() {

@@ -4,6 +4,7 @@ mod config;
 mod http;
 mod metrics;
 mod node;
+mod query;
 
 use std::path::PathBuf;
 

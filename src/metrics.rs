@@ -72,7 +72,7 @@ pub struct NodeMetrics {
 /// The ingest formats, as metric label values.
 pub const FORMATS: [&str; 2] = ["line_protocol", "msgpack"];
 /// The routes measured by the HTTP latency histogram.
-pub const ROUTES: [&str; 7] = [
+pub const ROUTES: [&str; 8] = [
     "write_line_protocol",
     "write_msgpack",
     "health",
@@ -80,6 +80,7 @@ pub const ROUTES: [&str; 7] = [
     "metrics",
     "flush",
     "other",
+    "query",
 ];
 
 impl NodeMetrics {
@@ -200,6 +201,13 @@ impl NodeMetrics {
         Arc::new(m)
     }
 
+    /// Registers the query pool's pruning counters and the query families.
+    pub fn register_query(&self, engine: &std::sync::Arc<crate::query::QueryEngine>) {
+        let mut r = self.registry.lock().expect("metrics lock");
+        let e = engine.clone();
+        r.register_collector(Box::new(PruningCollector(e)));
+    }
+
     /// The handles of shard `shard`'s own metrics.
     pub fn core(&self, shard: usize) -> CoreMetrics {
         let s = shard.to_string();
@@ -286,6 +294,39 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
+/// Exposes the query pool's file pruning counters at scrape time.
+#[derive(Debug)]
+struct PruningCollector(std::sync::Arc<crate::query::QueryEngine>);
+
+impl prometheus_client::collector::Collector for PruningCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use std::sync::atomic::Ordering;
+        for (name, help, v) in [
+            (
+                "query_files_pruned",
+                "Parquet files skipped by a query's time range before being opened",
+                self.0.files_pruned.load(Ordering::Relaxed),
+            ),
+            (
+                "query_files_scanned",
+                "Parquet files a query opened",
+                self.0.files_scanned.load(Ordering::Relaxed),
+            ),
+        ] {
+            let counter = ConstCounter::new(v);
+            let metric_encoder =
+                encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric_encoder)?;
+        }
+        Ok(())
+    }
+}
+
 /// One shard core's metrics. Only that core updates them.
 #[derive(Debug, Clone)]
 pub struct CoreMetrics {
@@ -303,7 +344,7 @@ pub struct CoreMetrics {
     pub flushes: Counter,
     pub flush_rows: Counter,
     pub flush_files: Counter,
-    pub http_seconds: [Histogram; 7],
+    pub http_seconds: [Histogram; 8],
     pub connections: Gauge,
     pub core_busy: Counter<f64, AtomicU64>,
 }

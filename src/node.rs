@@ -37,6 +37,8 @@ use crate::metrics::{CoreMetrics, NodeMetrics};
 #[derive(Debug)]
 pub struct NodeShared {
     pub config: Config,
+    pub catalog: Arc<Catalog>,
+    pub query: Arc<crate::query::QueryEngine>,
     pub tokens: Vec<String>,
     pub metrics: Arc<NodeMetrics>,
     pub manifest: Arc<Manifest>,
@@ -214,7 +216,25 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         manifest.clone(),
     );
     let metrics = NodeMetrics::new();
+    let mut snapshot_rxs = Vec::new();
+    let mut snapshot_txs = Vec::new();
+    for _ in 0..shard_count {
+        let (tx, rx) = futures::channel::mpsc::channel::<crate::query::SnapshotRequest>(64);
+        snapshot_txs.push(tx);
+        snapshot_rxs.push(rx);
+    }
+    let query = crate::query::QueryEngine::start(
+        config.query.clone(),
+        &data.join("parquet"),
+        catalog.clone(),
+        manifest.clone(),
+        snapshot_txs,
+    )
+    .context("starting the query pool")?;
+    metrics.register_query(&query);
     let node = Arc::new(NodeShared {
+        catalog: catalog.clone(),
+        query: query.clone(),
         tokens,
         metrics: metrics.clone(),
         manifest: manifest.clone(),
@@ -230,7 +250,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut cores = Vec::new();
-    for i in 0..shard_count {
+    for (i, snapshots) in snapshot_rxs.into_iter().enumerate() {
         let node = node.clone();
         let pool = pool.clone();
         let catalog = catalog.clone();
@@ -240,7 +260,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             format!("tidemark-shard-{i}"),
             cpu,
             node.config.node.driver,
-            move |_driver| core_main(i, node, sc, catalog, pool),
+            move |_driver| core_main(i, node, sc, catalog, pool, snapshots),
         )
         .with_context(|| format!("starting shard core {i}"))?;
         cores.push(handle);
@@ -271,6 +291,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     node.shutting_down.store(true, Ordering::Release);
     let _ = control.join();
+    query.shutdown();
     for t in flush_threads {
         let _ = t.join();
     }
@@ -322,6 +343,7 @@ async fn core_main(
     config: ShardConfig,
     catalog: Arc<Catalog>,
     pool: FlushPool,
+    mut snapshots: futures::channel::mpsc::Receiver<crate::query::SnapshotRequest>,
 ) -> anyhow::Result<()> {
     let ctx = Rc::new(CoreCtx {
         id,
@@ -359,6 +381,20 @@ async fn core_main(
         }));
     }
     *ctx.shard.borrow_mut() = Some(shard.clone());
+    // Answer the query pool's snapshot requests from this core's loop.
+    let snapshot_server = {
+        let shard = shard.clone();
+        monoio::spawn(async move {
+            use futures::StreamExt;
+            while let Some(req) = snapshots.next().await {
+                let (snapshot, _) = shard.snapshot_table(&req.table);
+                let _ = req.reply.send(crate::query::engine::ShardTable {
+                    shard: shard.id(),
+                    snapshot,
+                });
+            }
+        })
+    };
     node.recovered.fetch_add(1, Ordering::AcqRel);
     node.update_ready_gauge();
 
@@ -409,6 +445,7 @@ async fn core_main(
     ctx.drain_event.notify(usize::MAX);
     server.await;
     flusher.await;
+    drop(snapshot_server);
     shard.close().await;
     tracing::info!(shard = id, applied_seq = %shard.applied_seq(), "shard closed");
     Ok(())

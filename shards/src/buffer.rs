@@ -76,16 +76,35 @@ impl std::fmt::Debug for ColumnBuilder {
 
 impl ColumnBuilder {
     fn new(kind: ColumnKind) -> ColumnBuilder {
+        ColumnBuilder::with_capacity(kind, 0)
+    }
+
+    /// A builder with room for `rows` values.
+    fn with_capacity(kind: ColumnKind, rows: usize) -> ColumnBuilder {
         match kind {
             ColumnKind::Time => ColumnBuilder::Time(
-                TimestampNanosecondBuilder::new().with_data_type(time_data_type()),
+                TimestampNanosecondBuilder::with_capacity(rows).with_data_type(time_data_type()),
             ),
-            ColumnKind::Tag => ColumnBuilder::Tag(StringDictionaryBuilder::new()),
-            ColumnKind::Field(FieldType::Float) => ColumnBuilder::Float(Float64Builder::new()),
-            ColumnKind::Field(FieldType::Integer) => ColumnBuilder::Integer(Int64Builder::new()),
-            ColumnKind::Field(FieldType::Unsigned) => ColumnBuilder::Unsigned(UInt64Builder::new()),
-            ColumnKind::Field(FieldType::String) => ColumnBuilder::String(StringBuilder::new()),
-            ColumnKind::Field(FieldType::Boolean) => ColumnBuilder::Boolean(BooleanBuilder::new()),
+            ColumnKind::Tag => ColumnBuilder::Tag(StringDictionaryBuilder::with_capacity(
+                rows,
+                1024,
+                16 * 1024,
+            )),
+            ColumnKind::Field(FieldType::Float) => {
+                ColumnBuilder::Float(Float64Builder::with_capacity(rows))
+            }
+            ColumnKind::Field(FieldType::Integer) => {
+                ColumnBuilder::Integer(Int64Builder::with_capacity(rows))
+            }
+            ColumnKind::Field(FieldType::Unsigned) => {
+                ColumnBuilder::Unsigned(UInt64Builder::with_capacity(rows))
+            }
+            ColumnKind::Field(FieldType::String) => {
+                ColumnBuilder::String(StringBuilder::with_capacity(rows, rows * 16))
+            }
+            ColumnKind::Field(FieldType::Boolean) => {
+                ColumnBuilder::Boolean(BooleanBuilder::with_capacity(rows))
+            }
         }
     }
 
@@ -207,6 +226,14 @@ impl TableBuffer {
         self.rows += n;
         if self.active_rows >= freeze_rows {
             self.freeze();
+            // A table that fills parts will likely fill the next one too:
+            // allocate for it at once instead of growing builders from zero.
+            let rows = self.frozen.last().map_or(0, RecordBatch::num_rows);
+            self.builders = self
+                .schema
+                .columns()
+                .map(|(_, kind)| ColumnBuilder::with_capacity(kind, rows))
+                .collect();
         }
     }
 

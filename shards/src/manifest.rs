@@ -246,6 +246,23 @@ impl Manifest {
         self.lock().files.values().cloned().collect()
     }
 
+    /// The files of one table and every shard's watermark, read together
+    /// (one lock), so a reader can tell which buffered rows the files hold.
+    pub fn table_files(
+        &self,
+        database: &str,
+        measurement: &str,
+    ) -> (Vec<FileMeta>, BTreeMap<ShardId, WalSeq>) {
+        let st = self.lock();
+        let files = st
+            .files
+            .values()
+            .filter(|f| f.database == database && f.measurement == measurement)
+            .cloned()
+            .collect();
+        (files, st.flushed.clone())
+    }
+
     pub fn contains(&self, path: &str) -> bool {
         self.lock().files.contains_key(path)
     }

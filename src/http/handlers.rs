@@ -12,6 +12,7 @@ use tidemark_shards::SchemaError;
 
 use super::{auth, body, Request, Response};
 use crate::node::CoreCtx;
+use crate::query::engine::OutputFormat;
 
 const LINE_PROTOCOL: usize = 0;
 const MSGPACK: usize = 1;
@@ -27,6 +28,7 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
         "/ready" => 3,
         "/metrics" => 4,
         "/api/v1/flush" => 5,
+        "/api/v1/query" | "/api/v1/query/arrow" | "/api/v1/measurements" => 7,
         _ => 6,
     };
     let public = matches!(path, "/health" | "/ready" | "/metrics");
@@ -82,6 +84,32 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
         }
         ("POST", "/api/v1/write/msgpack") => write(ctx, req, MSGPACK).await,
         ("POST", "/api/v1/flush") => flush_all(ctx).await,
+        ("POST", "/api/v1/query") => query(ctx, req, OutputFormat::Json).await,
+        ("POST", "/api/v1/query/arrow") => {
+            let compression = match req
+                .header("x-arrow-compression")
+                .map(str::to_string)
+                .or_else(|| req.query_param("compression"))
+                .as_deref()
+            {
+                None | Some("") | Some("none") => None,
+                Some("zstd") => Some(arrow_ipc::CompressionType::ZSTD),
+                Some("lz4") => Some(arrow_ipc::CompressionType::LZ4_FRAME),
+                Some(other) => {
+                    return (
+                        Response::error(
+                            400,
+                            format!(
+                                "unknown Arrow compression {other:?} (expected none, zstd or lz4)"
+                            ),
+                        ),
+                        route,
+                    )
+                }
+            };
+            query(ctx, req, OutputFormat::Arrow(compression)).await
+        }
+        ("GET", "/api/v1/measurements") => measurements(ctx, &req),
         (
             _,
             "/health"
@@ -255,4 +283,71 @@ async fn flush_all(ctx: &Rc<CoreCtx>) -> Response {
             None => monoio::time::sleep(Duration::from_millis(5)).await,
         }
     }
+}
+
+/// The database a query reads by default: `x-arc-database`, else `default`.
+fn query_database(ctx: &CoreCtx, req: &Request) -> String {
+    req.header("x-arc-database")
+        .filter(|d| !d.is_empty())
+        .map(str::to_string)
+        .or_else(|| req.query_param("db").filter(|d| !d.is_empty()))
+        .unwrap_or_else(|| ctx.node.config.http.default_database.clone())
+}
+
+/// `POST /api/v1/query` (`{"sql": ...}` -> Arc's JSON) and
+/// `POST /api/v1/query/arrow` (-> an Arrow IPC stream).
+async fn query(ctx: &Rc<CoreCtx>, req: Request, format: OutputFormat) -> Response {
+    if !ctx.node.is_ready() {
+        return Response::error(503, "the node is not ready");
+    }
+    let sql = match serde_json::from_slice::<serde_json::Value>(&req.body) {
+        Ok(v) => match v.get("sql").and_then(|s| s.as_str()) {
+            Some(s) if !s.trim().is_empty() => s.to_string(),
+            _ => return query_error(400, "the request body needs a non-empty \"sql\" string"),
+        },
+        Err(e) => return query_error(400, &format!("the request body is not JSON: {e}")),
+    };
+    let database = query_database(ctx, &req);
+    if let Err(e) = tidemark_shards::schema::validate_database_name(&database) {
+        return query_error(400, &e.to_string());
+    }
+    let out = ctx.node.query.run(sql, database, format).await;
+    Response {
+        status: out.status,
+        headers: vec![("Content-Type", out.content_type.into())],
+        body: out.body,
+    }
+}
+
+fn query_error(status: u16, message: &str) -> Response {
+    Response::json(
+        status,
+        &crate::query::json::error_body(message, 0, chrono::Utc::now()),
+    )
+}
+
+/// `GET /api/v1/measurements`: every database, measurement and column.
+fn measurements(ctx: &CoreCtx, req: &Request) -> Response {
+    let only = req
+        .header("x-arc-database")
+        .map(str::to_string)
+        .or_else(|| req.query_param("db"));
+    let list: Vec<serde_json::Value> = ctx
+        .node
+        .catalog
+        .tables()
+        .into_iter()
+        .filter(|(k, _)| only.as_deref().is_none_or(|d| d == k.database()))
+        .map(|(k, s)| {
+            serde_json::json!({
+                "database": k.database(),
+                "measurement": k.measurement(),
+                "columns": s.columns().map(|(n, kind)| serde_json::json!({"name": n, "type": kind.to_string()})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Response::json(
+        200,
+        &serde_json::json!({"success": true, "measurements": list}),
+    )
 }

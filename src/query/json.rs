@@ -62,17 +62,28 @@ fn write_value(out: &mut Vec<u8>, array: &ArrayRef, i: usize) {
         DataType::UInt64 => int!(UInt64Type),
         DataType::Float32 => write_f64(out, array.as_primitive::<Float32Type>().value(i) as f64),
         DataType::Float64 => write_f64(out, array.as_primitive::<Float64Type>().value(i)),
-        DataType::Boolean => {
-            out.extend_from_slice(if array.as_boolean().value(i) { b"true" } else { b"false" })
-        }
+        DataType::Boolean => out.extend_from_slice(if array.as_boolean().value(i) {
+            b"true"
+        } else {
+            b"false"
+        }),
         DataType::Utf8 => write_str(out, array.as_string::<i32>().value(i)),
         DataType::LargeUtf8 => write_str(out, array.as_string::<i64>().value(i)),
         DataType::Utf8View => write_str(out, array.as_string_view().value(i)),
         DataType::Timestamp(unit, _) => {
             let ns = match unit {
-                TimeUnit::Second => array.as_primitive::<TimestampSecondType>().value(i).saturating_mul(1_000_000_000),
-                TimeUnit::Millisecond => array.as_primitive::<TimestampMillisecondType>().value(i).saturating_mul(1_000_000),
-                TimeUnit::Microsecond => array.as_primitive::<TimestampMicrosecondType>().value(i).saturating_mul(1_000),
+                TimeUnit::Second => array
+                    .as_primitive::<TimestampSecondType>()
+                    .value(i)
+                    .saturating_mul(1_000_000_000),
+                TimeUnit::Millisecond => array
+                    .as_primitive::<TimestampMillisecondType>()
+                    .value(i)
+                    .saturating_mul(1_000_000),
+                TimeUnit::Microsecond => array
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .value(i)
+                    .saturating_mul(1_000),
                 TimeUnit::Nanosecond => array.as_primitive::<TimestampNanosecondType>().value(i),
             };
             write_str(out, &rfc3339_nano(ns));
@@ -83,9 +94,10 @@ fn write_value(out: &mut Vec<u8>, array: &ArrayRef, i: usize) {
             write_value(out, d.values(), key);
         }
         _ => {
-            let text = arrow_cast::display::ArrayFormatter::try_new(array.as_ref(), &Default::default())
-                .map(|f| f.value(i).to_string())
-                .unwrap_or_default();
+            let text =
+                arrow_cast::display::ArrayFormatter::try_new(array.as_ref(), &Default::default())
+                    .map(|f| f.value(i).to_string())
+                    .unwrap_or_default();
             write_str(out, &text);
         }
     }
@@ -128,12 +140,19 @@ pub fn write_response(
         out,
         "],\"row_count\":{rows},\"execution_time_ms\":{execution_time_ms},\"timestamp\":"
     );
-    write_str(out, &started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    write_str(
+        out,
+        &started.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
     out.push(b'}');
 }
 
 /// An error response body in the same shape, `success: false`.
-pub fn error_body(message: &str, execution_time_ms: u128, started: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+pub fn error_body(
+    message: &str,
+    execution_time_ms: u128,
+    started: chrono::DateTime<chrono::Utc>,
+) -> serde_json::Value {
     serde_json::json!({
         "success": false,
         "columns": null,
@@ -157,8 +176,14 @@ mod tests {
 
     #[test]
     fn rfc3339_like_go() {
-        assert_eq!(rfc3339_nano(1_632_024_000_000_000_000), "2021-09-19T04:00:00Z");
-        assert_eq!(rfc3339_nano(1_632_024_000_500_000_000), "2021-09-19T04:00:00.5Z");
+        assert_eq!(
+            rfc3339_nano(1_632_024_000_000_000_000),
+            "2021-09-19T04:00:00Z"
+        );
+        assert_eq!(
+            rfc3339_nano(1_632_024_000_500_000_000),
+            "2021-09-19T04:00:00.5Z"
+        );
         assert_eq!(rfc3339_nano(1), "1970-01-01T00:00:00.000000001Z");
         assert_eq!(rfc3339_nano(-1), "1969-12-31T23:59:59.999999999Z");
     }
@@ -169,8 +194,16 @@ mod tests {
         host.append_value("a");
         host.append_null();
         let schema = Arc::new(Schema::new(vec![
-            Field::new("time", DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), false),
-            Field::new("host", DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), true),
+            Field::new(
+                "time",
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new(
+                "host",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                true,
+            ),
             Field::new("v", DataType::Float64, true),
             Field::new("n", DataType::Int64, true),
             Field::new("s", DataType::Utf8, true),
@@ -178,7 +211,9 @@ mod tests {
         let batch = RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(TimestampNanosecondArray::from(vec![1_500_000_000, 0]).with_timezone("UTC")),
+                Arc::new(
+                    TimestampNanosecondArray::from(vec![1_500_000_000, 0]).with_timezone("UTC"),
+                ),
                 Arc::new(host.finish()),
                 Arc::new(Float64Array::from(vec![Some(f64::NAN), Some(2.5)])),
                 Arc::new(Int64Array::from(vec![Some(-3), None])),

@@ -167,6 +167,13 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// Bytes not read yet: an upper bound on the items still to come (every
+    /// MessagePack value takes at least one byte), used to cap allocations
+    /// sized by lengths the body declares.
+    fn remaining(&self) -> usize {
+        self.b.len().saturating_sub(self.pos)
+    }
+
     fn str(&mut self, n: usize) -> Result<Val<'a>, String> {
         let s = self.take(n)?;
         std::str::from_utf8(s)
@@ -639,7 +646,7 @@ fn columnar(
             let mut t = t.clone();
             match t.next().map_err(err)? {
                 Val::Array(n) => {
-                    let mut keys = Vec::with_capacity(n);
+                    let mut keys = Vec::with_capacity(n.min(t.remaining()));
                     for _ in 0..n {
                         match t.next().map_err(err)? {
                             Val::Str(s) => keys.push(s),
@@ -728,7 +735,7 @@ fn columnar(
 
 fn time_column(mut r: Reader<'_>, n: usize, at: usize) -> Result<ArrayRef, IngestError> {
     let terr = |e: String| IngestError::column(at, TIME_COLUMN, e);
-    let mut out = Vec::with_capacity(n);
+    let mut out = Vec::with_capacity(n.min(r.remaining()));
     let mut unit = None;
     for _ in 0..n {
         let v = r.next().map_err(terr)?;

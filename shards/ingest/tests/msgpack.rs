@@ -347,6 +347,27 @@ fn errors_name_the_record_the_column_and_the_reason() {
     }
 }
 
+#[test]
+fn declared_lengths_do_not_size_allocations() {
+    // {"m":"cpu","columns":{"time": array32 of 0xffffffff items}} in 26 bytes,
+    // and a tag_keys array32 of the same length (found by reading the fuzzer's
+    // target code): refused as truncated, without allocating for 2^32 items.
+    for hex in [
+        "82a16da3637075a7636f6c756d6e7381a474696d65ddffffffff",
+        "83a16da3637075a7636f6c756d6e7381a1769101a87461675f6b657973ddffffffff",
+    ] {
+        let body: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        assert!(
+            err(&body).contains("truncated MessagePack data"),
+            "{}",
+            err(&body)
+        );
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
     /// The same rows sent columnar and row by row decode to the same rows.

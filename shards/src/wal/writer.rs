@@ -65,8 +65,19 @@ struct Inner {
     state: RefCell<WriterState>,
     /// Wakes the committer: entries are pending, or the WAL is closing.
     work: Event,
-    /// Wakes appenders: `durable_seq` advanced, space freed, or a failure.
-    changed: Event,
+    /// Wakes appenders waiting for room in the queue (the committer took a
+    /// group), and everyone on failure or close.
+    room: Event,
+    /// Wakes appenders waiting for their entry: `durable_seq` advanced, a
+    /// failure, or the committer stopped.
+    durable: Event,
+}
+
+impl Inner {
+    fn wake_all(&self) {
+        self.room.notify(usize::MAX);
+        self.durable.notify(usize::MAX);
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -149,7 +160,8 @@ impl Wal {
                 config,
                 observer: RefCell::new(None),
                 work: Event::new(),
-                changed: Event::new(),
+                room: Event::new(),
+                durable: Event::new(),
             }),
         };
         let active = wal.inner.state.borrow().segments.last().cloned();
@@ -211,7 +223,7 @@ impl Wal {
                 if st.pending.len() < inner.config.max_pending_bytes {
                     break;
                 }
-                inner.changed.listen()
+                inner.room.listen()
             };
             listener.await;
         }
@@ -234,7 +246,7 @@ impl Wal {
                 if let Some(f) = &st.failed {
                     return Err(WalError::Poisoned(f.clone()));
                 }
-                inner.changed.listen()
+                inner.durable.listen()
             };
             listener.await;
         }
@@ -293,7 +305,7 @@ impl Wal {
                 if self.inner.state.borrow().committer_done {
                     return;
                 }
-                self.inner.changed.listen()
+                self.inner.durable.listen()
             };
             listener.await;
         }
@@ -383,7 +395,7 @@ async fn committer(inner: Rc<Inner>, mut file: File) {
                 if st.closing {
                     st.committer_done = true;
                     drop(st);
-                    inner.changed.notify(usize::MAX);
+                    inner.wake_all();
                     return;
                 }
                 Some(inner.work.listen())
@@ -405,7 +417,7 @@ async fn committer(inner: Rc<Inner>, mut file: File) {
             (group, first, last, active)
         };
         // Room for the next group to queue up while this one is written.
-        inner.changed.notify(usize::MAX);
+        inner.room.notify(usize::MAX);
         match commit_group(&inner, &mut file, group, first, last, active).await {
             Ok((mut group, sync)) => {
                 if let Some(observe) = inner.observer.borrow().as_ref() {
@@ -418,6 +430,7 @@ async fn committer(inner: Rc<Inner>, mut file: File) {
                 group.clear();
                 spare = group;
                 inner.state.borrow_mut().durable_seq = last;
+                inner.durable.notify(usize::MAX);
             }
             Err(e) => {
                 tracing::error!(error = %e, "WAL write failed; refusing further writes");
@@ -425,11 +438,10 @@ async fn committer(inner: Rc<Inner>, mut file: File) {
                 st.failed = Some(e.to_string());
                 st.committer_done = true;
                 drop(st);
-                inner.changed.notify(usize::MAX);
+                inner.wake_all();
                 return;
             }
         }
-        inner.changed.notify(usize::MAX);
     }
 }
 
@@ -478,7 +490,7 @@ async fn commit_group(
                 if !inner.state.borrow().disk_full {
                     tracing::error!(path = %active.path.display(), "WAL disk full; holding the group and retrying");
                     inner.state.borrow_mut().disk_full = true;
-                    inner.changed.notify(usize::MAX);
+                    inner.wake_all();
                 }
                 monoio::time::sleep(DISK_FULL_RETRY).await;
             }
