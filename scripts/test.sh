@@ -17,9 +17,9 @@ if ! command -v promtool >/dev/null 2>&1; then
 fi
 
 # duckdb (PyPI) is the correctness oracle of the SQL tests.
-if ! python3 -c 'import duckdb' >/dev/null 2>&1; then
-  echo "== installing duckdb (PyPI)"
-  python3 -m pip install -q duckdb
+if ! python3 -c 'import duckdb, pytz' >/dev/null 2>&1; then
+  echo "== installing duckdb and pytz (PyPI)"
+  python3 -m pip install -q duckdb pytz
 fi
 
 cargo test --workspace --all-features --locked "$@"
