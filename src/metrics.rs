@@ -323,6 +323,16 @@ impl prometheus_client::collector::Collector for PruningCollector {
                 encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric_encoder)?;
         }
+        let running = prometheus_client::metrics::gauge::ConstGauge::new(
+            self.0.running.load(Ordering::Relaxed),
+        );
+        let metric_encoder = encoder.encode_descriptor(
+            "queries_running",
+            "Queries executing on the query pool now",
+            None,
+            running.metric_type(),
+        )?;
+        running.encode(metric_encoder)?;
         Ok(())
     }
 }

@@ -218,3 +218,69 @@ fn count_star_is_answered_from_metadata() {
         110
     );
 }
+
+fn gauge(node: &Node, name: &str) -> i64 {
+    let text = node.req("GET", "/metrics", &[], b"").text();
+    text.lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// A query that runs for many seconds: a triple cross join.
+const SLOW: &str = "SELECT count(*) FROM m a CROSS JOIN m b CROSS JOIN m c WHERE a.v + b.v > c.v";
+
+#[test]
+fn limits_timeout_max_rows_and_cancel_on_disconnect() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &["--set", "query.max_rows=5", "--set", "query.timeout_ms=500"],
+    );
+    assert_eq!(node.write_lp("a", &lp(0, 2000, T0)).status, 204);
+    let r = sql(&node, Some("a"), "SELECT id FROM m");
+    assert_eq!(r.status, 400);
+    assert!(r.error().contains("more than 5 rows"), "{}", r.text());
+    let r = sql(&node, Some("a"), SLOW);
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.error().contains("timed out"));
+    drop(node);
+
+    // Cancel on disconnect. The abort lands at the query's next yield
+    // point; scans of many files (here one per row) yield often.
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--set", "query.timeout_ms=600000"]);
+    for i in 0..400 {
+        assert_eq!(node.write_lp("a", &lp(i, 1, T0)).status, 204);
+        node.flush();
+    }
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    let body = serde_json::to_vec(&serde_json::json!({ "sql": SLOW })).unwrap();
+    s.write_all(format!("POST /api/v1/query HTTP/1.1\r\nHost: x\r\nx-arc-database: a\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while gauge(&node, "tidemark_queries_running") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the query never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(
+        gauge(&node, "tidemark_queries_running"),
+        1,
+        "still running while the client waits"
+    );
+    drop(s); // the client goes away
+             // Run to completion, the query would take far longer than this.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while gauge(&node, "tidemark_queries_running") != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the query was not cancelled"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -611,7 +611,31 @@ async fn connection(mut stream: TcpStream, ctx: &Rc<CoreCtx>) {
             headers: head.headers,
             body,
         };
-        let (resp, route) = handlers::handle(ctx, req).await;
+        let (resp, route) = if req.path.starts_with("/api/v1/query") && buf.is_empty() {
+            // A query may run long: watch the socket meanwhile, and if the
+            // client goes away, drop the handler, which cancels the query.
+            let mut handler = std::pin::pin!(handlers::handle(ctx, req));
+            let mut watching = true;
+            loop {
+                if !watching {
+                    break handler.await;
+                }
+                let probe = Vec::with_capacity(4096);
+                monoio::select! {
+                    r = &mut handler => break r,
+                    (res, b) = stream.read(probe) => match res {
+                        Ok(n) if n > 0 => {
+                            // A pipelined request: keep it, stop watching.
+                            buf.extend_from_slice(&b);
+                            watching = false;
+                        }
+                        _ => return,
+                    },
+                }
+            }
+        } else {
+            handlers::handle(ctx, req).await
+        };
         ctx.metrics.http_seconds[route].observe(started.elapsed().as_secs_f64());
         keep_alive &= !ctx.draining.get();
         encode_response(&mut out, &resp, head_only, keep_alive, minor_version);

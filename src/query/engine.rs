@@ -1,7 +1,7 @@
 //! The query pool: DataFusion on a dedicated tokio runtime, fed from shard
 //! cores without blocking their event loops.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,25 @@ pub struct QueryEngine {
     settings: QuerySettings,
     pub files_pruned: AtomicU64,
     pub files_scanned: AtomicU64,
+    /// Queries executing on the pool now.
+    pub running: AtomicI64,
+}
+
+/// Counts a query as running for as long as it lives (an aborted query's
+/// future is dropped, so it stops counting too).
+struct Running<'a>(&'a AtomicI64);
+
+impl<'a> Running<'a> {
+    fn new(c: &'a AtomicI64) -> Running<'a> {
+        c.fetch_add(1, Ordering::Relaxed);
+        Running(c)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Aborts the query task if the waiting side goes away (client disconnect).
@@ -131,6 +150,7 @@ impl QueryEngine {
             settings,
             files_pruned: AtomicU64::new(0),
             files_scanned: AtomicU64::new(0),
+            running: AtomicI64::new(0),
         }))
     }
 
@@ -232,19 +252,27 @@ impl QueryEngine {
             .handle
             .spawn(async move { engine.execute(&sql, &database, format).await });
         let _abort = AbortOnDrop(task.abort_handle());
-        match task.await {
-            Ok(out) => out,
-            Err(e) => error_output(
-                500,
-                &format!("query task failed: {e}"),
+        // The pool enforces the timeout itself, but an operator that never
+        // yields to the runtime would hold it up: the caller's own timer
+        // answers in time regardless (and the drop guard aborts the task).
+        let limit = Duration::from_millis(self.settings.timeout_ms) + Duration::from_millis(250);
+        monoio::select! {
+            joined = task => match joined {
+                Ok(out) => out,
+                Err(e) => error_output(500, &format!("query task failed: {e}"), format, 0, chrono::Utc::now()),
+            },
+            _ = monoio::time::sleep(limit) => error_output(
+                504,
+                &format!("query timed out after {} ms (query.timeout_ms)", self.settings.timeout_ms),
                 format,
-                0,
+                limit.as_millis(),
                 chrono::Utc::now(),
             ),
         }
     }
 
     async fn execute(&self, sql: &str, database: &str, format: OutputFormat) -> QueryOutput {
+        let _running = Running::new(&self.running);
         let started = chrono::Utc::now();
         let start = Instant::now();
         let timeout = Duration::from_millis(self.settings.timeout_ms);
