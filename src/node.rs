@@ -381,12 +381,23 @@ async fn core_main(
         }));
     }
     *ctx.shard.borrow_mut() = Some(shard.clone());
-    // Answer the query pool's snapshot requests from this core's loop.
+    // Answer the query pool's snapshot requests from this core's loop,
+    // until the core drains (the task holds the shard: it must end).
     let snapshot_server = {
         let shard = shard.clone();
+        let ctx = ctx.clone();
         monoio::spawn(async move {
             use futures::StreamExt;
-            while let Some(req) = snapshots.next().await {
+            loop {
+                let drain = ctx.drain_event.listen();
+                if ctx.draining.get() {
+                    return;
+                }
+                let req = monoio::select! {
+                    req = snapshots.next() => req,
+                    _ = drain => None,
+                };
+                let Some(req) = req else { return };
                 let (snapshot, _) = shard.snapshot_table(&req.table);
                 let _ = req.reply.send(crate::query::engine::ShardTable {
                     shard: shard.id(),
@@ -445,7 +456,7 @@ async fn core_main(
     ctx.drain_event.notify(usize::MAX);
     server.await;
     flusher.await;
-    drop(snapshot_server);
+    snapshot_server.await;
     shard.close().await;
     tracing::info!(shard = id, applied_seq = %shard.applied_seq(), "shard closed");
     Ok(())
