@@ -184,7 +184,7 @@ impl TableProvider for MeasurementTable {
         }
         if !self.mem.is_empty() || inputs.is_empty() {
             let mem = MemorySourceConfig::try_new(
-                &[self.mem.clone()],
+                std::slice::from_ref(&self.mem),
                 Arc::clone(&self.schema),
                 projection.cloned(),
             )?
