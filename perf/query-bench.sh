@@ -27,5 +27,5 @@ OUT=perf/results/$(date -u +%F)-$(git rev-parse --short HEAD)-query.md
   echo
   echo "ROWS=$ROWS; tidemark release, query.threads=2; DuckDB $(python3 -c 'import duckdb; print(duckdb.__version__)') in-process; same Parquet files"
   echo
-  python3 perf/query_bench.py http://127.0.0.1:$PORT "$DATA/parquet" bench 5
+  python3 perf/query_bench.py http://127.0.0.1:$PORT "$DATA/parquet" bench ${RUNS:-5}
 } | tee "$OUT"
