@@ -10,9 +10,10 @@
 //! connections send as fast as the server answers.
 
 mod gen;
+mod schedule;
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use gen::{Format, Generator, Schema};
 use hdrhistogram::Histogram;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
+use schedule::Schedule;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Compression {
@@ -55,7 +57,8 @@ struct Args {
     /// Seconds to run after the warm-up.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
-    /// Stop after sending this many rows (after the warm-up) instead.
+    /// Stop after this many rows (after the warm-up, rounded up to whole
+    /// requests) instead.
     #[arg(long)]
     rows: Option<u64>,
     /// Seconds of warm-up, not counted.
@@ -91,10 +94,13 @@ struct Args {
     json: bool,
 }
 
-/// What one client thread saw.
+/// What one client thread saw. `requests`, `rows`, `bytes` and the latency
+/// count requests sent after the warm-up; `acked_rows` counts every row a
+/// server accepted, warm-up included (what the server should now hold).
 struct Stats {
     requests: u64,
     rows: u64,
+    acked_rows: u64,
     bytes: u64,
     errors: u64,
     first_error: Option<String>,
@@ -106,6 +112,7 @@ impl Stats {
         Stats {
             requests: 0,
             rows: 0,
+            acked_rows: 0,
             bytes: 0,
             errors: 0,
             first_error: None,
@@ -115,6 +122,7 @@ impl Stats {
     fn merge(&mut self, o: Stats) {
         self.requests += o.requests;
         self.rows += o.rows;
+        self.acked_rows += o.acked_rows;
         self.bytes += o.bytes;
         self.errors += o.errors;
         if self.first_error.is_none() {
@@ -186,19 +194,10 @@ fn build_requests(args: &Args, target: &Target) -> anyhow::Result<Vec<bytes::Byt
                 head += &format!("x-arc-database: {}\r\n", args.database);
             }
         }
-        match args.compression {
-            Compression::None => {}
-            Compression::Gzip => {
-                use std::io::Write;
-                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                e.write_all(&body)?;
-                body = e.finish()?;
-                head += "Content-Encoding: gzip\r\n";
-            }
-            Compression::Zstd => {
-                body = zstd::encode_all(&body[..], 3)?;
-                head += "Content-Encoding: zstd\r\n";
-            }
+        let (compressed, encoding) = compress(args.compression, body)?;
+        body = compressed;
+        if let Some(e) = encoding {
+            head += &format!("Content-Encoding: {e}\r\n");
         }
         if let Some(t) = &args.token {
             head += &format!("Authorization: Bearer {t}\r\n");
@@ -209,6 +208,20 @@ fn build_requests(args: &Args, target: &Target) -> anyhow::Result<Vec<bytes::Byt
         out.push(bytes::Bytes::from(req));
     }
     Ok(out)
+}
+
+/// `body` compressed as asked, and the `Content-Encoding` that says so.
+fn compress(c: Compression, body: Vec<u8>) -> anyhow::Result<(Vec<u8>, Option<&'static str>)> {
+    Ok(match c {
+        Compression::None => (body, None),
+        Compression::Gzip => {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(&body)?;
+            (e.finish()?, Some("gzip"))
+        }
+        Compression::Zstd => (zstd::encode_all(&body[..], 3)?, Some("zstd")),
+    })
 }
 
 /// Reads one response; returns its status.
@@ -257,11 +270,26 @@ struct Shared {
     requests: Vec<bytes::Bytes>,
     rows_per_request: u64,
     stop: AtomicBool,
+    started: Instant,
     measure_from: Instant,
     measure_until: Instant,
-    rows_limit: Option<u64>,
-    /// Interval between one connection's requests with --rate (else zero).
-    per_conn_interval: Duration,
+    /// With `--rows`: measured requests still to send (claimed before sending).
+    requests_left: Option<AtomicU64>,
+    rate: f64,
+    batch_size: usize,
+    connections: usize,
+}
+
+impl Shared {
+    /// Claims one measured request; false once `--rows` are all claimed.
+    fn claim(&self) -> bool {
+        match &self.requests_left {
+            None => true,
+            Some(left) => left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                .is_ok(),
+        }
+    }
 }
 
 async fn connection(
@@ -273,24 +301,29 @@ async fn connection(
     let mut local = Stats::new();
     let mut buf = Vec::with_capacity(16 << 10);
     let mut stream: Option<TcpStream> = None;
-    let start = Instant::now();
-    // Stagger the connections' schedules evenly.
-    let offset = shared.per_conn_interval.mul_f64(index as f64 / 64.0);
+    let schedule = Schedule::fixed_rate(shared.rate, shared.batch_size, shared.connections, index);
+    let start = shared.started;
     let mut k: u64 = 0;
     while !shared.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
         if now >= shared.measure_until {
             break;
         }
-        let send_at = if shared.per_conn_interval.is_zero() {
-            now
-        } else {
-            let at = start + offset + shared.per_conn_interval.mul_f64(k as f64);
+        let due = schedule.due(k).map(|d| start + d);
+        if let Some(at) = due {
+            if at >= shared.measure_until {
+                break;
+            }
             if at > now {
                 monoio::time::sleep(at - now).await;
             }
-            at
-        };
+        }
+        let sent = Instant::now();
+        // A request counts when it was due (or sent) after the warm-up.
+        let counted = due.unwrap_or(sent) >= shared.measure_from;
+        if counted && !shared.claim() {
+            break;
+        }
         k += 1;
         if stream.is_none() {
             match TcpStream::connect(addr).await {
@@ -316,14 +349,16 @@ async fn connection(
             Err(e) => Err(e.into()),
         };
         let done = Instant::now();
-        let counted = send_at >= shared.measure_from;
         match result {
             Ok(_) => {
+                local.acked_rows += shared.rows_per_request;
                 if counted {
                     local.requests += 1;
                     local.rows += shared.rows_per_request;
                     local.bytes += len;
-                    let us = done.duration_since(send_at).as_micros().max(1) as u64;
+                    let us = schedule::latency(due.map(|d| d - start), sent - start, done - start)
+                        .as_micros()
+                        .max(1) as u64;
                     let _ = local.latency_us.record(us.min(600_000_000));
                 }
             }
@@ -333,11 +368,6 @@ async fn connection(
                 }
                 local.first_error.get_or_insert(e.to_string());
                 stream = None;
-            }
-        }
-        if let Some(limit) = shared.rows_limit {
-            if local.rows >= limit {
-                break;
             }
         }
     }
@@ -351,12 +381,6 @@ fn main() -> anyhow::Result<()> {
     }
     let target = parse_url(&args)?;
     let requests = build_requests(&args, &target)?;
-    let requests_per_sec = args.rate / args.batch_size as f64;
-    let per_conn_interval = if args.rate > 0.0 {
-        Duration::from_secs_f64(args.connections as f64 / requests_per_sec)
-    } else {
-        Duration::ZERO
-    };
     let t0 = Instant::now();
     let measure_from = t0 + Duration::from_secs_f64(args.warmup);
     let measure_until = if args.rows.is_some() {
@@ -368,10 +392,15 @@ fn main() -> anyhow::Result<()> {
         requests,
         rows_per_request: args.batch_size as u64,
         stop: AtomicBool::new(false),
+        started: t0,
         measure_from,
         measure_until,
-        rows_limit: args.rows.map(|r| r.div_ceil(args.connections as u64)),
-        per_conn_interval,
+        requests_left: args
+            .rows
+            .map(|r| AtomicU64::new(r.div_ceil(args.batch_size as u64))),
+        rate: args.rate,
+        batch_size: args.batch_size,
+        connections: args.connections,
     });
     let stats = Arc::new(std::sync::Mutex::new(Stats::new()));
     let mut threads = Vec::new();
@@ -406,15 +435,12 @@ fn main() -> anyhow::Result<()> {
         t.join()
             .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
     }
+    // From the end of the warm-up to the last answer (requests in flight at
+    // the end of --duration are counted, so is the time they took).
     let elapsed = Instant::now()
         .duration_since(measure_from)
         .as_secs_f64()
         .max(1e-9);
-    let elapsed = if args.rows.is_some() {
-        elapsed
-    } else {
-        elapsed.min(args.duration)
-    };
     let s = stats.lock().expect("stats lock");
     report(&args, &s, elapsed);
     if s.requests == 0 {
@@ -426,14 +452,21 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The name a value is given on the command line (`msgpack-columnar`).
+fn value_name(v: impl clap::ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
 fn report(args: &Args, s: &Stats, secs: f64) {
     let q = |p: f64| s.latency_us.value_at_quantile(p) as f64 / 1000.0;
     let rows_per_sec = s.rows as f64 / secs;
     if args.json {
         let v = serde_json::json!({
             "url": args.url,
-            "format": format!("{:?}", args.format).to_lowercase(),
-            "compression": format!("{:?}", args.compression).to_lowercase(),
+            "format": value_name(args.format),
+            "compression": value_name(args.compression),
             "batch_size": args.batch_size,
             "connections": args.connections,
             "threads": args.threads,
@@ -442,6 +475,7 @@ fn report(args: &Args, s: &Stats, secs: f64) {
             "duration_s": secs,
             "requests": s.requests,
             "rows": s.rows,
+            "acked_rows_total": s.acked_rows,
             "errors": s.errors,
             "first_error": s.first_error,
             "rows_per_sec": rows_per_sec,
@@ -456,9 +490,9 @@ fn report(args: &Args, s: &Stats, secs: f64) {
         println!("{v}");
     } else {
         println!(
-            "url {}  format {:?}  batch {}  connections {}  threads {}  rate {}  {:.1}s",
+            "url {}  format {}  batch {}  connections {}  threads {}  rate {}  {:.1}s",
             args.url,
-            args.format,
+            value_name(args.format),
             args.batch_size,
             args.connections,
             args.threads,
@@ -493,8 +527,161 @@ fn report(args: &Args, s: &Stats, secs: f64) {
             q(0.999),
             s.latency_us.max() as f64 / 1000.0
         );
+        println!(
+            "rows accepted by the server, warm-up included: {}",
+            s.acked_rows
+        );
         if let Some(e) = &s.first_error {
             println!("first error: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::Read;
+    use tidemark_ingest::Precision;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["tidemark-loadgen", "--pool", "3", "--batch-size", "250"];
+        v.extend_from_slice(extra);
+        Args::parse_from(v)
+    }
+
+    /// (path, headers, body) of a pre-built request.
+    fn split(req: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Request::new(&mut headers);
+        let httparse::Status::Complete(n) = r.parse(req).unwrap() else {
+            panic!("incomplete head");
+        };
+        assert_eq!(r.method, Some("POST"));
+        let hs: Vec<(String, String)> = r
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8(h.value.to_vec()).unwrap(),
+                )
+            })
+            .collect();
+        (r.path.unwrap().to_string(), hs, req[n..].to_vec())
+    }
+
+    fn header<'a>(hs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        hs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    fn decompress(encoding: Option<&str>, body: &[u8]) -> Vec<u8> {
+        match encoding {
+            None => body.to_vec(),
+            Some("gzip") => {
+                let mut out = Vec::new();
+                flate2::read::GzDecoder::new(body)
+                    .read_to_end(&mut out)
+                    .unwrap();
+                out
+            }
+            Some("zstd") => zstd::decode_all(body).unwrap(),
+            Some(other) => panic!("unexpected encoding {other}"),
+        }
+    }
+
+    #[test]
+    fn every_format_and_compression_round_trips_through_the_decoders() {
+        for format in ["lp", "msgpack-columnar", "msgpack-row"] {
+            for compression in ["none", "gzip", "zstd"] {
+                for schema in ["cpu", "devops"] {
+                    let a = args(&[
+                        "--format",
+                        format,
+                        "--compression",
+                        compression,
+                        "--schema",
+                        schema,
+                    ]);
+                    let target = parse_url(&a).unwrap();
+                    let reqs = build_requests(&a, &target).unwrap();
+                    assert_eq!(reqs.len(), 3);
+                    for req in &reqs {
+                        let (_, hs, body) = split(req);
+                        let len: usize = header(&hs, "content-length").unwrap().parse().unwrap();
+                        assert_eq!(len, body.len(), "{format}/{compression}");
+                        let enc = header(&hs, "content-encoding");
+                        assert_eq!(enc, (compression != "none").then_some(compression));
+                        let plain = decompress(enc, &body);
+                        if enc.is_some() {
+                            assert!(body.len() < plain.len(), "{compression} shrinks the body");
+                        }
+                        let decoded = if format == "lp" {
+                            tidemark_ingest::line_protocol::parse(
+                                &plain,
+                                "bench",
+                                Precision::Nanoseconds,
+                                0,
+                            )
+                        } else {
+                            tidemark_ingest::msgpack::parse(&plain, "bench", 0)
+                        }
+                        .unwrap_or_else(|e| panic!("{format}/{compression}: {e:?}"));
+                        assert_eq!(decoded.num_rows(), 250, "{format}/{compression}/{schema}");
+                        let tables = if schema == "cpu" { 1 } else { 4 };
+                        assert_eq!(decoded.batches.len(), tables);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn default_paths_and_headers_per_format() {
+        let a = args(&["--format", "lp", "--database", "db1", "--token", "s3cret"]);
+        let t = parse_url(&a).unwrap();
+        assert_eq!(t.path, "/write?db=db1");
+        assert_eq!(t.host, "127.0.0.1:8000");
+        let (path, hs, _) = split(&build_requests(&a, &t).unwrap()[0]);
+        assert_eq!(path, "/write?db=db1");
+        assert_eq!(header(&hs, "authorization"), Some("Bearer s3cret"));
+        assert_eq!(header(&hs, "x-arc-database"), None);
+
+        let a = args(&["--format", "msgpack-row", "--database", "db2"]);
+        let t = parse_url(&a).unwrap();
+        let (path, hs, _) = split(&build_requests(&a, &t).unwrap()[0]);
+        assert_eq!(path, "/api/v1/write/msgpack");
+        assert_eq!(header(&hs, "x-arc-database"), Some("db2"));
+        assert_eq!(header(&hs, "content-type"), Some("application/msgpack"));
+
+        // An explicit path is used as given.
+        let a = args(&["--url", "http://127.0.0.1:8428/influx/write?db=x"]);
+        let t = parse_url(&a).unwrap();
+        assert_eq!(t.path, "/influx/write?db=x");
+        assert!(parse_url(&args(&["--url", "https://x"])).is_err());
+    }
+
+    #[test]
+    fn default_start_time_is_recent() {
+        // Servers with a retention window (VictoriaMetrics: 1 month) drop
+        // older samples silently, so the default must be recent.
+        let a = args(&["--format", "lp"]);
+        let t = parse_url(&a).unwrap();
+        let (_, _, body) = split(&build_requests(&a, &t).unwrap()[0]);
+        let first = String::from_utf8(body).unwrap();
+        let ts: i64 = first
+            .lines()
+            .next()
+            .unwrap()
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as i64;
+        assert!(now - ts > 0 && now - ts < 2 * 3_600_000_000_000, "{ts}");
     }
 }
