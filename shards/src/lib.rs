@@ -7,6 +7,8 @@
 //! * [`flush`], [`manifest`]: turning frozen buffers into Parquet files on
 //!   flush workers, and the durable list of those files.
 //! * [`shard`]: one shard, tying WAL, buffer and flushes together.
+//! * [`replication`]: the WAL replication protocol (frames and decisions,
+//!   no sockets).
 //! * [`runtime`]: the seam between shard cores and their I/O driver.
 //!
 //! Everything here that touches the WAL runs on the shard's own core (types
@@ -22,6 +24,7 @@ pub mod failpoint;
 pub mod flush;
 pub mod ids;
 pub mod manifest;
+pub mod replication;
 pub mod runtime;
 pub mod schema;
 pub mod shard;

@@ -225,16 +225,7 @@ impl Shard {
                 tables.push((b.table().clone(), schema, b.batch().clone()));
             }
         }
-        // Backpressure: wait for a flush to make room.
-        loop {
-            let listener = {
-                if self.buffer.borrow().bytes() < self.config.max_buffer_bytes {
-                    break;
-                }
-                self.applied.listen()
-            };
-            listener.await;
-        }
+        self.wait_buffer_room().await;
         let pending = &self.pending;
         let seq = self
             .wal
@@ -246,11 +237,84 @@ impl Shard {
                 },
             )
             .await?;
+        self.wait_applied(seq).await;
+        Ok(seq)
+    }
+
+    /// Takes entries `first..=last` received from a replication writer:
+    /// `entries` holds them exactly as the writer stored them, already
+    /// checked (whole, checksums valid, gap-free from this shard's next
+    /// seq). They are decoded and checked against the catalog, appended to
+    /// this shard's WAL byte for byte under the same sequence numbers, and
+    /// applied to the buffer once durable. Returns the rows they hold, once
+    /// they are durable and visible to queries.
+    pub async fn apply_replicated(
+        &self,
+        first: WalSeq,
+        last: WalSeq,
+        entries: &[u8],
+    ) -> Result<u64, ShardError> {
+        let mut decoded: Vec<(WalSeq, PendingEntry)> = Vec::new();
+        let mut rows = 0u64;
+        {
+            let mut catalog = self.catalog.borrow_mut();
+            let mut at = 0;
+            while at < entries.len() {
+                let crate::wal::format::Decoded::Entry(e) =
+                    crate::wal::format::decode_entry(&entries[at..])
+                else {
+                    return Err(ShardError::Replay {
+                        seq: first,
+                        reason: format!("replicated entries are damaged at byte {at}"),
+                    });
+                };
+                at += e.raw.len();
+                let EntryKind::Write = e.kind;
+                let batches = decode_writes(e.payload).map_err(|err| ShardError::Replay {
+                    seq: e.seq,
+                    reason: err.to_string(),
+                })?;
+                let mut tables = PendingEntry::with_capacity(batches.len());
+                for wb in batches {
+                    let schema = catalog.check(wb.table(), wb.batch().schema_ref())?;
+                    let (table, batch) = wb.into_parts();
+                    rows += batch.num_rows() as u64;
+                    tables.push((table, schema, batch));
+                }
+                decoded.push((e.seq, tables));
+            }
+        }
+        self.wait_buffer_room().await;
+        let pending = &self.pending;
+        self.wal
+            .append_raw(first, last, entries, || {
+                pending.borrow_mut().extend(decoded);
+            })
+            .await?;
+        self.wait_applied(last).await;
+        Ok(rows)
+    }
+
+    /// Backpressure: waits while the buffer is full, until a flush makes room.
+    async fn wait_buffer_room(&self) {
+        loop {
+            let listener = {
+                if self.buffer.borrow().bytes() < self.config.max_buffer_bytes {
+                    return;
+                }
+                self.applied.listen()
+            };
+            listener.await;
+        }
+    }
+
+    /// Waits until entry `seq` (durable or about to be) is in the buffer.
+    async fn wait_applied(&self, seq: WalSeq) {
         self.apply_durable();
         loop {
             let listener = {
                 if self.buffer.borrow().applied_seq() >= seq {
-                    return Ok(seq);
+                    return;
                 }
                 self.applied.listen()
             };

@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{SegmentId, ShardId, WalSeq};
 pub use format::{EntryKind, EntryRef};
 pub use scan::{CorruptRegion, RecoveryMode};
-pub use writer::{CommitInfo, CommitObserver, Recovered, Wal};
+pub use writer::{Chunk, CommitInfo, CommitObserver, ReadCursor, ReadError, Recovered, Wal};
 
 /// When an appended entry counts as durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -86,6 +86,12 @@ pub struct WalConfig {
     /// What to do about a corrupt entry in the middle of the log. Default
     /// `strict`.
     pub recovery_mode: RecoveryMode,
+    /// Bytes of recently committed groups kept in memory for replication
+    /// readers (the newest group is kept whatever its size). Default 0: off.
+    pub ring_bytes: usize,
+    /// Flushed segments that a replication reader still needs are kept while
+    /// the kept segments total at most this many bytes. Default 1 GiB.
+    pub max_retained_bytes: u64,
 }
 
 impl WalConfig {
@@ -97,6 +103,8 @@ impl WalConfig {
             segment_size: 64 << 20,
             max_pending_bytes: 64 << 20,
             recovery_mode: RecoveryMode::default(),
+            ring_bytes: 0,
+            max_retained_bytes: 1 << 30,
         }
     }
 }
@@ -135,6 +143,8 @@ pub enum WalError {
     DiskFull { path: PathBuf },
     #[error("WAL is closed")]
     Closed,
+    #[error("WAL expected entry {expected} next, got {got}")]
+    OutOfOrder { expected: WalSeq, got: WalSeq },
     #[error("WAL entry could not be encoded: {0}")]
     Encode(String),
 }

@@ -1,20 +1,22 @@
 //! The group-commit writer: appenders queue encoded entries, one committer
 //! task per shard writes each group with one write and one sync.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fs;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
-use event_listener::Event;
+use bytes::Bytes;
+use event_listener::{Event, EventListener};
 use monoio::fs::{File, OpenOptions};
 
 use super::format::{self, EntryKind, EntryRef, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::{
-    read_segments, recover, segment_path, RecoveryReport, SegmentMeta, SyncMode, WalConfig,
-    WalError,
+    map_segment, read_segments, recover, segment_path, RecoveryReport, SegmentMeta, SyncMode,
+    WalConfig, WalError,
 };
 use crate::ids::{SegmentId, WalSeq};
 
@@ -63,6 +65,10 @@ struct Inner {
     config: WalConfig,
     observer: RefCell<Option<CommitObserver>>,
     state: RefCell<WriterState>,
+    /// The most recent committed groups, as written (replication reads them).
+    ring: RefCell<Ring>,
+    /// Sealed segments removed while a reader still needed them (retention cap).
+    forced_removals: Cell<u64>,
     /// Wakes the committer: entries are pending, or the WAL is closing.
     work: Event,
     /// Wakes appenders waiting for room in the queue (the committer took a
@@ -99,6 +105,9 @@ struct WriterState {
     pending: Vec<u8>,
     pending_first: WalSeq,
     segments: Vec<SegmentMeta>,
+    /// Entries from this seq on are still needed by a replication reader:
+    /// segments holding them are kept (up to `max_retained_bytes`).
+    hold: Option<WalSeq>,
     /// Set after a write or sync error other than a full disk.
     failed: Option<String>,
     /// Set while the committer is retrying a write that found the disk full.
@@ -152,11 +161,14 @@ impl Wal {
                     pending: Vec::with_capacity(1 << 20),
                     pending_first: next_seq,
                     segments,
+                    hold: None,
                     failed: None,
                     disk_full: false,
                     closing: false,
                     committer_done: false,
                 }),
+                ring: RefCell::new(Ring::new(config.ring_bytes)),
+                forced_removals: Cell::new(0),
                 config,
                 observer: RefCell::new(None),
                 work: Event::new(),
@@ -215,18 +227,7 @@ impl Wal {
         on_assigned: impl FnOnce(WalSeq),
     ) -> Result<WalSeq, WalError> {
         let inner = &self.inner;
-        // Backpressure: wait for room in the queue.
-        loop {
-            let listener = {
-                let st = inner.state.borrow();
-                st.check_accepting(&inner.config.dir)?;
-                if st.pending.len() < inner.config.max_pending_bytes {
-                    break;
-                }
-                inner.room.listen()
-            };
-            listener.await;
-        }
+        self.wait_room().await?;
         let seq = {
             let mut st = inner.state.borrow_mut();
             let seq = st.next_seq;
@@ -237,11 +238,65 @@ impl Wal {
         };
         on_assigned(seq);
         inner.work.notify(1);
+        self.wait_durable(seq).await?;
+        Ok(seq)
+    }
+
+    /// Appends entries `first..=last` exactly as another WAL stored them
+    /// (`entries` holds whole framed entries, e.g. received from a
+    /// replication writer), once they are durable. `first` must be the
+    /// sequence number this WAL gives next, so the two logs stay identical.
+    /// `on_assigned` runs once the entries are queued, as in
+    /// [`Wal::append_with`]. The caller has checked the entries.
+    pub async fn append_raw(
+        &self,
+        first: WalSeq,
+        last: WalSeq,
+        entries: &[u8],
+        on_assigned: impl FnOnce(),
+    ) -> Result<WalSeq, WalError> {
+        let inner = &self.inner;
+        self.wait_room().await?;
+        {
+            let mut st = inner.state.borrow_mut();
+            if st.next_seq != first || last < first {
+                return Err(WalError::OutOfOrder {
+                    expected: st.next_seq,
+                    got: first,
+                });
+            }
+            st.pending.extend_from_slice(entries);
+            st.next_seq = last.next();
+        }
+        on_assigned();
+        inner.work.notify(1);
+        self.wait_durable(last).await?;
+        Ok(last)
+    }
+
+    /// Backpressure: waits while `max_pending_bytes` are queued.
+    async fn wait_room(&self) -> Result<(), WalError> {
+        let inner = &self.inner;
+        loop {
+            let listener = {
+                let st = inner.state.borrow();
+                st.check_accepting(&inner.config.dir)?;
+                if st.pending.len() < inner.config.max_pending_bytes {
+                    return Ok(());
+                }
+                inner.room.listen()
+            };
+            listener.await;
+        }
+    }
+
+    async fn wait_durable(&self, seq: WalSeq) -> Result<(), WalError> {
+        let inner = &self.inner;
         loop {
             let listener = {
                 let st = inner.state.borrow();
                 if st.durable_seq >= seq {
-                    return Ok(seq);
+                    return Ok(());
                 }
                 if let Some(f) = &st.failed {
                     return Err(WalError::Poisoned(f.clone()));
@@ -250,6 +305,76 @@ impl Wal {
             };
             listener.await;
         }
+    }
+
+    /// A listener that fires when `durable_seq` advances (or the WAL fails
+    /// or closes). Take it *before* checking [`Wal::durable_seq`], so no
+    /// advance is missed.
+    pub fn listen_durable(&self) -> EventListener {
+        self.inner.durable.listen()
+    }
+
+    /// Whether the WAL has stopped committing (closed or failed).
+    pub fn is_stopped(&self) -> bool {
+        self.inner.state.borrow().committer_done
+    }
+
+    /// The oldest entry still readable through [`Wal::read_chunk`].
+    pub fn oldest_seq(&self) -> WalSeq {
+        let st = self.inner.state.borrow();
+        let seg = st.segments.first().map_or(st.next_seq, |s| s.first_seq);
+        match self.inner.ring.borrow().first_seq() {
+            Some(r) => r.min(seg),
+            None => seg,
+        }
+    }
+
+    /// Says which entries replication readers still need: segments holding
+    /// entries from `hold` on are kept by [`Wal::remove_segments_through`]
+    /// (up to `max_retained_bytes`). `None`: no reader holds anything.
+    pub fn set_hold(&self, hold: Option<WalSeq>) {
+        self.inner.state.borrow_mut().hold = hold;
+    }
+
+    /// Segments removed although a reader still needed them, since start.
+    pub fn forced_removals(&self) -> u64 {
+        self.inner.forced_removals.get()
+    }
+
+    /// Reads whole durable entries from `from` on, at most about
+    /// `max_bytes` of them (at least one), as they are stored: from the
+    /// ring of recent groups when it has them, else from a memory map of
+    /// the segment (kept in `cursor` for the next call). No byte is copied.
+    /// `Ok(None)`: nothing durable from `from` yet.
+    pub fn read_chunk(
+        &self,
+        from: WalSeq,
+        max_bytes: usize,
+        cursor: &mut ReadCursor,
+    ) -> Result<Option<Chunk>, ReadError> {
+        let (durable, seg) = {
+            let st = self.inner.state.borrow();
+            if from > st.durable_seq {
+                return Ok(None);
+            }
+            let seg = st
+                .segments
+                .iter()
+                .find(|s| s.first_seq <= from && s.last_seq.is_some_and(|l| l >= from))
+                .cloned();
+            (st.durable_seq, seg)
+        };
+        if let Some(c) = self.inner.ring.borrow().read(from, max_bytes) {
+            return Ok(Some(c));
+        }
+        let Some(seg) = seg else {
+            return Err(ReadError::Gone {
+                from,
+                oldest: self.oldest_seq(),
+            });
+        };
+        let last = seg.last_seq.expect("found above").min(durable);
+        cursor.read(&seg, from, last, max_bytes)
     }
 
     /// Appends one entry with `payload` as its bytes.
@@ -279,14 +404,46 @@ impl Wal {
     /// Deletes the sealed segments whose entries all have sequence numbers
     /// at or below `watermark`. The active segment is never deleted. Returns
     /// the number of segments deleted.
+    ///
+    /// Segments holding entries a replication reader still needs (see
+    /// [`Wal::set_hold`]) are kept while the flushed segments kept for that
+    /// reason total at most `max_retained_bytes`; past that cap the oldest are removed anyway and
+    /// the reader that needed them must bootstrap (logged, and counted in
+    /// [`Wal::forced_removals`]).
     pub fn remove_segments_through(&self, watermark: WalSeq) -> Result<usize, WalError> {
         let doomed: Vec<SegmentMeta> = {
             let mut st = self.inner.state.borrow_mut();
             let sealed = st.segments.len().saturating_sub(1);
-            let n = st.segments[..sealed]
+            let flushed = |s: &SegmentMeta| s.last_seq.is_none_or(|l| l <= watermark);
+            let hold = st.hold;
+            let all_flushed = st.segments[..sealed]
                 .iter()
-                .take_while(|s| s.last_seq.is_none_or(|l| l <= watermark))
+                .take_while(|s| flushed(s))
                 .count();
+            let mut n = st.segments[..all_flushed]
+                .iter()
+                .take_while(|s| hold.is_none_or(|h| s.last_seq.is_none_or(|l| l < h)))
+                .count();
+            // Flushed segments kept only for readers count against the cap.
+            let mut kept: u64 = st.segments[n..all_flushed].iter().map(|s| s.len).sum();
+            let mut forced = 0;
+            while n < all_flushed && kept > self.inner.config.max_retained_bytes {
+                kept -= st.segments[n].len;
+                n += 1;
+                forced += 1;
+            }
+            if forced > 0 {
+                tracing::warn!(
+                    shard = %self.inner.config.shard,
+                    segments = forced,
+                    ?hold,
+                    max_retained_bytes = self.inner.config.max_retained_bytes,
+                    "WAL retention cap reached: removing segments a replication reader still needs; it will have to bootstrap"
+                );
+                self.inner
+                    .forced_removals
+                    .set(self.inner.forced_removals.get() + forced);
+            }
             st.segments.drain(..n).collect()
         };
         for seg in &doomed {
@@ -427,8 +584,18 @@ async fn committer(inner: Rc<Inner>, mut file: File) {
                         sync,
                     });
                 }
-                group.clear();
-                spare = group;
+                if inner.config.ring_bytes > 0 {
+                    // Keep the bytes as written for replication readers.
+                    let cap = group.capacity();
+                    inner
+                        .ring
+                        .borrow_mut()
+                        .push(first, last, Bytes::from(group));
+                    spare = Vec::with_capacity(cap);
+                } else {
+                    group.clear();
+                    spare = group;
+                }
                 inner.state.borrow_mut().durable_seq = last;
                 inner.durable.notify(usize::MAX);
             }
@@ -503,4 +670,168 @@ async fn commit_group(
     seg.len = active.len + group.len() as u64;
     seg.last_seq = Some(last);
     Ok((group, sync_time))
+}
+
+/// A run of whole entries `first..=last`, exactly as stored in the WAL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chunk {
+    pub first: WalSeq,
+    pub last: WalSeq,
+    pub bytes: Bytes,
+}
+
+/// Why [`Wal::read_chunk`] cannot read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReadError {
+    /// The entry was removed (flushed, and past the retention cap).
+    #[error("WAL entry {from} is gone (the oldest kept is {oldest})")]
+    Gone { from: WalSeq, oldest: WalSeq },
+    #[error(transparent)]
+    Wal(#[from] WalError),
+}
+
+/// Where a reader of segments is: the segment it has mapped and the offset
+/// of the next entry, so consecutive reads do not rescan the segment.
+#[derive(Debug, Default)]
+pub struct ReadCursor {
+    map: Option<(SegmentId, Bytes)>,
+    /// `(seq, offset)` of the next entry in the mapped segment.
+    next: Option<(WalSeq, usize)>,
+}
+
+impl ReadCursor {
+    fn read(
+        &mut self,
+        seg: &SegmentMeta,
+        from: WalSeq,
+        last: WalSeq,
+        max_bytes: usize,
+    ) -> Result<Option<Chunk>, ReadError> {
+        let stale = match &self.map {
+            Some((id, map)) => *id != seg.id || (map.len() as u64) < seg.len,
+            None => true,
+        };
+        if stale {
+            let map = match map_segment(&seg.path, seg.len) {
+                Ok(Some(m)) => Bytes::from_owner(m),
+                Ok(None) => Bytes::new(),
+                // Removed since the list was taken.
+                Err(WalError::Io { kind, .. }) if kind == std::io::ErrorKind::NotFound => {
+                    return Err(ReadError::Gone {
+                        from,
+                        oldest: from.next(),
+                    })
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if self.map.as_ref().is_none_or(|(id, _)| *id != seg.id) {
+                self.next = None;
+            }
+            self.map = Some((seg.id, map));
+        }
+        let map = &self.map.as_ref().expect("mapped above").1;
+        let (mut seq, mut at) = match self.next {
+            Some((s, at)) if s == from => (s, at),
+            _ => (seg.first_seq, SEGMENT_HEADER_LEN),
+        };
+        // Skip to `from`, then take entries up to `max_bytes`.
+        while seq < from {
+            at += entry_len_at(map, at)?;
+            seq = seq.next();
+        }
+        let start = at;
+        loop {
+            at += entry_len_at(map, at)?;
+            if seq == last || at - start >= max_bytes {
+                break;
+            }
+            seq = seq.next();
+        }
+        self.next = Some((seq.next(), at));
+        Ok(Some(Chunk {
+            first: from,
+            last: seq,
+            bytes: map.slice(start..at),
+        }))
+    }
+}
+
+/// The stored length of the entry at `at` of `bytes` (written by this WAL,
+/// so only its length field is read).
+fn entry_len_at(bytes: &[u8], at: usize) -> Result<usize, ReadError> {
+    let len = bytes
+        .get(at..at + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+        .ok_or(ReadError::Wal(WalError::Encode(format!(
+            "entry at offset {at} runs past the durable end"
+        ))))?;
+    let total = format::entry_len(len);
+    if at + total > bytes.len() {
+        return Err(ReadError::Wal(WalError::Encode(format!(
+            "entry at offset {at} runs past the durable end"
+        ))));
+    }
+    Ok(total)
+}
+
+/// The most recent committed groups, as written, up to `cap` bytes (the
+/// newest group is kept whatever its size).
+#[derive(Debug)]
+struct Ring {
+    cap: usize,
+    bytes: usize,
+    groups: VecDeque<(WalSeq, WalSeq, Bytes)>,
+}
+
+impl Ring {
+    fn new(cap: usize) -> Ring {
+        Ring {
+            cap,
+            bytes: 0,
+            groups: VecDeque::new(),
+        }
+    }
+
+    fn push(&mut self, first: WalSeq, last: WalSeq, bytes: Bytes) {
+        self.bytes += bytes.len();
+        self.groups.push_back((first, last, bytes));
+        while self.bytes > self.cap && self.groups.len() > 1 {
+            let (_, _, b) = self.groups.pop_front().expect("more than one group");
+            self.bytes -= b.len();
+        }
+    }
+
+    fn first_seq(&self) -> Option<WalSeq> {
+        self.groups.front().map(|g| g.0)
+    }
+
+    fn read(&self, from: WalSeq, max_bytes: usize) -> Option<Chunk> {
+        let i = self.groups.partition_point(|g| g.1 < from);
+        let (first, last, bytes) = self.groups.get(i)?;
+        if *first > from {
+            return None;
+        }
+        let (mut seq, mut at) = (*first, 0);
+        while seq < from {
+            at += format::entry_len(
+                u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize
+            );
+            seq = seq.next();
+        }
+        let start = at;
+        loop {
+            at += format::entry_len(
+                u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?) as usize
+            );
+            if seq == *last || at - start >= max_bytes {
+                break;
+            }
+            seq = seq.next();
+        }
+        Some(Chunk {
+            first: from,
+            last: seq,
+            bytes: bytes.slice(start..at),
+        })
+    }
 }

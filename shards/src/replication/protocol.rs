@@ -1,0 +1,628 @@
+//! The replication protocol's decisions, with no sockets, files or clocks:
+//! the handshake (authentication, resume or bootstrap), the writer's view of
+//! what it sent and what the reader acknowledged, and the reader's check that
+//! the entries it receives continue its log without a gap.
+//!
+//! Invariants: on the writer, `acked <= sent < next` (`sent = next - 1`);
+//! on the reader, every accepted entry is `expected`, then `expected` moves
+//! on by one, so the reader's log is the writer's log, gap-free.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::frame::{ErrorCode, Frame, WelcomeMode, MAC_LEN, NONCE_LEN, VERSION};
+use crate::ids::{ShardId, WalSeq};
+use crate::wal::format::{decode_entry, Decoded};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// HMAC-SHA256 keyed by the cluster secret over a Hello's fields.
+fn hello_hmac(
+    secret: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    shard: ShardId,
+    last_seq: WalSeq,
+    reader_id: &str,
+) -> HmacSha256 {
+    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    m.update(b"tidemark-replication-v1");
+    m.update(nonce);
+    m.update(&shard.0.to_le_bytes());
+    m.update(&last_seq.0.to_le_bytes());
+    m.update(reader_id.as_bytes());
+    m
+}
+
+/// The MAC a reader puts in its Hello: HMAC-SHA256 with the cluster secret
+/// over the writer's nonce and the Hello's fields, so the secret never
+/// crosses the wire and a recorded Hello cannot be replayed.
+pub fn hello_mac(
+    secret: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    shard: ShardId,
+    last_seq: WalSeq,
+    reader_id: &str,
+) -> [u8; MAC_LEN] {
+    hello_hmac(secret, nonce, shard, last_seq, reader_id)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+/// What the writer's shard knows when a Hello arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriterView {
+    pub shard: ShardId,
+    pub shard_count: u32,
+    /// The oldest entry still readable from the ring or the segments.
+    pub oldest_seq: WalSeq,
+    pub durable_seq: WalSeq,
+    /// The shard's flushed watermark: every entry up to it is in Parquet
+    /// files listed in the manifest.
+    pub flushed_seq: WalSeq,
+}
+
+/// The writer's answer to a Hello.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handshake {
+    /// Stream entries from `from` on.
+    Stream { reader_id: String, from: WalSeq },
+    /// The reader must fetch the flushed files and come back from `flushed_seq`.
+    Bootstrap {
+        reader_id: String,
+        flushed_seq: WalSeq,
+    },
+    /// Refuse the reader with an `Error` frame and close.
+    Refuse { code: ErrorCode, message: String },
+}
+
+impl Handshake {
+    /// The frame that tells the reader.
+    pub fn reply(&self, view: &WriterView) -> Frame<'_> {
+        match self {
+            Handshake::Stream { from, .. } => Frame::Welcome {
+                mode: WelcomeMode::Stream,
+                start_seq: *from,
+                durable_seq: view.durable_seq,
+                flushed_seq: view.flushed_seq,
+            },
+            Handshake::Bootstrap { flushed_seq, .. } => Frame::Welcome {
+                mode: WelcomeMode::Bootstrap,
+                start_seq: flushed_seq.next(),
+                durable_seq: view.durable_seq,
+                flushed_seq: *flushed_seq,
+            },
+            Handshake::Refuse { code, message } => Frame::Error {
+                code: *code,
+                message,
+            },
+        }
+    }
+}
+
+/// Decides what to do with the frame a reader sent after the writer's
+/// Challenge (`nonce`).
+pub fn writer_handshake(
+    frame: &Frame<'_>,
+    secret: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    view: &WriterView,
+) -> Handshake {
+    let refuse = |code, message: String| Handshake::Refuse { code, message };
+    let Frame::Hello {
+        version,
+        shard,
+        last_seq,
+        mac,
+        reader_id,
+    } = frame
+    else {
+        return refuse(ErrorCode::Protocol, "expected a Hello frame".into());
+    };
+    if *version != VERSION {
+        return refuse(
+            ErrorCode::Version,
+            format!("protocol version {version} is not supported (this writer speaks {VERSION})"),
+        );
+    }
+    let m = hello_hmac(secret, nonce, *shard, *last_seq, reader_id);
+    if m.verify_slice(mac).is_err() {
+        return refuse(
+            ErrorCode::AuthFailed,
+            format!("reader {reader_id:?}: the MAC does not match this cluster's secret"),
+        );
+    }
+    if *shard != view.shard {
+        return refuse(
+            ErrorCode::NoSuchShard,
+            format!(
+                "this stream serves shard {} of {}, not shard {shard}",
+                view.shard, view.shard_count
+            ),
+        );
+    }
+    if *last_seq > view.durable_seq {
+        return refuse(
+            ErrorCode::ReaderAhead,
+            format!(
+                "reader {reader_id:?} holds shard {shard} up to seq {last_seq}, but this writer's WAL ends at {}: the reader's data is not this writer's",
+                view.durable_seq
+            ),
+        );
+    }
+    let from = last_seq.next();
+    if from >= view.oldest_seq {
+        Handshake::Stream {
+            reader_id: reader_id.to_string(),
+            from,
+        }
+    } else {
+        Handshake::Bootstrap {
+            reader_id: reader_id.to_string(),
+            flushed_seq: view.flushed_seq,
+        }
+    }
+}
+
+/// A protocol violation by the peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("ack of seq {acked} is below the earlier ack {before}")]
+    AckBackwards { acked: WalSeq, before: WalSeq },
+    #[error("ack of seq {acked} is beyond the last entry sent ({sent})")]
+    AckAhead { acked: WalSeq, sent: WalSeq },
+    #[error("welcome starts at seq {start}, expected {expected}")]
+    WelcomeStart { start: WalSeq, expected: WalSeq },
+    #[error("unexpected {0} frame")]
+    Unexpected(&'static str),
+}
+
+/// The writer's side of one stream to one reader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendState {
+    next: WalSeq,
+    acked: WalSeq,
+}
+
+impl SendState {
+    /// A stream that starts at `from` (the reader holds everything before).
+    pub fn new(from: WalSeq) -> SendState {
+        let held = from.prev().unwrap_or(WalSeq::ZERO);
+        SendState {
+            next: from,
+            acked: held,
+        }
+    }
+
+    /// The next entry to send, if the WAL has it durably.
+    pub fn wants(&self, durable: WalSeq) -> Option<WalSeq> {
+        (self.next <= durable).then_some(self.next)
+    }
+
+    /// Records that entries `first..=last` went out.
+    ///
+    /// # Panics
+    /// If `first` is not the entry [`SendState::wants`] asked for.
+    pub fn sent(&mut self, first: WalSeq, last: WalSeq) {
+        assert_eq!(first, self.next, "entries must be sent in order");
+        assert!(last >= first);
+        self.next = last.next();
+    }
+
+    /// The last entry sent.
+    pub fn last_sent(&self) -> WalSeq {
+        self.next.prev().unwrap_or(WalSeq::ZERO)
+    }
+
+    /// The last entry the reader holds durably.
+    pub fn acked(&self) -> WalSeq {
+        self.acked
+    }
+
+    /// Records a reader's ack.
+    pub fn on_ack(&mut self, seq: WalSeq) -> Result<(), ProtocolError> {
+        if seq < self.acked {
+            return Err(ProtocolError::AckBackwards {
+                acked: seq,
+                before: self.acked,
+            });
+        }
+        if seq > self.last_sent() {
+            return Err(ProtocolError::AckAhead {
+                acked: seq,
+                sent: self.last_sent(),
+            });
+        }
+        self.acked = seq;
+        Ok(())
+    }
+
+    /// Entries durable on the writer that the reader has not acknowledged.
+    pub fn lag(&self, durable: WalSeq) -> u64 {
+        durable.0.saturating_sub(self.acked.0)
+    }
+}
+
+/// Why entries received cannot be taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("gap: expected seq {expected}, got {got}")]
+    Gap { expected: WalSeq, got: WalSeq },
+    #[error("entry after seq {after} is damaged: {reason}")]
+    Corrupt { after: WalSeq, reason: &'static str },
+    #[error("frame says entries {first}..={last} but holds up to {found}")]
+    Mismatch {
+        first: WalSeq,
+        last: WalSeq,
+        found: WalSeq,
+    },
+    #[error("empty entries frame")]
+    Empty,
+}
+
+impl ReceiveError {
+    /// The code to send the writer before closing.
+    pub fn code(&self) -> ErrorCode {
+        ErrorCode::Gap
+    }
+}
+
+/// What the reader does after the writer's Welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderAction {
+    Stream,
+    /// Fetch the writer's files up to `flushed_seq`, then reconnect.
+    Bootstrap {
+        flushed_seq: WalSeq,
+    },
+}
+
+/// The reader's side of one stream: which entry must come next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiveState {
+    expected: WalSeq,
+}
+
+impl ReceiveState {
+    /// A reader whose log ends at `last_seq`.
+    pub fn new(last_seq: WalSeq) -> ReceiveState {
+        ReceiveState {
+            expected: last_seq.next(),
+        }
+    }
+
+    /// The last entry the reader holds.
+    pub fn last_seq(&self) -> WalSeq {
+        self.expected.prev().unwrap_or(WalSeq::ZERO)
+    }
+
+    /// The Hello to send in answer to a Challenge.
+    pub fn hello<'a>(
+        &self,
+        secret: &[u8],
+        nonce: &[u8; NONCE_LEN],
+        shard: ShardId,
+        reader_id: &'a str,
+    ) -> Frame<'a> {
+        let last_seq = self.last_seq();
+        Frame::Hello {
+            version: VERSION,
+            shard,
+            last_seq,
+            mac: hello_mac(secret, nonce, shard, last_seq, reader_id),
+            reader_id,
+        }
+    }
+
+    /// Checks the writer's Welcome.
+    pub fn on_welcome(
+        &self,
+        mode: WelcomeMode,
+        start_seq: WalSeq,
+        flushed_seq: WalSeq,
+    ) -> Result<ReaderAction, ProtocolError> {
+        match mode {
+            WelcomeMode::Bootstrap => Ok(ReaderAction::Bootstrap { flushed_seq }),
+            WelcomeMode::Stream if start_seq == self.expected => Ok(ReaderAction::Stream),
+            WelcomeMode::Stream => Err(ProtocolError::WelcomeStart {
+                start: start_seq,
+                expected: self.expected,
+            }),
+        }
+    }
+
+    /// Checks the (uncompressed) entries of an `Entries` frame: each entry
+    /// whole, with a valid checksum, numbered from the expected seq without
+    /// a gap, and ending at `last`. On success the reader expects `last + 1`
+    /// next and the number of entries is returned.
+    pub fn accept(&mut self, first: WalSeq, last: WalSeq, raw: &[u8]) -> Result<u64, ReceiveError> {
+        if first != self.expected {
+            return Err(ReceiveError::Gap {
+                expected: self.expected,
+                got: first,
+            });
+        }
+        let mut at = 0;
+        let mut expected = self.expected;
+        let mut count = 0u64;
+        while at < raw.len() {
+            let after = expected.prev().unwrap_or(WalSeq::ZERO);
+            let e = match decode_entry(&raw[at..]) {
+                Decoded::Entry(e) => e,
+                Decoded::End | Decoded::Truncated => {
+                    return Err(ReceiveError::Corrupt {
+                        after,
+                        reason: "entry cut off",
+                    })
+                }
+                Decoded::Corrupt(reason) => return Err(ReceiveError::Corrupt { after, reason }),
+            };
+            if e.seq != expected {
+                return Err(ReceiveError::Gap {
+                    expected,
+                    got: e.seq,
+                });
+            }
+            at += e.raw.len();
+            expected = expected.next();
+            count += 1;
+        }
+        let found = match expected.prev() {
+            Some(s) if count > 0 => s,
+            _ => return Err(ReceiveError::Empty),
+        };
+        if found != last {
+            return Err(ReceiveError::Mismatch { first, last, found });
+        }
+        self.expected = expected;
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::format::{encode_entry, EntryKind};
+
+    const SECRET: &[u8] = b"s3cret";
+    const NONCE: [u8; NONCE_LEN] = [9; NONCE_LEN];
+
+    fn view() -> WriterView {
+        WriterView {
+            shard: ShardId(1),
+            shard_count: 2,
+            oldest_seq: WalSeq(50),
+            durable_seq: WalSeq(100),
+            flushed_seq: WalSeq(60),
+        }
+    }
+
+    fn hello(secret: &[u8], shard: u32, last: u64) -> Frame<'static> {
+        ReceiveState::new(WalSeq(last)).hello(secret, &NONCE, ShardId(shard), "r1")
+    }
+
+    fn entries(seqs: impl IntoIterator<Item = u64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        for s in seqs {
+            encode_entry::<()>(&mut out, WalSeq(s), EntryKind::Write, |o| {
+                o.extend_from_slice(&s.to_le_bytes());
+                Ok(())
+            })
+            .unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn handshake_resumes_where_the_reader_stopped() {
+        for last in [49, 60, 99, 100] {
+            assert_eq!(
+                writer_handshake(&hello(SECRET, 1, last), SECRET, &NONCE, &view()),
+                Handshake::Stream {
+                    reader_id: "r1".into(),
+                    from: WalSeq(last + 1)
+                },
+                "last {last}"
+            );
+        }
+    }
+
+    #[test]
+    fn handshake_sends_a_reader_behind_the_wal_to_bootstrap() {
+        for last in [0, 10, 48] {
+            assert_eq!(
+                writer_handshake(&hello(SECRET, 1, last), SECRET, &NONCE, &view()),
+                Handshake::Bootstrap {
+                    reader_id: "r1".into(),
+                    flushed_seq: WalSeq(60)
+                }
+            );
+        }
+        let hs = Handshake::Bootstrap {
+            reader_id: "r1".into(),
+            flushed_seq: WalSeq(60),
+        };
+        let v = view();
+        let reply = hs.reply(&v);
+        let action = ReceiveState::new(WalSeq(10));
+        let Frame::Welcome {
+            mode,
+            start_seq,
+            flushed_seq,
+            ..
+        } = reply
+        else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(
+            action.on_welcome(mode, start_seq, flushed_seq).unwrap(),
+            ReaderAction::Bootstrap {
+                flushed_seq: WalSeq(60)
+            }
+        );
+    }
+
+    #[test]
+    fn handshake_refusals() {
+        let code = |h: Handshake| match h {
+            Handshake::Refuse { code, .. } => code,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            code(writer_handshake(
+                &hello(b"wrong", 1, 60),
+                SECRET,
+                &NONCE,
+                &view()
+            )),
+            ErrorCode::AuthFailed
+        );
+        // A Hello made for another nonce (a replay) fails too.
+        let replay = ReceiveState::new(WalSeq(60)).hello(SECRET, &[1; NONCE_LEN], ShardId(1), "r1");
+        assert_eq!(
+            code(writer_handshake(&replay, SECRET, &NONCE, &view())),
+            ErrorCode::AuthFailed
+        );
+        assert_eq!(
+            code(writer_handshake(
+                &hello(SECRET, 0, 60),
+                SECRET,
+                &NONCE,
+                &view()
+            )),
+            ErrorCode::NoSuchShard
+        );
+        assert_eq!(
+            code(writer_handshake(
+                &hello(SECRET, 1, 101),
+                SECRET,
+                &NONCE,
+                &view()
+            )),
+            ErrorCode::ReaderAhead
+        );
+        let ack = Frame::Ack {
+            durable_seq: WalSeq(1),
+        };
+        assert_eq!(
+            code(writer_handshake(&ack, SECRET, &NONCE, &view())),
+            ErrorCode::Protocol
+        );
+        let Frame::Hello {
+            shard,
+            last_seq,
+            mac,
+            reader_id,
+            ..
+        } = hello(SECRET, 1, 60)
+        else {
+            unreachable!()
+        };
+        let old = Frame::Hello {
+            version: VERSION + 1,
+            shard,
+            last_seq,
+            mac,
+            reader_id,
+        };
+        assert_eq!(
+            code(writer_handshake(&old, SECRET, &NONCE, &view())),
+            ErrorCode::Version
+        );
+    }
+
+    #[test]
+    fn send_state_tracks_sent_and_acked() {
+        let mut s = SendState::new(WalSeq(61));
+        assert_eq!(s.acked(), WalSeq(60));
+        assert_eq!(s.wants(WalSeq(60)), None);
+        assert_eq!(s.wants(WalSeq(70)), Some(WalSeq(61)));
+        s.sent(WalSeq(61), WalSeq(65));
+        assert_eq!(s.wants(WalSeq(65)), None);
+        assert_eq!(s.wants(WalSeq(70)), Some(WalSeq(66)));
+        assert_eq!(s.lag(WalSeq(70)), 10);
+        s.on_ack(WalSeq(63)).unwrap();
+        assert_eq!(s.lag(WalSeq(70)), 7);
+        assert_eq!(
+            s.on_ack(WalSeq(62)),
+            Err(ProtocolError::AckBackwards {
+                acked: WalSeq(62),
+                before: WalSeq(63)
+            })
+        );
+        assert_eq!(
+            s.on_ack(WalSeq(66)),
+            Err(ProtocolError::AckAhead {
+                acked: WalSeq(66),
+                sent: WalSeq(65)
+            })
+        );
+        s.on_ack(WalSeq(65)).unwrap();
+        assert_eq!(s.lag(WalSeq(65)), 0);
+    }
+
+    #[test]
+    fn receiver_takes_consecutive_entries_and_detects_gaps() {
+        let mut r = ReceiveState::new(WalSeq(4));
+        assert_eq!(r.accept(WalSeq(5), WalSeq(7), &entries(5..=7)), Ok(3));
+        assert_eq!(r.last_seq(), WalSeq(7));
+        // The frame skips 8.
+        assert_eq!(
+            r.accept(WalSeq(9), WalSeq(9), &entries([9])),
+            Err(ReceiveError::Gap {
+                expected: WalSeq(8),
+                got: WalSeq(9)
+            })
+        );
+        // The frame's header is right but an entry inside is missing.
+        assert_eq!(
+            r.accept(WalSeq(8), WalSeq(10), &entries([8, 10])),
+            Err(ReceiveError::Gap {
+                expected: WalSeq(9),
+                got: WalSeq(10)
+            })
+        );
+        // A failed frame changes nothing.
+        assert_eq!(r.last_seq(), WalSeq(7));
+        assert_eq!(
+            r.accept(WalSeq(8), WalSeq(9), &entries([8])),
+            Err(ReceiveError::Mismatch {
+                first: WalSeq(8),
+                last: WalSeq(9),
+                found: WalSeq(8)
+            })
+        );
+        let mut damaged = entries(8..=9);
+        let n = damaged.len();
+        damaged[n - 9] ^= 0x40;
+        assert!(matches!(
+            r.accept(WalSeq(8), WalSeq(9), &damaged),
+            Err(ReceiveError::Corrupt {
+                after: WalSeq(8),
+                ..
+            })
+        ));
+        let cut = entries(8..=9);
+        assert!(matches!(
+            r.accept(WalSeq(8), WalSeq(9), &cut[..cut.len() - 3]),
+            Err(ReceiveError::Corrupt { .. })
+        ));
+        assert_eq!(
+            r.accept(WalSeq(8), WalSeq(8), &[]),
+            Err(ReceiveError::Empty)
+        );
+        assert_eq!(r.accept(WalSeq(8), WalSeq(9), &entries(8..=9)), Ok(2));
+    }
+
+    #[test]
+    fn welcome_must_start_where_the_reader_is() {
+        let r = ReceiveState::new(WalSeq(4));
+        assert_eq!(
+            r.on_welcome(WelcomeMode::Stream, WalSeq(5), WalSeq(0)),
+            Ok(ReaderAction::Stream)
+        );
+        assert!(r
+            .on_welcome(WelcomeMode::Stream, WalSeq(6), WalSeq(0))
+            .is_err());
+    }
+}
