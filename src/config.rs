@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tidemark_shards::replication::Compression;
 use tidemark_shards::runtime::DriverChoice;
 use tidemark_shards::wal::{RecoveryMode, SyncMode};
 
@@ -25,6 +26,84 @@ pub struct Config {
     pub flush: FlushSettings,
     pub query: QuerySettings,
     pub auth: AuthConfig,
+    pub cluster: ClusterConfig,
+    pub replication: ReplicationSettings,
+}
+
+/// What a node is in a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Takes writes and queries; replicates to nobody (the default).
+    #[default]
+    Standalone,
+    /// Takes writes and queries, and streams its WAL to readers.
+    Writer,
+    /// Follows a writer's WAL and serves queries; refuses client writes (503).
+    Reader,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `standalone` (default), `writer` or `reader`.
+    pub role: Role,
+    /// Shared secret that authenticates replication streams (HMAC-SHA256;
+    /// it never crosses the wire). Required for writers and readers.
+    pub secret: String,
+    /// This node's id, which a reader gives its writer (metrics and logs are
+    /// labelled with it). Default: `node-<http port>`.
+    pub node_id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReplicationSettings {
+    /// Writer: where shard 0's replication stream listens; shard `i` listens
+    /// on the same IP at port + `i`. Default `127.0.0.1:8100`.
+    pub listen_addr: String,
+    /// Reader: the writer's `replication.listen_addr`.
+    pub writer_addr: String,
+    /// Writer: a client write is acknowledged only once this many readers
+    /// hold it durably. Default 0 (asynchronous replication).
+    pub min_acks: usize,
+    /// Writer, with `min_acks` > 0: how long a write waits for the readers'
+    /// acks before it is answered 503 (it stays written on the writer).
+    /// Default 10,000 ms.
+    pub ack_timeout_ms: u64,
+    /// Entries sent in one frame, in bytes (at least one entry). Default 1 MiB.
+    pub max_batch_bytes: usize,
+    /// Compression of entry frames: `none` (default), `zstd` or `lz4`.
+    pub compression: Compression,
+    /// Writer: bytes of recent WAL groups kept in memory for readers;
+    /// older entries are read from the segment files. Default 64 MiB.
+    pub ring_bytes: usize,
+    /// Writer: flushed WAL segments a reader still needs are kept up to this
+    /// many bytes per shard; a reader further behind must bootstrap from the
+    /// Parquet files. Default 1 GiB.
+    pub max_retained_bytes: u64,
+    /// Sync frames (writer) and acks while idle, in ms; a peer silent for
+    /// 5x this long is cut off. Default 1,000.
+    pub heartbeat_ms: u64,
+    /// Reader: wait before reconnecting after a failure, in ms. Default 200.
+    pub reconnect_ms: u64,
+}
+
+impl Default for ReplicationSettings {
+    fn default() -> Self {
+        ReplicationSettings {
+            listen_addr: "127.0.0.1:8100".into(),
+            writer_addr: String::new(),
+            min_acks: 0,
+            ack_timeout_ms: 10_000,
+            max_batch_bytes: 1 << 20,
+            compression: Compression::None,
+            ring_bytes: 64 << 20,
+            max_retained_bytes: 1 << 30,
+            heartbeat_ms: 1_000,
+            reconnect_ms: 200,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -441,7 +520,84 @@ impl Config {
         if let Some(t) = self.auth.tokens.iter().find(|t| t.trim().is_empty()) {
             return invalid("auth.tokens", format!("{t:?} is an empty token"));
         }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let r = &self.replication;
+        let role = self.cluster.role;
+        if role != Role::Standalone && self.cluster.secret.is_empty() {
+            return invalid(
+                "cluster.secret",
+                format!("a {role:?} needs the cluster's shared secret").to_lowercase(),
+            );
+        }
+        if role == Role::Writer && r.listen_addr.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "replication.listen_addr",
+                format!("{:?} is not an IP address and port", r.listen_addr),
+            );
+        }
+        if role == Role::Reader && r.writer_addr.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "replication.writer_addr",
+                format!(
+                    "{:?} is not an IP address and port (a reader must name its writer's replication.listen_addr)",
+                    r.writer_addr
+                ),
+            );
+        }
+        if r.min_acks > 0 && role != Role::Writer {
+            return invalid(
+                "replication.min_acks",
+                "only a writer waits for readers' acks".into(),
+            );
+        }
+        if r.max_batch_bytes < 1024 {
+            return invalid(
+                "replication.max_batch_bytes",
+                format!("{} is less than 1024", r.max_batch_bytes),
+            );
+        }
+        for (key, v) in [
+            ("replication.ack_timeout_ms", r.ack_timeout_ms),
+            ("replication.heartbeat_ms", r.heartbeat_ms),
+            ("replication.reconnect_ms", r.reconnect_ms),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be more than 0".into());
+            }
+        }
+        if !self.cluster.node_id.is_empty()
+            && tidemark_shards::schema::validate_database_name(&self.cluster.node_id).is_err()
+        {
+            return invalid(
+                "cluster.node_id",
+                format!(
+                    "{:?}: use letters, digits, '_' and '-', starting with a letter",
+                    self.cluster.node_id
+                ),
+            );
+        }
         Ok(())
+    }
+
+    /// This node's id in the cluster: `cluster.node_id`, else `node-<port>`.
+    pub fn node_id(&self) -> String {
+        if self.cluster.node_id.is_empty() {
+            format!("node-{}", self.socket_addr().port())
+        } else {
+            self.cluster.node_id.clone()
+        }
+    }
+
+    /// The replication address of writer shard `shard`, from `base` (a
+    /// writer's `listen_addr`, or a reader's `writer_addr`).
+    pub fn shard_addr(base: &str, shard: usize) -> SocketAddr {
+        let mut a: SocketAddr = base.parse().expect("validated");
+        a.set_port(a.port() + shard as u16);
+        a
     }
 
     /// The shard core count, with 0 resolved to all cores minus one (at least one).

@@ -76,6 +76,7 @@ impl Response {
             413 => "request too large",
             415 => "unsupported media type",
             503 => "unavailable",
+            504 => "timeout",
             _ => "internal error",
         };
         let mut r = Response::json(
@@ -113,6 +114,7 @@ pub fn reason(status: u16) -> &'static str {
         500 => "Internal Server Error",
         501 => "Not Implemented",
         503 => "Service Unavailable",
+        504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
         _ => "Unknown",
     }

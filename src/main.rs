@@ -5,6 +5,7 @@ mod http;
 mod metrics;
 mod node;
 mod query;
+mod replication;
 
 use std::path::PathBuf;
 

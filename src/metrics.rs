@@ -39,6 +39,12 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReaderLabels {
+    pub reader: String,
+    pub shard: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -67,6 +73,91 @@ pub struct NodeMetrics {
     connections: Family<ShardLabel, Gauge>,
     core_busy: Family<ShardLabel, Counter<f64, AtomicU64>>,
     pub ready: Gauge,
+    pub replication: ReplicationFamilies,
+}
+
+/// Replication metrics: per (reader, shard) on a writer, per shard on a reader.
+#[derive(Debug, Default)]
+pub struct ReplicationFamilies {
+    pub lag_entries: Family<ReaderLabels, Gauge>,
+    pub lag_seconds: Family<ReaderLabels, Gauge<f64, AtomicU64>>,
+    pub sent_bytes: Family<ReaderLabels, Counter>,
+    pub resyncs: Family<ReaderLabels, Counter>,
+    pub bootstraps: Family<ReaderLabels, Counter>,
+    pub forced_removals: Family<ShardLabel, Counter>,
+    pub applied_entries: Family<ShardLabel, Counter>,
+    pub applied_rows: Family<ShardLabel, Counter>,
+    pub applied_seq: Family<ShardLabel, Gauge>,
+    pub connected: Family<ShardLabel, Gauge>,
+    pub reader_resyncs: Family<ShardLabel, Counter>,
+    pub reader_bootstraps: Family<ShardLabel, Counter>,
+}
+
+impl ReplicationFamilies {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "replication_lag_entries",
+            "Writer: WAL entries durable on the writer that the reader has not acknowledged, by reader and shard",
+            self.lag_entries.clone(),
+        );
+        r.register_with_unit(
+            "replication_lag",
+            "Writer: how long the reader has been behind the writer's WAL (0 when caught up), by reader and shard",
+            Unit::Seconds,
+            self.lag_seconds.clone(),
+        );
+        r.register_with_unit(
+            "replication_sent",
+            "Writer: bytes of WAL entries sent to the reader, by reader and shard",
+            Unit::Bytes,
+            self.sent_bytes.clone(),
+        );
+        r.register(
+            "replication_resyncs",
+            "Writer: times the reader reconnected and resumed (after a cut connection, a gap or a restart), by reader and shard",
+            self.resyncs.clone(),
+        );
+        r.register(
+            "replication_bootstraps",
+            "Writer: times the reader was told to bootstrap from Parquet files because the entries it needed were gone, by reader and shard",
+            self.bootstraps.clone(),
+        );
+        r.register(
+            "replication_forced_segment_removals",
+            "Writer: WAL segments removed while a reader still needed them (replication.max_retained_bytes reached)",
+            self.forced_removals.clone(),
+        );
+        r.register(
+            "replication_applied_entries",
+            "Reader: WAL entries received from the writer and applied, by shard",
+            self.applied_entries.clone(),
+        );
+        r.register(
+            "replication_applied_rows",
+            "Reader: rows received from the writer and applied, by shard",
+            self.applied_rows.clone(),
+        );
+        r.register(
+            "replication_applied_seq",
+            "Reader: the last WAL sequence number applied (durable and queryable), by shard",
+            self.applied_seq.clone(),
+        );
+        r.register(
+            "replication_connected",
+            "Reader: 1 while the shard's stream from the writer is up; writer: readers streaming from the shard",
+            self.connected.clone(),
+        );
+        r.register(
+            "replication_reader_resyncs",
+            "Reader: reconnections to the writer after a failure (cut connection, gap, writer restart), by shard",
+            self.reader_resyncs.clone(),
+        );
+        r.register(
+            "replication_reader_bootstraps",
+            "Reader: times the writer said this shard must bootstrap from Parquet files, by shard",
+            self.reader_bootstraps.clone(),
+        );
+    }
 }
 
 /// The ingest formats, as metric label values.
@@ -104,8 +195,10 @@ impl NodeMetrics {
             connections: Family::default(),
             core_busy: Family::default(),
             ready: Gauge::default(),
+            replication: ReplicationFamilies::default(),
             registry: Mutex::new(Registry::default()),
         };
+        m.replication.register(&mut r);
         r.register(
             "ingest_rows",
             "Rows accepted, by shard and format",

@@ -30,7 +30,7 @@ use tidemark_shards::shard::{Shard, ShardConfig};
 use tidemark_shards::wal::WalConfig;
 use tidemark_shards::{Catalog, ColumnKind, ShardId, TableKey};
 
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::metrics::{CoreMetrics, NodeMetrics};
 
 /// What every core shares. Read-mostly; nothing here is touched per row.
@@ -101,6 +101,8 @@ pub struct CoreCtx {
     /// Wakes idle connections and the accept loop when draining starts.
     pub drain_event: Event,
     pub connections: Cell<usize>,
+    /// On a writer: this core's replication streams and readers' acks.
+    pub writer: RefCell<Option<Rc<crate::replication::sender::WriterSide>>>,
 }
 
 impl CoreCtx {
@@ -173,6 +175,10 @@ fn shard_config(config: &Config, data: &Path, i: usize) -> ShardConfig {
     wal.segment_size = config.wal.segment_bytes;
     wal.max_pending_bytes = config.wal.max_pending_bytes as usize;
     wal.recovery_mode = config.wal.recovery_mode;
+    if config.cluster.role == Role::Writer {
+        wal.ring_bytes = config.replication.ring_bytes;
+        wal.max_retained_bytes = config.replication.max_retained_bytes;
+    }
     let mut sc = ShardConfig::new(wal);
     sc.buffer = BufferConfig {
         flush_rows: config.buffer.flush_rows,
@@ -246,7 +252,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         flush_errors: Mutex::new(Vec::new()),
         config,
     });
-    tracing::info!(%addr, shard_cores = shard_count, data_dir = %data.display(), sync_mode = ?node.config.wal.sync_mode, "starting tidemark");
+    tracing::info!(%addr, shard_cores = shard_count, data_dir = %data.display(), sync_mode = ?node.config.wal.sync_mode, role = ?node.config.cluster.role, "starting tidemark");
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut cores = Vec::new();
@@ -353,6 +359,7 @@ async fn core_main(
         draining: Cell::new(false),
         drain_event: Event::new(),
         connections: Cell::new(0),
+        writer: RefCell::new(None),
     });
     // Listen first, so /health and /ready answer while the shard recovers.
     let listener = crate::http::server::bind(node.config.socket_addr())
@@ -406,6 +413,24 @@ async fn core_main(
             }
         })
     };
+    let follower = match node.config.cluster.role {
+        Role::Standalone => None,
+        Role::Writer => {
+            let side = crate::replication::sender::WriterSide::start(ctx.clone(), shard.clone())
+                .with_context(|| {
+                    format!(
+                        "binding the replication listener {}",
+                        Config::shard_addr(&node.config.replication.listen_addr, id)
+                    )
+                })?;
+            *ctx.writer.borrow_mut() = Some(side);
+            None
+        }
+        Role::Reader => Some(monoio::spawn(crate::replication::receiver::follow(
+            ctx.clone(),
+            shard.clone(),
+        ))),
+    };
     node.recovered.fetch_add(1, Ordering::AcqRel);
     node.update_ready_gauge();
 
@@ -457,6 +482,10 @@ async fn core_main(
     server.await;
     flusher.await;
     snapshot_server.await;
+    if let Some(f) = follower {
+        f.await;
+    }
+    ctx.writer.borrow_mut().take();
     shard.close().await;
     tracing::info!(shard = id, applied_seq = %shard.applied_seq(), "shard closed");
     Ok(())

@@ -11,6 +11,7 @@ use tidemark_shards::shard::{Shard, ShardError};
 use tidemark_shards::SchemaError;
 
 use super::{auth, body, Request, Response};
+use crate::config::Role;
 use crate::node::CoreCtx;
 use crate::query::engine::OutputFormat;
 
@@ -183,6 +184,15 @@ async fn write(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response {
 
 async fn write_inner(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response {
     let node = &ctx.node;
+    if node.config.cluster.role == Role::Reader {
+        return Response::error(
+            503,
+            format!(
+                "this node is a replication reader and takes no writes; send them to its writer (replication {})",
+                node.config.replication.writer_addr
+            ),
+        );
+    }
     let Some(shard) = ctx.shard().filter(|_| node.is_ready()) else {
         let why = if node.is_shutting_down() {
             "the node is shutting down"
@@ -231,8 +241,22 @@ async fn write_inner(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response
     }
     let rows = decoded.num_rows() as u64;
     match shard.write_all(decoded.batches.clone()).await {
-        Ok(_) => {
+        Ok(seq) => {
             ctx.metrics.ingest_rows[format].inc_by(rows);
+            let r = &node.config.replication;
+            let writer = ctx.writer.borrow().clone();
+            if let (Some(side), true) = (writer, r.min_acks > 0) {
+                let timeout = Duration::from_millis(r.ack_timeout_ms);
+                if let Err(have) = side.wait_acks(seq, r.min_acks, timeout).await {
+                    return Response::error(
+                        504,
+                        format!(
+                            "the write is durable on the writer, but only {have} of the {} readers required (replication.min_acks) confirmed it within {} ms",
+                            r.min_acks, r.ack_timeout_ms
+                        ),
+                    );
+                }
+            }
             Response::no_content()
         }
         Err(ShardError::Schema(e)) => {
