@@ -63,6 +63,14 @@ enum Record {
         upto: WalSeq,
         files: Vec<FileMeta>,
     },
+    /// A replication reader's bootstrap: the shard's files are replaced by
+    /// the writer's, and its watermark set to the writer's.
+    Replace {
+        shard: ShardId,
+        upto: WalSeq,
+        removed: Vec<String>,
+        files: Vec<FileMeta>,
+    },
 }
 
 /// Errors of the manifest.
@@ -163,6 +171,20 @@ impl Manifest {
                         files.insert(f.path.clone(), f);
                     }
                 }
+                Record::Replace {
+                    shard,
+                    upto,
+                    removed,
+                    files: new,
+                } => {
+                    flushed.insert(shard, upto);
+                    for p in removed {
+                        files.remove(&p);
+                    }
+                    for f in new {
+                        files.insert(f.path.clone(), f);
+                    }
+                }
             }
             off += RECORD_HEADER + len;
         }
@@ -214,8 +236,59 @@ impl Manifest {
                 flushed,
             });
         }
-        let record = Record::Flush { shard, upto, files };
-        let body = serde_json::to_vec(&record).expect("manifest records serialize");
+        self.append(
+            &mut st,
+            &Record::Flush {
+                shard,
+                upto,
+                files: files.clone(),
+            },
+        )?;
+        st.flushed.insert(shard, upto);
+        for f in files {
+            st.files.insert(f.path.clone(), f);
+        }
+        Ok(())
+    }
+
+    /// Replaces every file of `shard` by `files` and sets its watermark to
+    /// `upto`, durably, in one record (a replication reader's bootstrap:
+    /// `files` are the writer's, already in the store). Returns the paths
+    /// of the files dropped, for the caller to delete.
+    pub fn commit_replace(
+        &self,
+        shard: ShardId,
+        upto: WalSeq,
+        files: Vec<FileMeta>,
+    ) -> Result<Vec<String>, ManifestError> {
+        let mut st = self.lock();
+        let removed: Vec<String> = st
+            .files
+            .values()
+            .filter(|f| f.shard == shard && !files.iter().any(|n| n.path == f.path))
+            .map(|f| f.path.clone())
+            .collect();
+        self.append(
+            &mut st,
+            &Record::Replace {
+                shard,
+                upto,
+                removed: removed.clone(),
+                files: files.clone(),
+            },
+        )?;
+        st.flushed.insert(shard, upto);
+        for p in &removed {
+            st.files.remove(p);
+        }
+        for f in files {
+            st.files.insert(f.path.clone(), f);
+        }
+        Ok(removed)
+    }
+
+    fn append(&self, st: &mut State, record: &Record) -> Result<(), ManifestError> {
+        let body = serde_json::to_vec(record).expect("manifest records serialize");
         let mut buf = Vec::with_capacity(RECORD_HEADER + body.len());
         buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
         buf.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
@@ -223,13 +296,22 @@ impl Manifest {
         st.file
             .write_all(&buf)
             .and_then(|()| st.file.sync_data())
-            .map_err(io_err("append", &self.path))?;
-        let Record::Flush { files, .. } = record;
-        st.flushed.insert(shard, upto);
-        for f in files {
-            st.files.insert(f.path.clone(), f);
-        }
-        Ok(())
+            .map_err(io_err("append", &self.path))
+    }
+
+    /// The files of one shard and its watermark, read together.
+    pub fn shard_files(&self, shard: ShardId) -> (Vec<FileMeta>, WalSeq) {
+        let st = self.lock();
+        let files = st
+            .files
+            .values()
+            .filter(|f| f.shard == shard)
+            .cloned()
+            .collect();
+        (
+            files,
+            st.flushed.get(&shard).copied().unwrap_or(WalSeq::ZERO),
+        )
     }
 
     /// The last WAL entry of `shard` whose rows are in files (`ZERO` if none).
@@ -295,8 +377,9 @@ mod tests {
         let m = Manifest::open(dir.path()).unwrap();
         m.commit_flush(ShardId(0), WalSeq(5), vec![meta("a"), meta("b")])
             .unwrap();
-        m.commit_flush(ShardId(1), WalSeq(3), vec![meta("c")])
-            .unwrap();
+        let mut c = meta("c");
+        c.shard = ShardId(1);
+        m.commit_flush(ShardId(1), WalSeq(3), vec![c]).unwrap();
         assert!(matches!(
             m.commit_flush(ShardId(0), WalSeq(5), vec![]),
             Err(ManifestError::Stale { .. })
@@ -316,6 +399,20 @@ mod tests {
         fs::write(&log, &full).unwrap();
         let m = Manifest::open(dir.path()).unwrap();
         assert_eq!(m.files().len(), 3);
+        // A bootstrap replaces shard 0's files and watermark; it survives a reopen.
+        let mut d = meta("d");
+        d.upto = WalSeq(9);
+        let removed = m
+            .commit_replace(ShardId(0), WalSeq(9), vec![d.clone()])
+            .unwrap();
+        assert_eq!(removed, ["a", "b"]);
+        drop(m);
+        let m2 = Manifest::open(dir.path()).unwrap();
+        assert_eq!(m2.shard_files(ShardId(0)), (vec![d], WalSeq(9)));
+        assert_eq!(m2.shard_files(ShardId(1)).0.len(), 1);
+        drop(m2);
+        fs::write(&log, &full).unwrap();
+        let m = Manifest::open(dir.path()).unwrap();
         assert_eq!(m.flushed_seq(ShardId(0)), WalSeq(5));
         assert_eq!(m.flushed_seq(ShardId(1)), WalSeq(3));
         // A corrupt record in the middle refuses the open.

@@ -364,6 +364,31 @@ impl Shard {
         )
     }
 
+    /// Starts the shard over after entry `upto`, whose rows are all in the
+    /// files the manifest now lists for this shard (a replication reader's
+    /// bootstrap committed them with [`Manifest::commit_replace`]): the
+    /// buffer is emptied, the WAL continues at `upto + 1` and its older
+    /// segments are removed. Waits for a flush in flight; nothing may be
+    /// appending.
+    pub async fn restart_at(&self, upto: WalSeq) -> Result<(), ShardError> {
+        while self.flush_running.get() {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.apply_durable();
+        if !self.pending.borrow().is_empty() {
+            return Err(ShardError::Replay {
+                seq: upto,
+                reason: "entries are still being appended".into(),
+            });
+        }
+        self.wal.restart_at(upto.next())?;
+        *self.buffer.borrow_mut() = ShardBuffer::new(self.config.buffer.clone(), upto);
+        self.flushed_seq.set(upto);
+        self.applied.notify(usize::MAX);
+        self.wal.remove_segments_through(upto)?;
+        Ok(())
+    }
+
     /// Whether a flush is due now.
     pub fn flush_due(&self) -> Option<FlushReason> {
         self.apply_durable();
@@ -432,7 +457,7 @@ fn recover(
     flushed_seq: WalSeq,
 ) -> Result<(Recovered, ShardBuffer, CatalogCache, ShardRecovery), ShardError> {
     let id = config.wal.shard;
-    let recovered = Recovered::scan(&config.wal)?;
+    let recovered = Recovered::scan(&config.wal, flushed_seq.next())?;
     let mut recovery = ShardRecovery {
         wal: recovered.report.clone(),
         flushed_seq,

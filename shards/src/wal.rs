@@ -230,7 +230,16 @@ fn map_segment(path: &Path, len: u64) -> Result<Option<memmap2::Mmap>, WalError>
 
 /// Scans every segment in `dir` and repairs a torn tail. The result is the
 /// list of segments with their durable lengths.
-fn recover(dir: &Path, mode: RecoveryMode) -> Result<(Vec<SegmentMeta>, RecoveryReport), WalError> {
+///
+/// `floor` is the lowest sequence number still needed (the flushed watermark
+/// + 1): a run missing between two segments is no corruption when every
+/// entry in it is below the floor (a replication reader that bootstrapped
+/// restarts its log after the writer's watermark).
+fn recover(
+    dir: &Path,
+    mode: RecoveryMode,
+    floor: WalSeq,
+) -> Result<(Vec<SegmentMeta>, RecoveryReport), WalError> {
     use format::{SegmentHeader, SEGMENT_HEADER_LEN};
 
     let files = list_segments(dir)?;
@@ -263,7 +272,8 @@ fn recover(dir: &Path, mode: RecoveryMode) -> Result<(Vec<SegmentMeta>, Recovery
         };
         if let Some(prev) = segments.last() {
             let expected = prev.last_seq.map_or(prev.first_seq, WalSeq::next);
-            if header.first_seq != expected {
+            let flushed_gap = header.first_seq > expected && header.first_seq <= floor;
+            if header.first_seq != expected && !flushed_gap {
                 let err = WalError::Missing {
                     path: path.clone(),
                     expected,

@@ -205,3 +205,44 @@ fn segments_a_reader_needs_are_kept_up_to_the_retention_cap() {
     })
     .unwrap();
 }
+
+#[test]
+fn restart_at_jumps_the_log_and_recovery_accepts_the_gap_below_the_floor() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 0);
+    block_on(DriverChoice::Auto, async {
+        let (wal, _) = Wal::open(cfg.clone(), WalSeq(1)).await.unwrap();
+        for i in 0..50 {
+            wal.append(EntryKind::Write, &payload(i)).await.unwrap();
+        }
+        // Not backwards.
+        assert!(wal.restart_at(WalSeq(10)).is_err());
+        wal.restart_at(WalSeq(101)).unwrap();
+        assert_eq!(wal.durable_seq(), WalSeq(100));
+        assert_eq!(
+            wal.append(EntryKind::Write, b"x").await.unwrap(),
+            WalSeq(101)
+        );
+        assert_eq!(stored(&wal, WalSeq(101)).len(), 1);
+        wal.close().await;
+    })
+    .unwrap();
+    // The old segments are still there (a crash before their removal): with
+    // the floor at 101 the gap is below it and the log opens.
+    block_on(DriverChoice::Auto, async {
+        let (wal, report) = Wal::open(cfg.clone(), WalSeq(101)).await.unwrap();
+        assert_eq!(report.last_seq, Some(WalSeq(101)));
+        assert_eq!(wal.next_seq(), WalSeq(102));
+        wal.close().await;
+    })
+    .unwrap();
+    // Without that floor the same gap is corruption.
+    let err = block_on(DriverChoice::Auto, async {
+        Wal::open(cfg.clone(), WalSeq(1))
+            .await
+            .map(|_| ())
+            .unwrap_err()
+    })
+    .unwrap();
+    assert!(matches!(err, WalError::Missing { .. }), "{err}");
+}

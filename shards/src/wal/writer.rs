@@ -33,9 +33,10 @@ pub struct Recovered {
 
 impl Recovered {
     /// Scans (and repairs) the WAL in `config.dir`; plain blocking I/O.
-    pub fn scan(config: &WalConfig) -> Result<Recovered, WalError> {
+    /// `floor`: the lowest sequence number still needed (see [`Wal::open`]).
+    pub fn scan(config: &WalConfig, floor: WalSeq) -> Result<Recovered, WalError> {
         fs::create_dir_all(&config.dir).map_err(|e| WalError::io("create", &config.dir, e))?;
-        let (segments, report) = recover(&config.dir, config.recovery_mode)?;
+        let (segments, report) = recover(&config.dir, config.recovery_mode, floor)?;
         Ok(Recovered { segments, report })
     }
 }
@@ -125,7 +126,7 @@ impl Wal {
     /// flushed watermark + 1, so numbering continues after all segments were
     /// deleted.
     pub async fn open(config: WalConfig, floor: WalSeq) -> Result<(Wal, RecoveryReport), WalError> {
-        let recovered = Recovered::scan(&config)?;
+        let recovered = Recovered::scan(&config, floor)?;
         let report = recovered.report.clone();
         Ok((Wal::open_recovered(config, floor, recovered).await?, report))
     }
@@ -312,6 +313,27 @@ impl Wal {
     /// advance is missed.
     pub fn listen_durable(&self) -> EventListener {
         self.inner.durable.listen()
+    }
+
+    /// Makes the next entry `next` (ahead of [`Wal::next_seq`]): entries
+    /// before it will never be appended here, because a replication reader
+    /// bootstrapped them from the writer's files. Nothing may be queued. The
+    /// next group starts a new segment at `next`; older segments go with the
+    /// next [`Wal::remove_segments_through`].
+    pub fn restart_at(&self, next: WalSeq) -> Result<(), WalError> {
+        let mut st = self.inner.state.borrow_mut();
+        st.check_accepting(&self.inner.config.dir)?;
+        if !st.pending.is_empty() || st.durable_seq.next() != st.next_seq || next < st.next_seq {
+            return Err(WalError::OutOfOrder {
+                expected: st.next_seq,
+                got: next,
+            });
+        }
+        st.next_seq = next;
+        st.pending_first = next;
+        st.durable_seq = next.prev().unwrap_or(WalSeq::ZERO);
+        self.inner.ring.borrow_mut().clear();
+        Ok(())
     }
 
     /// Whether the WAL has stopped committing (closed or failed).
@@ -622,7 +644,11 @@ async fn commit_group(
 ) -> Result<(Vec<u8>, Option<Duration>), WalError> {
     let config = &inner.config;
     let mut sync_time = None;
-    if active.last_seq.is_some() && active.len + group.len() as u64 > config.segment_size {
+    // Rotate when the segment is full, or when the group does not continue
+    // it (after `restart_at`).
+    let continues = active.last_seq.map_or(active.first_seq, WalSeq::next) == first;
+    let full = active.last_seq.is_some() && active.len + group.len() as u64 > config.segment_size;
+    if full || !continues {
         let meta = create_segment(config, active.id.next(), first).await?;
         let new_file = OpenOptions::new()
             .write(true)
@@ -799,6 +825,11 @@ impl Ring {
             let (_, _, b) = self.groups.pop_front().expect("more than one group");
             self.bytes -= b.len();
         }
+    }
+
+    fn clear(&mut self) {
+        self.groups.clear();
+        self.bytes = 0;
     }
 
     fn first_seq(&self) -> Option<WalSeq> {
