@@ -163,7 +163,7 @@ impl ReplicationFamilies {
 /// The ingest formats, as metric label values.
 pub const FORMATS: [&str; 2] = ["line_protocol", "msgpack"];
 /// The routes measured by the HTTP latency histogram.
-pub const ROUTES: [&str; 8] = [
+pub const ROUTES: [&str; 9] = [
     "write_line_protocol",
     "write_msgpack",
     "health",
@@ -172,6 +172,7 @@ pub const ROUTES: [&str; 8] = [
     "flush",
     "other",
     "query",
+    "replication",
 ];
 
 impl NodeMetrics {
@@ -447,7 +448,7 @@ pub struct CoreMetrics {
     pub flushes: Counter,
     pub flush_rows: Counter,
     pub flush_files: Counter,
-    pub http_seconds: [Histogram; 8],
+    pub http_seconds: [Histogram; ROUTES.len()],
     pub connections: Gauge,
     pub core_busy: Counter<f64, AtomicU64>,
 }

@@ -42,6 +42,7 @@ pub struct NodeShared {
     pub tokens: Vec<String>,
     pub metrics: Arc<NodeMetrics>,
     pub manifest: Arc<Manifest>,
+    pub store: Arc<FileStore>,
     pub shard_count: usize,
     recovered: AtomicUsize,
     shutting_down: AtomicBool,
@@ -218,7 +219,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let (pool, flush_threads) = FlushPool::start(
         config.flush.workers,
         shard_count * 2,
-        store,
+        store.clone(),
         manifest.clone(),
     );
     let metrics = NodeMetrics::new();
@@ -244,6 +245,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         tokens,
         metrics: metrics.clone(),
         manifest: manifest.clone(),
+        store,
         shard_count,
         recovered: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),

@@ -11,6 +11,7 @@
 //! on the ingest path: a slow or dead reader never holds up a client write
 //! (unless `replication.min_acks` asks for it).
 
+pub mod bootstrap;
 pub mod receiver;
 pub mod sender;
 pub mod wire;

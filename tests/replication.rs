@@ -338,8 +338,9 @@ fn with_min_acks_a_write_is_on_the_readers_before_its_204() {
     );
     let a = start_reader(&dir.path().join("a"), repl, "reader-a", SECRET);
     let b = start_reader(&dir.path().join("b"), repl, "reader-b", SECRET);
+    // Two readers, a stream per shard each.
     wait_until("both readers to connect", Duration::from_secs(20), || {
-        metric(&writer, "tidemark_replication_connected") == 2.0
+        metric(&writer, "tidemark_replication_connected") == 4.0
     });
     for i in 0..30u64 {
         assert_eq!(write(writer.port, i * 10..i * 10 + 10), Some(204));
@@ -416,4 +417,92 @@ fn a_reader_refuses_writes_and_a_wrong_secret_is_refused() {
     });
     assert_eq!(count(&bad), 0);
     assert_eq!(metric(&bad, "tidemark_replication_connected"), 0.0);
+}
+
+#[test]
+fn a_reader_behind_the_retained_wal_bootstraps_from_the_writers_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let repl = port_pair();
+    // Tiny segments, frequent flushes, and a retention cap of one segment:
+    // a reader that is away for a while finds its entries gone.
+    let small = [
+        "--set",
+        "wal.segment_bytes=65536",
+        "--set",
+        "buffer.flush_rows=400",
+        "--set",
+        "flush.check_interval_ms=20",
+    ];
+    let mut w_args = small.to_vec();
+    w_args.extend([
+        "--set",
+        "replication.max_retained_bytes=65536",
+        "--set",
+        "replication.ring_bytes=16384",
+    ]);
+    let writer = start_writer(&dir.path().join("w"), repl, &w_args);
+    let mut a = start_reader(&dir.path().join("a"), repl, "reader-a", SECRET);
+    let mut next = 0u64;
+    let mut batch = |n: u64| {
+        for _ in 0..n {
+            assert_eq!(write(writer.port, next..next + 50), Some(204));
+            next += 50;
+        }
+        next
+    };
+    let total = batch(40) as i64;
+    wait_until("reader a to catch up", Duration::from_secs(30), || {
+        count(&a) == total
+    });
+    a.kill9();
+    let total = batch(200) as i64;
+    writer.flush();
+    a.restart();
+    wait_until(
+        "reader a to catch up after bootstrapping",
+        Duration::from_secs(60),
+        || count(&a) == total,
+    );
+    assert!(metric(&a, "tidemark_replication_reader_bootstraps_total") >= 1.0);
+    assert!(metric(&writer, "tidemark_replication_bootstraps_total") >= 1.0);
+    assert!(
+        metric(
+            &writer,
+            "tidemark_replication_forced_segment_removals_total"
+        ) >= 1.0
+    );
+    assert_eq!(per_series(&a), per_series(&writer));
+    // The reader's store holds the writer's files under bootstrap names.
+    let bootstrapped = walk(&dir.path().join("a").join("data").join("parquet"))
+        .into_iter()
+        .filter(|p| p.contains("-b0"))
+        .count();
+    assert!(bootstrapped > 0);
+
+    // Streaming goes on after the bootstrap, and a restart recovers the
+    // reader's WAL that now starts after the writer's watermark.
+    let total = batch(20) as i64;
+    wait_until("reader a to stream again", Duration::from_secs(30), || {
+        count(&a) == total
+    });
+    a.restart();
+    wait_until("reader a after a restart", Duration::from_secs(30), || {
+        count(&a) == total
+    });
+    assert_eq!(per_series(&a), per_series(&writer));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
 }

@@ -138,6 +138,17 @@ impl FileStore {
             .map_err(|e| store_err(e.to_string()))
     }
 
+    /// Deletes one file.
+    pub fn delete(&self, path: &str) -> Result<(), FlushError> {
+        let store_err = |message: String| FlushError::Store {
+            path: path.to_string(),
+            message,
+        };
+        let location = ObjectPath::parse(path).map_err(|e| store_err(e.to_string()))?;
+        futures::executor::block_on(self.store.delete(&location))
+            .map_err(|e| store_err(e.to_string()))
+    }
+
     /// Deletes every file under a local root that the manifest does not know:
     /// files of flushes that crashed before their commit, and half-written
     /// uploads. Returns the paths removed.

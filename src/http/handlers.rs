@@ -30,9 +30,18 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
         "/metrics" => 4,
         "/api/v1/flush" => 5,
         "/api/v1/query" | "/api/v1/query/arrow" | "/api/v1/measurements" => 7,
+        "/api/v1/replication/manifest" | "/api/v1/replication/file" => 8,
         _ => 6,
     };
-    let public = matches!(path, "/health" | "/ready" | "/metrics");
+    // The replication endpoints authenticate with the cluster secret.
+    let public = matches!(
+        path,
+        "/health"
+            | "/ready"
+            | "/metrics"
+            | "/api/v1/replication/manifest"
+            | "/api/v1/replication/file"
+    );
     if node.config.auth.enabled && !public {
         if let Some(denied) = auth::check(&req, &node.tokens) {
             return (denied, route);
@@ -111,6 +120,9 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
             query(ctx, req, OutputFormat::Arrow(compression)).await
         }
         ("GET", "/api/v1/measurements") => measurements(ctx, &req),
+        ("GET", "/api/v1/replication/manifest" | "/api/v1/replication/file") => {
+            crate::replication::bootstrap::serve(ctx, &req)
+        }
         (
             _,
             "/health"

@@ -35,7 +35,11 @@ enum SessionError {
     )]
     ShardCount { writer: u32, reader: usize },
     #[error("the writer no longer has the entries after {held}: this shard must bootstrap from the writer's files (flushed up to {flushed})")]
-    Bootstrap { held: WalSeq, flushed: WalSeq },
+    Bootstrap {
+        held: WalSeq,
+        flushed: WalSeq,
+        http_addr: String,
+    },
     #[error("{0}")]
     Protocol(String),
     #[error(transparent)]
@@ -61,11 +65,26 @@ pub async fn follow(ctx: Rc<CoreCtx>, shard: Rc<Shard>) {
         }
         match res {
             Ok(()) => failures = 0,
+            Err(SessionError::Bootstrap {
+                held,
+                flushed,
+                http_addr,
+            }) => {
+                bootstraps.inc();
+                tracing::warn!(shard = ctx.id, %held, writer_flushed = %flushed, "the writer no longer has the entries this shard needs: bootstrapping from its files");
+                match super::bootstrap::run(&ctx, &shard, &http_addr).await {
+                    Ok(_) => {
+                        failures = 0;
+                        continue;
+                    }
+                    Err(e) => {
+                        failures = failures.saturating_add(1);
+                        tracing::error!(shard = ctx.id, error = %e, "bootstrap failed; retrying");
+                    }
+                }
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                if let SessionError::Bootstrap { .. } = e {
-                    bootstraps.inc();
-                }
                 tracing::warn!(shard = ctx.id, error = %e, "replication stream from the writer ended; reconnecting");
             }
         }
@@ -139,6 +158,7 @@ async fn session(
             start_seq,
             flushed_seq,
             durable_seq,
+            http_addr,
         } => match state
             .on_welcome(mode, start_seq, flushed_seq)
             .map_err(|e| SessionError::Protocol(e.to_string()))?
@@ -150,6 +170,7 @@ async fn session(
                 return Err(SessionError::Bootstrap {
                     held: state.last_seq(),
                     flushed: flushed_seq,
+                    http_addr: http_addr.to_string(),
                 })
             }
         },

@@ -216,7 +216,7 @@ impl WriterSide {
             &nonce,
             &view,
         );
-        wire::send(&mut conn, &handshake.reply(&view)).await?;
+        wire::send(&mut conn, &handshake.reply(&view, &cfg.http.addr)).await?;
         let (reader, from) = match handshake {
             Handshake::Stream { reader_id, from } => (reader_id, from),
             Handshake::Bootstrap {

@@ -6,7 +6,8 @@
 //! Hello     = 0x02: version u16 | shard u32 | last_seq u64 | mac [32]
 //!                   | id_len u16 | reader id (UTF-8)                     reader -> writer
 //! Welcome   = 0x03: mode u8 (0 stream, 1 bootstrap) | start_seq u64
-//!                   | durable_seq u64 | flushed_seq u64                  writer -> reader
+//!                   | durable_seq u64 | flushed_seq u64
+//!                   | http_len u16 | writer's HTTP address (UTF-8)      writer -> reader
 //! Entries   = 0x10: first_seq u64 | last_seq u64 | compression u8
 //!                   | raw_len u32 | data                                 writer -> reader
 //! Ack       = 0x11: durable_seq u64                                      reader -> writer
@@ -189,6 +190,8 @@ pub enum Frame<'a> {
         start_seq: WalSeq,
         durable_seq: WalSeq,
         flushed_seq: WalSeq,
+        /// Where the writer serves its files for a bootstrap.
+        http_addr: &'a str,
     },
     Entries {
         first_seq: WalSeq,
@@ -272,6 +275,7 @@ impl Frame<'_> {
                 start_seq,
                 durable_seq,
                 flushed_seq,
+                http_addr,
             } => {
                 out.push(match mode {
                     WelcomeMode::Stream => 0,
@@ -280,6 +284,9 @@ impl Frame<'_> {
                 out.extend_from_slice(&start_seq.0.to_le_bytes());
                 out.extend_from_slice(&durable_seq.0.to_le_bytes());
                 out.extend_from_slice(&flushed_seq.0.to_le_bytes());
+                let a = &http_addr.as_bytes()[..http_addr.len().min(u16::MAX as usize)];
+                out.extend_from_slice(&(a.len() as u16).to_le_bytes());
+                out.extend_from_slice(a);
                 T_WELCOME
             }
             Frame::Entries {
@@ -446,16 +453,24 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
                 reader_id: c.str(n)?,
             }
         }
-        T_WELCOME => Frame::Welcome {
-            mode: match c.u8()? {
+        T_WELCOME => {
+            let mode = match c.u8()? {
                 0 => WelcomeMode::Stream,
                 1 => WelcomeMode::Bootstrap,
                 m => return Err(FrameError::Mode(m)),
-            },
-            start_seq: c.seq()?,
-            durable_seq: c.seq()?,
-            flushed_seq: c.seq()?,
-        },
+            };
+            let start_seq = c.seq()?;
+            let durable_seq = c.seq()?;
+            let flushed_seq = c.seq()?;
+            let n = c.u16()? as usize;
+            Frame::Welcome {
+                mode,
+                start_seq,
+                durable_seq,
+                flushed_seq,
+                http_addr: c.str(n)?,
+            }
+        }
         T_ENTRIES => {
             let first_seq = c.seq()?;
             let last_seq = c.seq()?;
@@ -540,6 +555,7 @@ mod tests {
                     start_seq: WalSeq(43),
                     durable_seq: WalSeq(99),
                     flushed_seq: WalSeq(80),
+                    http_addr: "127.0.0.1:8000",
                 },
             ),
             (

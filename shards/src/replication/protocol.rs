@@ -49,6 +49,39 @@ pub fn hello_mac(
         .into()
 }
 
+/// The value of the `x-tidemark-replication` header that authenticates a
+/// reader's HTTP request for the writer's files: `<unix seconds>.<hex
+/// HMAC-SHA256(secret, seconds | request target)>`.
+pub fn http_auth(secret: &[u8], unix_secs: u64, target: &str) -> String {
+    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    m.update(b"tidemark-replication-http-v1");
+    m.update(&unix_secs.to_le_bytes());
+    m.update(target.as_bytes());
+    format!("{unix_secs}.{}", hex::encode(m.finalize().into_bytes()))
+}
+
+/// Checks an `x-tidemark-replication` header for `target` at `now` (unix
+/// seconds): the MAC must match and the time be within `skew` seconds.
+pub fn check_http_auth(secret: &[u8], header: &str, target: &str, now: u64, skew: u64) -> bool {
+    let Some((secs, mac)) = header.split_once('.') else {
+        return false;
+    };
+    let Ok(secs) = secs.parse::<u64>() else {
+        return false;
+    };
+    let Ok(mac) = hex::decode(mac) else {
+        return false;
+    };
+    if secs.abs_diff(now) > skew {
+        return false;
+    }
+    let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
+    m.update(b"tidemark-replication-http-v1");
+    m.update(&secs.to_le_bytes());
+    m.update(target.as_bytes());
+    m.verify_slice(&mac).is_ok()
+}
+
 /// What the writer's shard knows when a Hello arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriterView {
@@ -77,20 +110,23 @@ pub enum Handshake {
 }
 
 impl Handshake {
-    /// The frame that tells the reader.
-    pub fn reply(&self, view: &WriterView) -> Frame<'_> {
+    /// The frame that tells the reader; `http_addr` is where the writer
+    /// serves its files.
+    pub fn reply<'a>(&'a self, view: &WriterView, http_addr: &'a str) -> Frame<'a> {
         match self {
             Handshake::Stream { from, .. } => Frame::Welcome {
                 mode: WelcomeMode::Stream,
                 start_seq: *from,
                 durable_seq: view.durable_seq,
                 flushed_seq: view.flushed_seq,
+                http_addr,
             },
             Handshake::Bootstrap { flushed_seq, .. } => Frame::Welcome {
                 mode: WelcomeMode::Bootstrap,
                 start_seq: flushed_seq.next(),
                 durable_seq: view.durable_seq,
                 flushed_seq: *flushed_seq,
+                http_addr,
             },
             Handshake::Refuse { code, message } => Frame::Error {
                 code: *code,
@@ -443,7 +479,7 @@ mod tests {
             flushed_seq: WalSeq(60),
         };
         let v = view();
-        let reply = hs.reply(&v);
+        let reply = hs.reply(&v, "127.0.0.1:8000");
         let action = ReceiveState::new(WalSeq(10));
         let Frame::Welcome {
             mode,
@@ -529,6 +565,18 @@ mod tests {
             code(writer_handshake(&old, SECRET, &NONCE, &view())),
             ErrorCode::Version
         );
+    }
+
+    #[test]
+    fn http_auth_checks_secret_target_and_time() {
+        let h = http_auth(SECRET, 1_000, "/api/v1/replication/manifest?shard=1");
+        let ok = |h: &str, t: &str, now| check_http_auth(SECRET, h, t, now, 300);
+        assert!(ok(&h, "/api/v1/replication/manifest?shard=1", 1_100));
+        assert!(!ok(&h, "/api/v1/replication/manifest?shard=0", 1_100));
+        assert!(!ok(&h, "/api/v1/replication/manifest?shard=1", 1_301));
+        assert!(!check_http_auth(b"other", &h, "/api/v1/replication/manifest?shard=1", 1_000, 300));
+        assert!(!ok("garbage", "/", 1_000));
+        assert!(!ok("1000.zz", "/", 1_000));
     }
 
     #[test]
