@@ -411,6 +411,7 @@ async fn core_main(
                 let _ = req.reply.send(crate::query::engine::ShardTable {
                     shard: shard.id(),
                     snapshot,
+                    applied_seq: shard.applied_seq(),
                 });
             }
         })

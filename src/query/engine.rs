@@ -36,6 +36,8 @@ pub struct SnapshotRequest {
 pub struct ShardTable {
     pub shard: ShardId,
     pub snapshot: Option<TableSnapshot>,
+    /// The shard's last applied entry when the snapshot was taken.
+    pub applied_seq: WalSeq,
 }
 
 /// How to encode a result.
@@ -208,8 +210,13 @@ impl QueryEngine {
         let mut mem = Vec::new();
         for s in shards {
             let Some(t) = s.snapshot else { continue };
-            mem.extend(t.live.iter().map(|b| pad_to_schema(b, &schema)));
             let watermark = flushed.get(&s.shard).copied().unwrap_or(WalSeq::ZERO);
+            // Live rows are of entries after the flushing set; if the files
+            // already cover every applied entry (a replication reader's
+            // bootstrap swapped the shard meanwhile), they are in the files.
+            if s.applied_seq > watermark {
+                mem.extend(t.live.iter().map(|b| pad_to_schema(b, &schema)));
+            }
             if t.flushing_upto.is_some_and(|u| u > watermark) {
                 mem.extend(t.flushing.iter().map(|b| pad_to_schema(b, &schema)));
             }
