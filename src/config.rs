@@ -548,6 +548,29 @@ impl Config {
                 ),
             );
         }
+        for (key, addr, used) in [
+            (
+                "replication.listen_addr",
+                &r.listen_addr,
+                role == Role::Writer,
+            ),
+            (
+                "replication.writer_addr",
+                &r.writer_addr,
+                role == Role::Reader,
+            ),
+        ] {
+            let port = addr.parse::<SocketAddr>().map_or(0, |a| a.port()) as usize;
+            if used && port + self.shard_cores() > 65536 {
+                return invalid(
+                    key,
+                    format!(
+                        "shard i streams on port + i: {addr} leaves no room for {} shard cores",
+                        self.shard_cores()
+                    ),
+                );
+            }
+        }
         if r.min_acks > 0 && role != Role::Writer {
             return invalid(
                 "replication.min_acks",
@@ -689,6 +712,53 @@ mod tests {
         assert_eq!(c.node.shard_cores, 2);
         assert_eq!(c.flush.workers, 4);
         assert_eq!(c.auth.tokens, ["a", "b"]);
+    }
+
+    #[test]
+    fn cluster_keys_from_env_and_their_checks() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("TIDEMARK_CLUSTER_ROLE", "reader"),
+                ("TIDEMARK_CLUSTER_SECRET", "s"),
+                ("TIDEMARK_CLUSTER_NODE_ID", "reader-1"),
+                ("TIDEMARK_REPLICATION_WRITER_ADDR", "127.0.0.1:9100"),
+                ("TIDEMARK_REPLICATION_COMPRESSION", "lz4"),
+            ]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cluster.role, Role::Reader);
+        assert_eq!(c.node_id(), "reader-1");
+        assert_eq!(c.replication.compression, Compression::Lz4);
+        assert_eq!(
+            Config::shard_addr(&c.replication.writer_addr, 3).to_string(),
+            "127.0.0.1:9103"
+        );
+        let bad = |pairs: &[(&str, &str)]| {
+            Config::load(None, env(pairs), &Overrides::default())
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(&[("TIDEMARK_CLUSTER_ROLE", "writer")]).starts_with("cluster.secret: "));
+        assert!(bad(&[
+            ("TIDEMARK_CLUSTER_ROLE", "reader"),
+            ("TIDEMARK_CLUSTER_SECRET", "s")
+        ])
+        .starts_with("replication.writer_addr: "));
+        assert!(
+            bad(&[("TIDEMARK_REPLICATION_MIN_ACKS", "1")]).starts_with("replication.min_acks: ")
+        );
+        let e = Config::load(
+            None,
+            env(&[("TIDEMARK_CLUSTER_ROLE", "leader")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("TIDEMARK_CLUSTER_ROLE"), "{e}");
     }
 
     #[test]

@@ -231,10 +231,10 @@ fn map_segment(path: &Path, len: u64) -> Result<Option<memmap2::Mmap>, WalError>
 /// Scans every segment in `dir` and repairs a torn tail. The result is the
 /// list of segments with their durable lengths.
 ///
-/// `floor` is the lowest sequence number still needed (the flushed watermark
-/// + 1): a run missing between two segments is no corruption when every
-/// entry in it is below the floor (a replication reader that bootstrapped
-/// restarts its log after the writer's watermark).
+/// `floor` is the lowest sequence number still needed (the flushed
+/// watermark plus one): a run missing between two segments is no corruption
+/// when every entry in it is below the floor (a replication reader that
+/// bootstrapped restarts its log after the writer's watermark).
 fn recover(
     dir: &Path,
     mode: RecoveryMode,

@@ -742,7 +742,10 @@ impl ReadCursor {
                 Ok(Some(m)) => Bytes::from_owner(m),
                 Ok(None) => Bytes::new(),
                 // Removed since the list was taken.
-                Err(WalError::Io { kind, .. }) if kind == std::io::ErrorKind::NotFound => {
+                Err(WalError::Io {
+                    kind: std::io::ErrorKind::NotFound,
+                    ..
+                }) => {
                     return Err(ReadError::Gone {
                         from,
                         oldest: from.next(),
