@@ -234,7 +234,8 @@ fn readers_hold_exactly_the_writers_rows_through_kills_and_cut_connections() {
     let dir = tempfile::tempdir().unwrap();
     let repl = port_pair();
     // Small segments and flushes: rotations, flushes and segment removal
-    // (held for the readers) happen during the run.
+    // (held for the readers) happen during the run; a small ring and
+    // retention cap make a reader that is down for long bootstrap.
     let mut writer = start_writer(
         &dir.path().join("w"),
         repl,
@@ -245,6 +246,10 @@ fn readers_hold_exactly_the_writers_rows_through_kills_and_cut_connections() {
             "buffer.flush_rows=3000",
             "--set",
             "flush.check_interval_ms=20",
+            "--set",
+            "replication.ring_bytes=65536",
+            "--set",
+            "replication.max_retained_bytes=131072",
         ],
     );
     let proxy = CuttingProxy::start(repl, 2, Duration::from_millis(300));
@@ -276,7 +281,16 @@ fn readers_hold_exactly_the_writers_rows_through_kills_and_cut_connections() {
     a.restart();
     std::thread::sleep(Duration::from_millis(1000));
     writer.restart();
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1000));
+    // Reader a away long enough that its entries leave the writer's WAL.
+    a.kill9();
+    let before = count(&writer);
+    wait_until("the writer to move on", Duration::from_secs(30), || {
+        count(&writer) > before + 8000
+    });
+    writer.flush();
+    a.restart();
+    std::thread::sleep(Duration::from_millis(1000));
     stop.store(true, Ordering::Relaxed);
     let acked = ingest.join().unwrap();
     assert!(
@@ -309,16 +323,19 @@ fn readers_hold_exactly_the_writers_rows_through_kills_and_cut_connections() {
     assert!(missing.is_empty(), "acknowledged rows missing: {missing:?}");
 
     eprintln!(
-        "acked {} rows, writer holds {total}, proxy cuts {}, reader b resyncs {}, writer resyncs {}",
+        "acked {} rows, writer holds {total}, proxy cuts {}, reader b resyncs {}, writer resyncs {}, bootstraps a {} b {}",
         acked.len(),
         proxy.cuts.load(Ordering::Relaxed),
         metric(&b, "tidemark_replication_reader_resyncs_total"),
         metric(&writer, "tidemark_replication_resyncs_total"),
+        metric(&a, "tidemark_replication_reader_bootstraps_total"),
+        metric(&b, "tidemark_replication_reader_bootstraps_total"),
     );
     assert!(
         proxy.cuts.load(Ordering::Relaxed) > 0,
         "the proxy cut nothing"
     );
+    assert!(metric(&a, "tidemark_replication_reader_bootstraps_total") >= 1.0);
     assert!(metric(&b, "tidemark_replication_reader_resyncs_total") >= 1.0);
     assert!(metric(&writer, "tidemark_replication_sent_bytes_total") > 0.0);
     // Caught up: no lag left on the writer.
