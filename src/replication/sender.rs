@@ -339,11 +339,13 @@ impl WriterSide {
                         continue;
                     }
                     Ok(None) => {}
-                    Err(ReadError::Gone { from, oldest }) => {
-                        let msg = format!(
-                            "entry {from} is gone from the writer's WAL (oldest kept {oldest}); reconnect to bootstrap"
-                        );
-                        tracing::warn!(shard = self.ctx.id, %reader, %msg);
+                    Err(e) => {
+                        // Gone: the reader reconnects and is told to bootstrap.
+                        let msg = match &e {
+                            ReadError::Gone { .. } => format!("{e}; reconnect to bootstrap"),
+                            ReadError::Wal(_) => e.to_string(),
+                        };
+                        tracing::warn!(shard = self.ctx.id, %reader, %msg, "replication stream stops");
                         let _ = wire::send(
                             &mut wr,
                             &Frame::Error {
@@ -352,19 +354,10 @@ impl WriterSide {
                             },
                         )
                         .await;
-                        break Ok(());
-                    }
-                    Err(ReadError::Wal(e)) => {
-                        let msg = e.to_string();
-                        let _ = wire::send(
-                            &mut wr,
-                            &Frame::Error {
-                                code: ErrorCode::Internal,
-                                message: &msg,
-                            },
-                        )
-                        .await;
-                        break Err(io::Error::other(msg));
+                        break match e {
+                            ReadError::Gone { .. } => Ok(()),
+                            ReadError::Wal(_) => Err(io::Error::other(msg)),
+                        };
                     }
                 }
             }

@@ -265,9 +265,7 @@ impl Frame<'_> {
                 out.extend_from_slice(&shard.0.to_le_bytes());
                 out.extend_from_slice(&last_seq.0.to_le_bytes());
                 out.extend_from_slice(mac);
-                let id = &reader_id.as_bytes()[..reader_id.len().min(u16::MAX as usize)];
-                out.extend_from_slice(&(id.len() as u16).to_le_bytes());
-                out.extend_from_slice(id);
+                put_str16(out, reader_id);
                 T_HELLO
             }
             Frame::Welcome {
@@ -284,9 +282,7 @@ impl Frame<'_> {
                 out.extend_from_slice(&start_seq.0.to_le_bytes());
                 out.extend_from_slice(&durable_seq.0.to_le_bytes());
                 out.extend_from_slice(&flushed_seq.0.to_le_bytes());
-                let a = &http_addr.as_bytes()[..http_addr.len().min(u16::MAX as usize)];
-                out.extend_from_slice(&(a.len() as u16).to_le_bytes());
-                out.extend_from_slice(a);
+                put_str16(out, http_addr);
                 T_WELCOME
             }
             Frame::Entries {
@@ -329,9 +325,7 @@ impl Frame<'_> {
             }
             Frame::Error { code, message } => {
                 out.extend_from_slice(&code.code().to_le_bytes());
-                let m = &message.as_bytes()[..message.len().min(u16::MAX as usize)];
-                out.extend_from_slice(&(m.len() as u16).to_le_bytes());
-                out.extend_from_slice(m);
+                put_str16(out, message);
                 T_ERROR
             }
         };
@@ -346,6 +340,17 @@ impl Frame<'_> {
         self.encode(&mut v);
         v
     }
+}
+
+/// Appends `len u16 | bytes` of `s`, cut to 65,535 bytes (at a character
+/// boundary, so it stays UTF-8).
+fn put_str16(out: &mut Vec<u8>, s: &str) {
+    let mut n = s.len().min(u16::MAX as usize);
+    while !s.is_char_boundary(n) {
+        n -= 1;
+    }
+    out.extend_from_slice(&(n as u16).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..n]);
 }
 
 /// The header of an `Entries` frame whose data (`data_len` bytes, sent
