@@ -30,7 +30,7 @@ glob = f"{root}/{db}/cpu/**/*.parquet"
 # tidemark writes `time` as TIMESTAMP(NANOS, isAdjustedToUTC), which DuckDB
 # already reads as TIMESTAMP WITH TIME ZONE; cast only if it does not.
 time_type = con.execute(
-    f"SELECT data_type FROM (DESCRIBE SELECT time FROM read_parquet('{glob}', union_by_name = true))"
+    f"SELECT column_type FROM (DESCRIBE SELECT time FROM read_parquet('{glob}', union_by_name = true))"
 ).fetchone()[0]
 if time_type.startswith("TIMESTAMP WITH TIME ZONE"):
     con.execute(f"CREATE VIEW cpu AS SELECT * FROM read_parquet('{glob}', union_by_name = true)")
