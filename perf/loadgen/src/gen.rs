@@ -255,11 +255,13 @@ pub fn msgpack_columnar(rows: &[Row]) -> Vec<u8> {
         for r in g {
             write_sint(&mut out, r.time_ns / 1_000_000).expect("vec write");
         }
+        // Each row's tags once (not once per tag column: host_tags allocates).
+        let tags: Vec<[(&'static str, String); 10]> = g.iter().map(|r| host_tags(r.host)).collect();
         for t in 0..10 {
-            write_str(&mut out, host_tags(0)[t].0).expect("vec write");
+            write_str(&mut out, tags[0][t].0).expect("vec write");
             write_array_len(&mut out, g.len() as u32).expect("vec write");
-            for r in g {
-                write_str(&mut out, &host_tags(r.host)[t].1).expect("vec write");
+            for row_tags in &tags {
+                write_str(&mut out, &row_tags[t].1).expect("vec write");
             }
         }
         for (i, (name, kind)) in fs.iter().enumerate() {
