@@ -6,6 +6,7 @@
 //! * [`table`]: one DataFusion table per (database, measurement): pruned
 //!   Parquet files unioned with the shards' buffered rows.
 //! * [`json`]: Arc's JSON result shape.
+//! * [`date_trunc`]: `date_trunc` with arithmetic hour/day truncation in UTC.
 //!
 //! Shard cores never block on a query: they hand it to the pool and await
 //! the encoded result. The pool asks every core for a snapshot of the table
@@ -13,6 +14,7 @@
 //! event loop. Read-your-writes: a write is applied to its shard's buffer
 //! before its 204, so a query started after the 204 sees it.
 
+pub mod date_trunc;
 pub mod engine;
 pub mod json;
 pub mod table;

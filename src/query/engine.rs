@@ -247,6 +247,7 @@ impl QueryEngine {
             .with_table_function_list(vec![])
             .build();
         let ctx = SessionContext::new_with_state(state);
+        ctx.register_udf(super::date_trunc::UtcDateTrunc::udf());
         ctx.register_catalog("tidemark", Arc::new(QueryCatalog { engine: self.arc() }));
         ctx
     }

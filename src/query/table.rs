@@ -25,6 +25,7 @@ use datafusion::common::{
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::object_store::ObjectStoreUrl;
@@ -150,8 +151,17 @@ impl TableProvider for MeasurementTable {
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !kept.is_empty() {
+            // Files never change once written: keep their footers and page
+            // indexes in the runtime's metadata cache (shared by all
+            // queries) instead of reading them again for every query.
+            let store = state.runtime_env().object_store(&self.store_url)?;
+            let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
             let source = ParquetSource::new(Arc::clone(&self.schema))
-                .with_table_parquet_options(state.default_table_options().parquet);
+                .with_table_parquet_options(state.default_table_options().parquet)
+                .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
+                    store,
+                    metadata_cache,
+                )));
             let n_groups = state.config().target_partitions().max(1).min(kept.len());
             let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n_groups];
             for (i, f) in kept.iter().enumerate() {
