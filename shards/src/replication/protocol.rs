@@ -574,7 +574,13 @@ mod tests {
         assert!(ok(&h, "/api/v1/replication/manifest?shard=1", 1_100));
         assert!(!ok(&h, "/api/v1/replication/manifest?shard=0", 1_100));
         assert!(!ok(&h, "/api/v1/replication/manifest?shard=1", 1_301));
-        assert!(!check_http_auth(b"other", &h, "/api/v1/replication/manifest?shard=1", 1_000, 300));
+        assert!(!check_http_auth(
+            b"other",
+            &h,
+            "/api/v1/replication/manifest?shard=1",
+            1_000,
+            300
+        ));
         assert!(!ok("garbage", "/", 1_000));
         assert!(!ok("1000.zz", "/", 1_000));
     }
