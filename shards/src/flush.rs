@@ -13,7 +13,7 @@
 //! Workers are plain threads fed by a bounded channel: Parquet encoding never
 //! runs on a shard core, and a full channel slows the submitting shard.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampNanosecondType;
-use arrow_array::{Array, Int64Array, RecordBatch, UInt32Array};
+use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use arrow_row::{RowConverter, SortField};
 use arrow_schema::{ArrowError, DataType};
 use arrow_select::concat::concat_batches;
@@ -313,6 +313,14 @@ pub fn encode_table(
         writer.write(&part).map_err(parquet_err)?;
         writer.close().map_err(parquet_err)?;
         let sha256 = hex::encode(Sha256::digest(&buf));
+        let tag_distinct = tags
+            .iter()
+            .filter_map(|tag| {
+                let idx = schema.index_of(tag).ok()?;
+                let n = distinct_dictionary_values(part.column(idx))?;
+                Some((tag.to_string(), n))
+            })
+            .collect();
         files.push(EncodedFile {
             meta: FileMeta {
                 path: file_path(table, hour, shard, upto),
@@ -327,12 +335,32 @@ pub fn encode_table(
                 min_time,
                 max_time,
                 columns: columns_meta.clone(),
+                tag_distinct,
             },
             bytes: Bytes::from(buf),
         });
         start = end;
     }
     Ok(files)
+}
+
+/// An upper bound of the distinct non-null values of a dictionary column:
+/// its distinct dictionary values. A slice shares its parent's dictionary,
+/// which may hold values no row of the slice uses, so this can exceed the
+/// true count, never fall below it. Costs the dictionary's size, not the
+/// rows'. `None` for a column that is not a dictionary of strings.
+fn distinct_dictionary_values(column: &ArrayRef) -> Option<u64> {
+    let dict = column.as_any_dictionary_opt()?;
+    let values = dict.values();
+    let mut seen = HashSet::new();
+    if let Some(v) = values.as_string_opt::<i32>() {
+        seen.extend(v.iter().flatten());
+    } else if let Some(v) = values.as_string_opt::<i64>() {
+        seen.extend(v.iter().flatten());
+    } else {
+        return None;
+    }
+    Some(seen.len() as u64)
 }
 
 /// Writes every file of `set` and commits them to the manifest.
@@ -431,5 +459,72 @@ impl FlushPool {
             }
         }
         rx.await.map_err(|_| FlushError::Stopped)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::{tag_data_type, time_data_type, TableSchema};
+    use arrow_array::types::Int32Type;
+    use arrow_array::{DictionaryArray, Float64Array, TimestampNanosecondArray};
+    use arrow_schema::{Field, Schema};
+
+    fn batch(schema: &TableSchema, rows: &[(i64, &str, Option<&str>)]) -> RecordBatch {
+        let time = TimestampNanosecondArray::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())
+            .with_timezone("UTC");
+        let host: DictionaryArray<Int32Type> = rows.iter().map(|r| Some(r.1)).collect();
+        let region: DictionaryArray<Int32Type> = rows.iter().map(|r| r.2).collect();
+        let v = Float64Array::from(vec![1.0; rows.len()]);
+        RecordBatch::try_new(
+            schema.arrow().clone(),
+            vec![
+                Arc::new(time),
+                Arc::new(host),
+                Arc::new(region),
+                Arc::new(v),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn files_record_a_distinct_bound_per_tag() {
+        let schema = TableSchema::try_from_arrow(&Schema::new(vec![
+            Field::new("time", time_data_type(), false),
+            Field::new("host", tag_data_type(), true),
+            Field::new("region", tag_data_type(), true),
+            Field::new("v", DataType::Float64, true),
+        ]))
+        .unwrap();
+        let h = HOUR_NS;
+        // Hour 0: hosts a, b (region only on a); hour 1: hosts b, c, no region.
+        let frozen = FrozenTable {
+            schema: schema.clone(),
+            batches: vec![
+                batch(
+                    &schema,
+                    &[(1, "a", Some("eu")), (2, "b", None), (3, "a", Some("eu"))],
+                ),
+                batch(&schema, &[(h + 1, "b", None), (h + 2, "c", None)]),
+            ],
+        };
+        let table = TableKey::new("db", "cpu").unwrap();
+        let files = encode_table(&table, &frozen, ShardId(0), WalSeq(1)).unwrap();
+        assert_eq!(files.len(), 2);
+        for f in &files {
+            assert_eq!(
+                f.meta.tag_distinct.keys().collect::<Vec<_>>(),
+                ["host", "region"],
+                "{:?}",
+                f.meta
+            );
+            // An upper bound: at least the file's distinct hosts (2), at
+            // most the flush's (3), however the dictionaries were merged.
+            let host = f.meta.tag_distinct["host"];
+            assert!((2..=3).contains(&host), "{:?}", f.meta);
+            assert!(f.meta.tag_distinct["region"] <= 1, "{:?}", f.meta);
+        }
+        assert_eq!(files[0].meta.tag_distinct["region"], 1);
     }
 }

@@ -53,6 +53,12 @@ pub struct FileMeta {
     pub max_time: i64,
     /// The file's columns in order.
     pub columns: Vec<(String, ColumnKind)>,
+    /// Per tag column, an upper bound of its distinct non-null values in
+    /// the file (the flush counts distinct dictionary values). Query
+    /// planning uses it as a distinct-count estimate. Empty in records
+    /// written before it existed; a tag missing here has no bound.
+    #[serde(default)]
+    pub tag_distinct: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -368,7 +374,42 @@ mod tests {
             min_time: 0,
             max_time: 1,
             columns: vec![("time".into(), ColumnKind::Time)],
+            tag_distinct: BTreeMap::from([("host".into(), 3)]),
         }
+    }
+
+    #[test]
+    fn file_meta_json_and_records_without_tag_distinct() {
+        let m = meta("p");
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["tag_distinct"], serde_json::json!({ "host": 3 }));
+        // A record written before `tag_distinct` existed still loads.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("tag_distinct");
+        let back: FileMeta = serde_json::from_value(old).unwrap();
+        assert!(back.tag_distinct.is_empty());
+        assert_eq!(
+            FileMeta {
+                tag_distinct: BTreeMap::new(),
+                ..m.clone()
+            },
+            back
+        );
+        // And a whole old manifest log opens.
+        let dir = tempfile::tempdir().unwrap();
+        let body = serde_json::to_vec(&serde_json::json!({
+            "type": "flush", "shard": 0, "upto": 5, "files": [ { "path": "p",
+            "database": "db", "measurement": "cpu", "shard": 0, "upto": 5,
+            "hour": 1, "rows": 10, "size": 100, "sha256": "00", "min_time": 0,
+            "max_time": 1, "columns": [["time", "time"]] } ] }))
+        .unwrap();
+        let mut rec = (body.len() as u32).to_le_bytes().to_vec();
+        rec.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        rec.extend_from_slice(&body);
+        fs::write(dir.path().join(LOG_NAME), rec).unwrap();
+        let opened = Manifest::open(dir.path()).unwrap();
+        assert_eq!(opened.files()[0].tag_distinct, BTreeMap::new());
+        assert_eq!(opened.files()[0].rows, 10);
     }
 
     #[test]
