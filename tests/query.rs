@@ -284,3 +284,78 @@ fn limits_timeout_max_rows_and_cancel_on_disconnect() {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// The children of the first `HashJoinExec` in an indented physical plan:
+/// each child's subtree as one string, in order (build side first).
+fn join_children(plan: &str) -> Vec<String> {
+    let lines: Vec<&str> = plan.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let at = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with("HashJoinExec"))
+        .unwrap_or_else(|| panic!("no HashJoinExec in {plan}"));
+    let depth = indent(lines[at]);
+    let mut children: Vec<String> = Vec::new();
+    for l in &lines[at + 1..] {
+        if indent(l) <= depth {
+            break;
+        }
+        if indent(l) == depth + 2 {
+            children.push(String::new());
+        }
+        let child = children.last_mut().expect("first line below is a child");
+        child.push_str(l);
+        child.push('\n');
+    }
+    children
+}
+
+#[test]
+fn lastpoint_join_builds_on_the_group_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    // 3 hosts, 600 rows 12 s apart (two hours from T0, which is 800 s into
+    // an hour): three files after the flush, plus buffered rows after it.
+    let rows = |first: i64, n: i64| -> String {
+        (first..first + n)
+            .map(|i| {
+                format!(
+                    "cpu,hostname=host_{} usage_user={i}.5 {}\n",
+                    i % 3,
+                    T0 + i * 12_000_000_000
+                )
+            })
+            .collect()
+    };
+    assert_eq!(node.write_lp("a", &rows(0, 600)).status, 204);
+    node.flush();
+    assert_eq!(node.write_lp("a", &rows(600, 30)).status, 204);
+    let q = "SELECT c.hostname, c.usage_user FROM cpu c JOIN \
+             (SELECT hostname, max(time) AS t FROM cpu GROUP BY hostname) l \
+             ON c.hostname = l.hostname AND c.time = l.t ORDER BY c.hostname";
+    let explain = ok_json(&node, Some("a"), &format!("EXPLAIN {q}"));
+    let plan = explain["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r[0] == "physical_plan")
+        .unwrap_or_else(|| panic!("{explain}"))[1]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(plan.contains("files_scanned=3, buffer_batches=1"), "{plan}");
+    let children = join_children(&plan);
+    assert_eq!(children.len(), 2, "{plan}");
+    // The build side is the GROUP BY (estimated at most a few rows from the
+    // tag's distinct count), the probe side is the plain scan of `cpu`.
+    assert!(children[0].contains("AggregateExec"), "{plan}");
+    assert!(!children[1].contains("AggregateExec"), "{plan}");
+    assert!(children[1].contains("TidemarkScanExec"), "{plan}");
+    // Same results as before: each host's last row.
+    let v = ok_json(&node, Some("a"), q);
+    assert_eq!(
+        v["data"],
+        serde_json::json!([["host_0", 627.5], ["host_1", 628.5], ["host_2", 629.5]]),
+        "{plan}"
+    );
+}

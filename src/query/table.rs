@@ -4,17 +4,21 @@
 //! null). `TidemarkScanExec` wraps the scan so `EXPLAIN` shows how many files
 //! were pruned and scanned; it passes filters and statistics through, so row
 //! groups are pruned by the Parquet statistics and `count(*)` is answered
-//! from metadata.
+//! from metadata. It also adds a distinct-count estimate for tag columns
+//! (from the manifest's per-file counts and the buffered batches'
+//! dictionaries), which bounds DataFusion's estimate of a `GROUP BY tag`'s
+//! output and so lets the join planner build on the small side.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::AsArray;
 use datafusion::arrow::array::{
     ArrayRef, BooleanArray, RecordBatch, TimestampNanosecondArray, UInt64Array,
 };
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session, TableProvider};
 use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::stats::Precision;
@@ -43,7 +47,7 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions, StatisticsArgs,
 };
 use tidemark_shards::manifest::FileMeta;
-use tidemark_shards::schema::{TableKey, TIME_COLUMN};
+use tidemark_shards::schema::{ColumnKind, TableKey, TIME_COLUMN};
 
 use super::engine::QueryEngine;
 
@@ -202,17 +206,76 @@ impl TableProvider for MeasurementTable {
             inputs.push(DataSourceExec::from_data_source(mem));
         }
         let union = UnionExec::try_new(inputs)?;
+        let tag_ndv = tag_distinct_bounds(&self.schema, &kept, &self.mem);
+        let distinct: Vec<Option<usize>> = union
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| tag_ndv.get(f.name().as_str()).copied())
+            .collect();
         Ok(Arc::new(TidemarkScanExec::new(
             union,
             files_pruned,
             kept.len(),
             self.mem.len(),
+            Arc::new(distinct),
         )))
     }
 }
 
+/// Per tag column of `schema`, an upper bound of its distinct non-null
+/// values in the scanned files and buffered batches: the sum of the files'
+/// recorded counts (a file without the column adds 0; a file whose record
+/// has no count for it, written before counts existed, leaves the column
+/// without a bound) plus the dictionary sizes of the buffered batches. The
+/// sum over files double-counts values shared by files (every file of an
+/// hour holds the same hosts), so it can be far above the true count; it
+/// is still far below the row count, which is what join planning needs.
+fn tag_distinct_bounds<'a>(
+    schema: &'a SchemaRef,
+    files: &[&FileMeta],
+    mem: &[RecordBatch],
+) -> HashMap<&'a str, usize> {
+    let mut out = HashMap::new();
+    'columns: for (idx, field) in schema.fields().iter().enumerate() {
+        if !matches!(field.data_type(), DataType::Dictionary(..)) {
+            continue;
+        }
+        let name = field.name().as_str();
+        let mut n: u64 = 0;
+        for f in files {
+            let is_tag = f
+                .columns
+                .iter()
+                .any(|(c, k)| c == name && *k == ColumnKind::Tag);
+            if !is_tag {
+                // The column reads as null in this file (or is not a tag
+                // there): no non-null values.
+                if f.columns.iter().any(|(c, _)| c == name) {
+                    continue 'columns;
+                }
+                continue;
+            }
+            match f.tag_distinct.get(name) {
+                Some(&d) => n = n.saturating_add(d),
+                None => continue 'columns,
+            }
+        }
+        for b in mem {
+            match b.column(idx).as_any_dictionary_opt() {
+                Some(d) => n = n.saturating_add(d.values().len() as u64),
+                None => continue 'columns,
+            }
+        }
+        out.insert(name, usize::try_from(n).unwrap_or(usize::MAX));
+    }
+    out
+}
+
 /// Transparent wrapper that shows pruning in `EXPLAIN`:
 /// `TidemarkScanExec: files_pruned=N, files_scanned=M, buffer_batches=K`.
+/// Its statistics are its input's plus, for tag columns, an inexact
+/// distinct count (see [`tag_distinct_bounds`]).
 #[derive(Debug)]
 pub struct TidemarkScanExec {
     input: Arc<dyn ExecutionPlan>,
@@ -220,6 +283,8 @@ pub struct TidemarkScanExec {
     files_pruned: usize,
     files_scanned: usize,
     buffer_batches: usize,
+    /// Per output column: an upper bound of its distinct values, if known.
+    distinct: Arc<Vec<Option<usize>>>,
 }
 
 impl TidemarkScanExec {
@@ -228,6 +293,7 @@ impl TidemarkScanExec {
         files_pruned: usize,
         files_scanned: usize,
         buffer_batches: usize,
+        distinct: Arc<Vec<Option<usize>>>,
     ) -> Self {
         let props = Arc::clone(input.properties());
         TidemarkScanExec {
@@ -236,6 +302,7 @@ impl TidemarkScanExec {
             files_pruned,
             files_scanned,
             buffer_batches,
+            distinct,
         }
     }
 }
@@ -289,6 +356,7 @@ impl ExecutionPlan for TidemarkScanExec {
             self.files_pruned,
             self.files_scanned,
             self.buffer_batches,
+            Arc::clone(&self.distinct),
         )))
     }
     fn with_new_children(
@@ -317,7 +385,22 @@ impl ExecutionPlan for TidemarkScanExec {
         input_stats: &[Arc<Statistics>],
         _args: &StatisticsArgs,
     ) -> Result<Arc<Statistics>> {
-        Ok(Arc::clone(&input_stats[0]))
+        let input = &input_stats[0];
+        if self.distinct.iter().all(Option::is_none)
+            || input.column_statistics.len() != self.distinct.len()
+        {
+            return Ok(Arc::clone(input));
+        }
+        // The bound holds for the whole scan, so for any one partition too;
+        // no partition has more distinct values than rows.
+        let rows = input.num_rows.get_value().copied();
+        let mut stats = Statistics::clone(input);
+        for (col, ndv) in stats.column_statistics.iter_mut().zip(self.distinct.iter()) {
+            if let (Some(ndv), Precision::Absent) = (ndv, &col.distinct_count) {
+                col.distinct_count = Precision::Inexact(rows.map_or(*ndv, |r| r.min(*ndv)));
+            }
+        }
+        Ok(Arc::new(stats))
     }
     fn gather_filters_for_pushdown(
         &self,
