@@ -1,0 +1,373 @@
+//! The write forwarding path of one shard core, from request bytes to
+//! buffered rows: decode (`tidemark-ingest`, as the HTTP handler calls it)
+//! -> `Shard::write_all` (catalog check -> WAL append, group commit, real
+//! files in a scratch dir on disk -> buffer apply in sequence order). No
+//! HTTP, no flush.
+//!
+//! Not included: the replication frame (the last step of the path in issue
+//! #6). The replication sender is being written (`shards/src/replication*`)
+//! and is not in the tree this bench builds against; add a stage here when
+//! it lands.
+//!
+//! Ids: `forward_path/<format>/rows=<N>/stage=decode` (decode only) and
+//! `forward_path/<format>/rows=<N>/stage=full/sync=<none|fdatasync>/writers=<W>`
+//! (W tasks on one monoio core, each decoding and writing requests one
+//! after another, like W keep-alive connections). One iteration is one
+//! request of N TSBS cpu-only rows (10 tags, 10 float fields, the same rows
+//! tidemark-loadgen sends); throughput counts rows.
+//!
+//! After the criterion runs, the per-request latency of every `stage=full`
+//! case (decode start to `write_all` return, all of criterion's runs of that
+//! case including warm-up) is printed as HdrHistogram percentiles.
+//!
+//! A shard's buffer is never flushed here: every 500,000 rows the shard is
+//! closed and a fresh one opened in a new directory, outside the timed part.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hdrhistogram::Histogram;
+use tidemark_benches::scratch_dir;
+use tidemark_ingest::{line_protocol, msgpack, Precision};
+use tidemark_shards::buffer::BufferConfig;
+use tidemark_shards::flush::{FileStore, FlushPool};
+use tidemark_shards::manifest::Manifest;
+use tidemark_shards::runtime::{self, CoreRuntime, DriverChoice};
+use tidemark_shards::shard::{Shard, ShardConfig};
+use tidemark_shards::wal::{SyncMode, WalConfig};
+use tidemark_shards::{Catalog, ShardId};
+
+/// Rows per shard before it is replaced by a fresh one (untimed).
+const ROWS_PER_SHARD: usize = 500_000;
+/// Distinct request bodies, cycled.
+const POOL: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Lp,
+    MsgpackColumnar,
+}
+
+impl Format {
+    fn label(self) -> &'static str {
+        match self {
+            Format::Lp => "lp",
+            Format::MsgpackColumnar => "msgpack-columnar",
+        }
+    }
+}
+
+// ---- request bodies: TSBS cpu-only, as tidemark-loadgen generates them ----
+
+const REGIONS: [&str; 6] = [
+    "us-east-1",
+    "us-west-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-central-1",
+    "ap-southeast-1",
+];
+const FIELDS: [&str; 10] = [
+    "usage_user",
+    "usage_system",
+    "usage_idle",
+    "usage_nice",
+    "usage_iowait",
+    "usage_irq",
+    "usage_softirq",
+    "usage_steal",
+    "usage_guest",
+    "usage_guest_nice",
+];
+const HOSTS: usize = 1000;
+/// 2026-01-01T00:00:00Z.
+const START_NS: i64 = 1_767_225_600_000_000_000;
+
+fn host_tags(h: usize) -> [(&'static str, String); 10] {
+    let region = REGIONS[h % REGIONS.len()];
+    [
+        ("hostname", format!("host_{h}")),
+        ("region", region.to_string()),
+        ("datacenter", format!("{region}{}", ["a", "b", "c"][h % 3])),
+        ("rack", (h % 100).to_string()),
+        (
+            "os",
+            ["Ubuntu16.04LTS", "Ubuntu15.10", "Ubuntu16.10"][h % 3].to_string(),
+        ),
+        ("arch", ["x64", "x86"][h % 2].to_string()),
+        ("team", ["SF", "NYC", "LON", "CHI"][h % 4].to_string()),
+        ("service", ["6", "7", "8", "9"][h % 4].to_string()),
+        ("service_version", (h % 2).to_string()),
+        (
+            "service_environment",
+            ["production", "staging", "test"][h % 3].to_string(),
+        ),
+    ]
+}
+
+/// Rows `first..first + n` (host after host, a 10 s tick per round of hosts):
+/// (host, time in ns, field values).
+fn rows(first: usize, n: usize, rng: &mut u64) -> Vec<(usize, i64, [f64; 10])> {
+    (first..first + n)
+        .map(|i| {
+            let mut v = [0.0; 10];
+            for x in &mut v {
+                *rng ^= *rng << 13;
+                *rng ^= *rng >> 7;
+                *rng ^= *rng << 17;
+                *x = (*rng % 10_000) as f64 / 100.0;
+            }
+            let tick = (i / HOSTS) as i64;
+            (i % HOSTS, START_NS + tick * 10_000_000_000, v)
+        })
+        .collect()
+}
+
+fn line_protocol_body(rows: &[(usize, i64, [f64; 10])]) -> Vec<u8> {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(rows.len() * 400);
+    for (h, t, v) in rows {
+        s.push_str("cpu");
+        for (k, val) in host_tags(*h) {
+            let _ = write!(s, ",{k}={val}");
+        }
+        for (i, (f, x)) in FIELDS.iter().zip(v).enumerate() {
+            let _ = write!(s, "{}{f}={x}", if i == 0 { ' ' } else { ',' });
+        }
+        let _ = writeln!(s, " {t}");
+    }
+    s.into_bytes()
+}
+
+fn msgpack_columnar_body(rows: &[(usize, i64, [f64; 10])]) -> Vec<u8> {
+    use rmp::encode::*;
+    let mut out = Vec::with_capacity(rows.len() * 250);
+    let w = "writing to a Vec cannot fail";
+    write_map_len(&mut out, 2).expect(w);
+    write_str(&mut out, "m").expect(w);
+    write_str(&mut out, "cpu").expect(w);
+    write_str(&mut out, "columns").expect(w);
+    write_map_len(&mut out, 1 + 10 + FIELDS.len() as u32).expect(w);
+    write_str(&mut out, "time").expect(w);
+    write_array_len(&mut out, rows.len() as u32).expect(w);
+    for (_, t, _) in rows {
+        write_sint(&mut out, t / 1_000_000).expect(w);
+    }
+    for k in 0..10 {
+        write_str(&mut out, host_tags(0)[k].0).expect(w);
+        write_array_len(&mut out, rows.len() as u32).expect(w);
+        for (h, _, _) in rows {
+            write_str(&mut out, &host_tags(*h)[k].1).expect(w);
+        }
+    }
+    for (i, f) in FIELDS.iter().enumerate() {
+        write_str(&mut out, f).expect(w);
+        write_array_len(&mut out, rows.len() as u32).expect(w);
+        for (_, _, v) in rows {
+            write_f64(&mut out, v[i]).expect(w);
+        }
+    }
+    out
+}
+
+fn bodies(format: Format, rows_per_request: usize) -> Vec<Rc<Vec<u8>>> {
+    let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+    (0..POOL)
+        .map(|i| {
+            let r = rows(i * rows_per_request, rows_per_request, &mut rng);
+            Rc::new(match format {
+                Format::Lp => line_protocol_body(&r),
+                Format::MsgpackColumnar => msgpack_columnar_body(&r),
+            })
+        })
+        .collect()
+}
+
+/// What the HTTP handler does with a body: decode it for database `bench`.
+fn decode(format: Format, body: &[u8]) -> tidemark_ingest::builder::Decoded {
+    let now = 0;
+    match format {
+        Format::Lp => line_protocol::parse(body, "bench", Precision::Nanoseconds, now),
+        Format::MsgpackColumnar => msgpack::parse(body, "bench", now),
+    }
+    .expect("generated bodies decode")
+}
+
+// ---- the shard ----
+
+/// A shard in a fresh scratch directory, with its manifest and flush pool.
+struct Fresh {
+    shard: Shard,
+    _dir: tempfile::TempDir,
+}
+
+async fn fresh_shard(sync: SyncMode) -> Fresh {
+    let dir = scratch_dir("forward-path-");
+    let store = Arc::new(FileStore::local(&dir.path().join("parquet")).expect("file store"));
+    let manifest = Arc::new(Manifest::open(&dir.path().join("manifest")).expect("manifest"));
+    let (pool, _) = FlushPool::start(1, 4, store, manifest.clone());
+    let mut wal = WalConfig::new(dir.path().join("wal"), ShardId(0));
+    wal.sync_mode = sync;
+    let mut config = ShardConfig::new(wal);
+    // Never due: this bench does not flush (see the module docs).
+    config.buffer = BufferConfig {
+        flush_rows: usize::MAX,
+        flush_bytes: usize::MAX,
+        flush_age: Duration::from_secs(1 << 30),
+        ..BufferConfig::default()
+    };
+    config.max_buffer_bytes = usize::MAX;
+    let (shard, _) = Shard::open(config, Catalog::new(), pool, manifest)
+        .await
+        .expect("open shard");
+    Fresh { shard, _dir: dir }
+}
+
+/// `iters` requests over `writers` tasks; the timed part only, summed over
+/// fresh shards. Records every request's latency in `hist` (µs).
+#[allow(clippy::too_many_arguments)]
+fn full_run(
+    rt: &mut CoreRuntime,
+    format: Format,
+    sync: SyncMode,
+    writers: usize,
+    bodies: &[Rc<Vec<u8>>],
+    rows_per_request: usize,
+    iters: u64,
+    hist: &Rc<RefCell<Histogram<u64>>>,
+) -> Duration {
+    let per_shard = (ROWS_PER_SHARD / rows_per_request).max(writers) as u64;
+    let mut left = iters;
+    let mut total = Duration::ZERO;
+    let mut next_body = 0usize;
+    while left > 0 {
+        let chunk = left.min(per_shard);
+        left -= chunk;
+        total += rt.block_on(async {
+            let fresh = fresh_shard(sync).await;
+            let shard = Rc::new(fresh.shard);
+            let start = Instant::now();
+            let handles: Vec<_> = (0..writers as u64)
+                .map(|w| {
+                    let n = chunk / writers as u64 + u64::from(w < chunk % writers as u64);
+                    let shard = shard.clone();
+                    let hist = hist.clone();
+                    let mine: Vec<Rc<Vec<u8>>> = (0..bodies.len())
+                        .map(|i| bodies[(i + next_body + w as usize) % bodies.len()].clone())
+                        .collect();
+                    monoio::spawn(async move {
+                        for i in 0..n as usize {
+                            let t0 = Instant::now();
+                            let decoded = decode(format, &mine[i % mine.len()]);
+                            shard.write_all(decoded.batches).await.expect("write");
+                            let us = t0.elapsed().as_micros().max(1) as u64;
+                            let _ = hist.borrow_mut().record(us);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.await;
+            }
+            let elapsed = start.elapsed();
+            shard.close().await;
+            drop(shard);
+            drop(fresh._dir);
+            elapsed
+        });
+        next_body += 1;
+    }
+    total
+}
+
+fn sync_label(mode: SyncMode) -> &'static str {
+    match mode {
+        SyncMode::None => "none",
+        SyncMode::Fdatasync => "fdatasync",
+        SyncMode::Fsync => "fsync",
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let (mut rt, driver) = runtime::build(DriverChoice::Auto, 4096).expect("runtime");
+    eprintln!(
+        "forward_path: driver {driver}, scratch dir {}",
+        tidemark_benches::scratch_root().display()
+    );
+    let mut latencies: Vec<(String, Rc<RefCell<Histogram<u64>>>)> = Vec::new();
+    let mut group = c.benchmark_group("forward_path");
+    group.sample_size(20);
+    for format in [Format::Lp, Format::MsgpackColumnar] {
+        for rows_per_request in [1_000usize, 5_000] {
+            let bodies = bodies(format, rows_per_request);
+            let body_bytes: usize = bodies.iter().map(|b| b.len()).sum::<usize>() / bodies.len();
+            eprintln!(
+                "forward_path: {} rows={rows_per_request}: {body_bytes} bytes per body",
+                format.label()
+            );
+            group.throughput(Throughput::Elements(rows_per_request as u64));
+            let prefix = format!("{}/rows={rows_per_request}", format.label());
+            group.bench_function(format!("{prefix}/stage=decode"), |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i += 1;
+                    decode(format, &bodies[i % bodies.len()])
+                })
+            });
+            for sync in [SyncMode::None, SyncMode::Fdatasync] {
+                for writers in [1usize, 4] {
+                    let id = format!(
+                        "{prefix}/stage=full/sync={}/writers={writers}",
+                        sync_label(sync)
+                    );
+                    let hist = Rc::new(RefCell::new(
+                        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("bounds"),
+                    ));
+                    group.bench_function(&id, |b| {
+                        b.iter_custom(|iters| {
+                            full_run(
+                                &mut rt,
+                                format,
+                                sync,
+                                writers,
+                                &bodies,
+                                rows_per_request,
+                                iters,
+                                &hist,
+                            )
+                        })
+                    });
+                    latencies.push((id, hist));
+                }
+            }
+        }
+    }
+    group.finish();
+    eprintln!("\nper-request latency (decode start to write_all return), µs:");
+    eprintln!(
+        "{:<62} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+        "forward_path/...", "count", "p50", "p90", "p99", "p99.9", "max"
+    );
+    for (id, h) in &latencies {
+        let h = h.borrow();
+        if h.is_empty() {
+            continue;
+        }
+        eprintln!(
+            "{:<62} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+            id,
+            h.len(),
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.9),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max()
+        );
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
