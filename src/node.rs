@@ -188,6 +188,8 @@ fn shard_config(config: &Config, data: &Path, i: usize) -> ShardConfig {
         ..BufferConfig::default()
     };
     sc.max_buffer_bytes = config.buffer.max_bytes as usize;
+    // A reader's rows are durable on the writer: show them before the local sync.
+    sc.visible_before_durable = config.cluster.role == Role::Reader;
     sc
 }
 

@@ -9,8 +9,11 @@
 //! connection) still reaches the buffer once durable, and entries reach the
 //! buffer in order whichever task resumes first.
 //!
-//! Invariants: `flushed_seq <= buffer.applied_seq <= wal.durable_seq`; the
-//! buffer holds exactly the rows of the entries after `flushed_seq`.
+//! Invariants: `flushed_seq <= buffer.applied_seq <= wal.durable_seq` (on a
+//! replication reader with `visible_before_durable`, `applied_seq` may run
+//! ahead of `durable_seq` up to the entries queued: they are durable on the
+//! writer); the buffer holds exactly the rows of the entries after
+//! `flushed_seq`.
 //!
 //! `!Send`: a shard lives on its core; other threads reach it through the
 //! core's channels.
@@ -45,6 +48,13 @@ pub struct ShardConfig {
     /// Writes wait while the buffer (flushing set excluded) holds this many
     /// bytes, until a flush frees it. Default 1 GiB.
     pub max_buffer_bytes: usize,
+    /// Replication readers only: entries received from the writer (durable
+    /// there) are applied to the buffer, and so visible, as soon as they are
+    /// queued for this shard's WAL, without waiting for the local sync; they
+    /// are still acknowledged only once durable here. A crash may then
+    /// un-show rows until they are fetched again. Default false: a row is
+    /// visible only once durable.
+    pub visible_before_durable: bool,
 }
 
 impl ShardConfig {
@@ -53,6 +63,7 @@ impl ShardConfig {
             wal,
             buffer: BufferConfig::default(),
             max_buffer_bytes: 1 << 30,
+            visible_before_durable: false,
         }
     }
 }
@@ -289,6 +300,9 @@ impl Shard {
         self.wal
             .append_raw(first, last, entries, || {
                 pending.borrow_mut().extend(decoded);
+                if self.config.visible_before_durable {
+                    self.apply_durable();
+                }
             })
             .await?;
         self.wait_applied(last).await;
@@ -324,8 +338,13 @@ impl Shard {
     }
 
     /// Moves durable entries from the pending queue into the buffer, in order.
+    /// (With `visible_before_durable`, every queued entry.)
     pub fn apply_durable(&self) {
-        let durable = self.wal.durable_seq();
+        let durable = if self.config.visible_before_durable {
+            self.wal.next_seq().prev().unwrap_or(WalSeq::ZERO)
+        } else {
+            self.wal.durable_seq()
+        };
         let mut applied_any = false;
         {
             let mut pending = self.pending.borrow_mut();
