@@ -238,8 +238,11 @@ impl QueryEngine {
             .with_information_schema(false)
             .with_target_partitions(self.settings.threads.max(1));
         let opts = config.options_mut();
-        opts.execution.parquet.pushdown_filters = true;
-        opts.execution.parquet.reorder_filters = true;
+        // Row groups and pages are still pruned by their statistics; row-level
+        // filter pushdown is off: at 10M rows it made a non-selective
+        // `WHERE usage_user > 90` count 45 ms against 26 ms without it
+        // (perf/results/2026-11-26-*-query.md), and no query got slower.
+        opts.execution.parquet.pushdown_filters = false;
         let state = SessionStateBuilder::new()
             .with_config(config)
             .with_runtime_env(Arc::clone(&self.env))
