@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hdrhistogram::Histogram;
-use tidemark_benches::scratch_dir;
+use tidemark_benches::{scratch_dir, FIELDS, HOSTS};
 use tidemark_ingest::{line_protocol, msgpack, Precision};
 use tidemark_shards::buffer::BufferConfig;
 use tidemark_shards::flush::{FileStore, FlushPool};
@@ -69,19 +69,6 @@ const REGIONS: [&str; 6] = [
     "eu-central-1",
     "ap-southeast-1",
 ];
-const FIELDS: [&str; 10] = [
-    "usage_user",
-    "usage_system",
-    "usage_idle",
-    "usage_nice",
-    "usage_iowait",
-    "usage_irq",
-    "usage_softirq",
-    "usage_steal",
-    "usage_guest",
-    "usage_guest_nice",
-];
-const HOSTS: usize = 1000;
 /// 2026-01-01T00:00:00Z.
 const START_NS: i64 = 1_767_225_600_000_000_000;
 
