@@ -13,7 +13,7 @@
 //! Workers are plain threads fed by a bounded channel: Parquet encoding never
 //! runs on a shard core, and a full channel slows the submitting shard.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampNanosecondType;
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use arrow_array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use arrow_row::{RowConverter, SortField};
-use arrow_schema::{ArrowError, DataType};
+use arrow_schema::ArrowError;
 use arrow_select::concat::concat_batches;
 use arrow_select::take::take_record_batch;
 use bytes::Bytes;
@@ -237,20 +237,51 @@ pub fn encode_table(
         .map(|t| t.div_euclid(HOUR_NS))
         .collect();
     let tags = frozen.schema.tag_names();
-    // Sort by (hour, tags by name, time) in one pass, then cut at hours.
-    let mut fields = vec![SortField::new(DataType::Int64)];
-    let mut columns = vec![Arc::new(hours) as Arc<dyn Array>];
+    // Sort by (hour, tags by name, time), then cut at hours. The tags are
+    // ranked once per series, not compared per row: each row's tag values
+    // in row format are interned (a hash per row), the few distinct series
+    // sorted, and rows then sorted by integer keys (hour, series rank,
+    // time). The same order as comparing the row-format keys of every row,
+    // at a fraction of the cost (the per-row memcmp sort was 20% of a
+    // flushing node's CPU in flamegraphs/).
+    let mut fields = Vec::with_capacity(tags.len());
+    let mut columns = Vec::with_capacity(tags.len());
     for tag in &tags {
         let idx = schema.index_of(tag).map_err(arrow_err)?;
         fields.push(SortField::new(schema.field(idx).data_type().clone()));
         columns.push(batch.column(idx).clone());
     }
-    fields.push(SortField::new(schema.field(time_idx).data_type().clone()));
-    columns.push(batch.column(time_idx).clone());
-    let converter = RowConverter::new(fields).map_err(arrow_err)?;
-    let rows = converter.convert_columns(&columns).map_err(arrow_err)?;
+    let series_of_row: Vec<u32> = if columns.is_empty() {
+        vec![0; batch.num_rows()]
+    } else {
+        let converter = RowConverter::new(fields).map_err(arrow_err)?;
+        let rows = converter.convert_columns(&columns).map_err(arrow_err)?;
+        let mut ids: HashMap<&[u8], u32> = HashMap::new();
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let per_row: Vec<u32> = (0..batch.num_rows())
+            .map(|i| {
+                let key = rows.row(i).data();
+                *ids.entry(key).or_insert_with(|| {
+                    keys.push(key);
+                    (keys.len() - 1) as u32
+                })
+            })
+            .collect();
+        let mut by_key: Vec<u32> = (0..keys.len() as u32).collect();
+        by_key.sort_unstable_by(|&a, &b| keys[a as usize].cmp(keys[b as usize]));
+        let mut rank = vec![0u32; keys.len()];
+        for (r, &id) in by_key.iter().enumerate() {
+            rank[id as usize] = r as u32;
+        }
+        per_row.into_iter().map(|id| rank[id as usize]).collect()
+    };
+    let hour_values = hours.values();
+    let time_values = times.values();
     let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-    order.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+    order.sort_unstable_by_key(|&i| {
+        let i = i as usize;
+        (hour_values[i], series_of_row[i], time_values[i])
+    });
     let order = UInt32Array::from(order);
     let sorted = take_record_batch(&batch, &order).map_err(arrow_err)?;
     let sorted_hours: Vec<i64> = order
@@ -468,6 +499,7 @@ mod tests {
     use crate::schema::{tag_data_type, time_data_type, TableSchema};
     use arrow_array::types::Int32Type;
     use arrow_array::{DictionaryArray, Float64Array, TimestampNanosecondArray};
+    use arrow_schema::DataType;
     use arrow_schema::{Field, Schema};
 
     fn batch(schema: &TableSchema, rows: &[(i64, &str, Option<&str>)]) -> RecordBatch {
@@ -526,5 +558,93 @@ mod tests {
             assert!(f.meta.tag_distinct["region"] <= 1, "{:?}", f.meta);
         }
         assert_eq!(files[0].meta.tag_distinct["region"], 1);
+    }
+
+    #[test]
+    fn files_are_sorted_by_tags_then_time_as_a_per_row_comparison_would() {
+        use arrow_array::{Array, ArrayAccessor};
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let schema = TableSchema::try_from_arrow(&Schema::new(vec![
+            Field::new("time", time_data_type(), false),
+            Field::new("host", tag_data_type(), true),
+            Field::new("region", tag_data_type(), true),
+            Field::new("v", DataType::Float64, true),
+        ]))
+        .unwrap();
+        let hosts = ["b", "a", "ab", "c", "", "a\u{e9}"];
+        let regions = [None, Some("eu"), Some("us"), Some("e")];
+        let mut rng = 0x2545f4914f6cdd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut batches = Vec::new();
+        let mut all = Vec::new();
+        for _ in 0..3 {
+            let rows: Vec<(i64, &str, Option<&str>)> = (0..400)
+                .map(|_| {
+                    (
+                        (next() % (3 * HOUR_NS as u64)) as i64,
+                        hosts[next() as usize % hosts.len()],
+                        regions[next() as usize % regions.len()],
+                    )
+                })
+                .collect();
+            all.extend(
+                rows.iter()
+                    .map(|r| (r.1.to_string(), r.2.map(str::to_string), r.0)),
+            );
+            batches.push(batch(&schema, &rows));
+        }
+        let frozen = FrozenTable {
+            schema: schema.clone(),
+            batches,
+        };
+        let table = TableKey::new("db", "cpu").unwrap();
+        let files = encode_table(&table, &frozen, ShardId(0), WalSeq(1)).unwrap();
+        let mut got = Vec::new();
+        for f in &files {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(f.bytes.clone())
+                .unwrap()
+                .build()
+                .unwrap();
+            for b in reader {
+                let b = b.unwrap();
+                let dict = |name: &str| {
+                    b.column_by_name(name)
+                        .unwrap()
+                        .as_dictionary::<Int32Type>()
+                        .clone()
+                };
+                let (host, region) = (dict("host"), dict("region"));
+                let host = host.downcast_dict::<arrow_array::StringArray>().unwrap();
+                let region = region.downcast_dict::<arrow_array::StringArray>().unwrap();
+                let time = b
+                    .column_by_name("time")
+                    .unwrap()
+                    .as_primitive::<TimestampNanosecondType>();
+                for i in 0..b.num_rows() {
+                    got.push((
+                        host.value(i).to_string(),
+                        (!region.is_null(i)).then(|| region.value(i).to_string()),
+                        time.value(i),
+                    ));
+                }
+            }
+        }
+        // The reference: every row compared by (hour, host, region, time),
+        // nulls first, strings bytewise.
+        let mut want = all;
+        want.sort_by(|a, b| {
+            (a.2.div_euclid(HOUR_NS), &a.0, &a.1, a.2).cmp(&(
+                b.2.div_euclid(HOUR_NS),
+                &b.0,
+                &b.1,
+                b.2,
+            ))
+        });
+        assert_eq!(got, want);
     }
 }
