@@ -520,15 +520,20 @@ mod tests {
         .unwrap()
     }
 
-    #[test]
-    fn files_record_a_distinct_bound_per_tag() {
-        let schema = TableSchema::try_from_arrow(&Schema::new(vec![
+    /// time, tags `host` and `region`, field `v`: what `batch` builds.
+    fn host_region_schema() -> TableSchema {
+        TableSchema::try_from_arrow(&Schema::new(vec![
             Field::new("time", time_data_type(), false),
             Field::new("host", tag_data_type(), true),
             Field::new("region", tag_data_type(), true),
             Field::new("v", DataType::Float64, true),
         ]))
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn files_record_a_distinct_bound_per_tag() {
+        let schema = host_region_schema();
         let h = HOUR_NS;
         // Hour 0: hosts a, b (region only on a); hour 1: hosts b, c, no region.
         let frozen = FrozenTable {
@@ -564,13 +569,7 @@ mod tests {
     fn files_are_sorted_by_tags_then_time_as_a_per_row_comparison_would() {
         use arrow_array::{Array, ArrayAccessor};
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-        let schema = TableSchema::try_from_arrow(&Schema::new(vec![
-            Field::new("time", time_data_type(), false),
-            Field::new("host", tag_data_type(), true),
-            Field::new("region", tag_data_type(), true),
-            Field::new("v", DataType::Float64, true),
-        ]))
-        .unwrap();
+        let schema = host_region_schema();
         let hosts = ["b", "a", "ab", "c", "", "a\u{e9}"];
         let regions = [None, Some("eu"), Some("us"), Some("e")];
         let mut rng = 0x2545f4914f6cdd1du64;
