@@ -3,7 +3,8 @@
 //! A flush job carries one shard's [`FlushingSet`]. A worker writes, per
 //! table and per hour of data, one Parquet file at
 //! `<db>/<measurement>/<YYYY>/<MM>/<DD>/<HH>/<shard>-<upto>.parquet`: rows
-//! sorted by the tag columns (by name) then time, zstd, page statistics, the
+//! sorted by the tag columns (by name) then time, zstd, dictionary encoding
+//! for tag columns only, page statistics, the
 //! tag column names in the key-value metadata (`tidemark.tags`, a JSON
 //! array), and the SHA-256 of the bytes recorded. Files go through
 //! `object_store`; on a local directory each file and its directories are
@@ -34,6 +35,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
 use crate::buffer::{FlushingSet, FrozenTable};
@@ -300,7 +302,11 @@ pub fn encode_table(
             nulls_first: true,
         })
         .collect();
-    let props = WriterProperties::builder()
+    // Dictionary encoding only for tags: fields and time are mostly
+    // distinct, so their dictionaries only cost hashing every value before
+    // falling back to plain (14-20% of a flush in flamegraphs/).
+    let mut props = WriterProperties::builder()
+        .set_dictionary_enabled(false)
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(3).expect("valid level"),
         ))
@@ -313,8 +319,11 @@ pub fn encode_table(
             ),
             KeyValue::new("tidemark.shard".to_string(), shard.0.to_string()),
             KeyValue::new("tidemark.upto_seq".to_string(), upto.0.to_string()),
-        ]))
-        .build();
+        ]));
+    for tag in &tags {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(tag.as_str()), true);
+    }
+    let props = props.build();
     let columns_meta: Vec<(String, ColumnKind)> = frozen
         .schema
         .columns()
@@ -563,6 +572,41 @@ mod tests {
             assert!(f.meta.tag_distinct["region"] <= 1, "{:?}", f.meta);
         }
         assert_eq!(files[0].meta.tag_distinct["region"], 1);
+    }
+
+    #[test]
+    fn only_tag_columns_are_dictionary_encoded() {
+        use parquet::basic::Encoding;
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let schema = host_region_schema();
+        let frozen = FrozenTable {
+            schema: schema.clone(),
+            batches: vec![batch(
+                &schema,
+                &[(1, "a", Some("eu")), (2, "b", None), (3, "a", Some("us"))],
+            )],
+        };
+        let table = TableKey::new("db", "cpu").unwrap();
+        let files = encode_table(&table, &frozen, ShardId(0), WalSeq(1)).unwrap();
+        let reader = SerializedFileReader::new(files[0].bytes.clone()).unwrap();
+        let rg = reader.metadata().row_group(0);
+        let dictionary: Vec<(String, bool)> = rg
+            .columns()
+            .iter()
+            .map(|c| {
+                let mut encodings = c.encodings();
+                let dict = encodings.any(|e| e == Encoding::RLE_DICTIONARY);
+                (c.column_path().string(), dict)
+            })
+            .collect();
+        let want = [
+            ("time", false),
+            ("host", true),
+            ("region", true),
+            ("v", false),
+        ];
+        let want: Vec<(String, bool)> = want.iter().map(|(c, d)| (c.to_string(), *d)).collect();
+        assert_eq!(dictionary, want);
     }
 
     #[test]
