@@ -18,6 +18,12 @@ use tidemark_shards::{ColumnKind, FieldType, TableKey, WriteBatch};
 
 use crate::error::IngestError;
 
+/// Maps keyed by column and measurement names, probed once per value of a
+/// row when the row's columns differ from the previous row's: a fast
+/// non-cryptographic hash (names come from the request, but a map is
+/// per request and collisions only cost time).
+type NameMap<V> = HashMap<String, V, foldhash::fast::RandomState>;
+
 /// One value of a row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value<'a> {
@@ -120,9 +126,13 @@ pub struct TableBuilder {
     unit: &'static str,
     time: Vec<i64>,
     columns: Vec<Column>,
-    index: HashMap<String, usize>,
+    index: NameMap<usize>,
     stamp: u64,
     scratch: Vec<usize>,
+    /// The column of each value of the previous row: rows of a request
+    /// usually name the same columns in the same order, so the name is
+    /// compared with that column's before the map is probed.
+    order: Vec<usize>,
 }
 
 const NEW: usize = usize::MAX;
@@ -134,9 +144,10 @@ impl TableBuilder {
             unit,
             time: Vec::new(),
             columns: Vec::new(),
-            index: HashMap::new(),
+            index: NameMap::default(),
             stamp: 0,
             scratch: Vec::new(),
+            order: Vec::new(),
         }
     }
 
@@ -160,8 +171,12 @@ impl TableBuilder {
             for (i, (name, v)) in values.iter().enumerate() {
                 let name = name.as_ref();
                 let kind = v.kind();
-                match self.index.get(name) {
-                    Some(&c) => {
+                let found = match self.order.get(i) {
+                    Some(&c) if self.columns[c].name == name => Some(c),
+                    _ => self.index.get(name).copied(),
+                };
+                match found {
+                    Some(c) => {
                         let col = &mut self.columns[c];
                         if col.stamp == stamp {
                             return Err(IngestError::column(at, name, "appears twice"));
@@ -203,8 +218,8 @@ impl TableBuilder {
             return Err(e);
         }
         let row = self.time.len();
-        for ((name, v), c) in values.iter().zip(idxs.iter()) {
-            let c = if *c == NEW {
+        for ((name, v), c) in values.iter().zip(idxs.iter_mut()) {
+            *c = if *c == NEW {
                 let mut data = Data::new(v.kind());
                 data.append_nulls(row);
                 self.index
@@ -221,7 +236,7 @@ impl TableBuilder {
             } else {
                 *c
             };
-            let col = &mut self.columns[c];
+            let col = &mut self.columns[*c];
             if col.len < row {
                 col.data.append_nulls(row - col.len);
             }
@@ -229,7 +244,8 @@ impl TableBuilder {
             col.len = row + 1;
         }
         self.time.push(time);
-        self.scratch = idxs;
+        // The resolved columns become the guess for the next row.
+        self.scratch = std::mem::replace(&mut self.order, idxs);
         Ok(())
     }
 
@@ -266,7 +282,9 @@ impl TableBuilder {
 pub struct RequestBuilder {
     unit: &'static str,
     tables: Vec<TableBuilder>,
-    index: HashMap<String, usize>,
+    index: NameMap<usize>,
+    /// The table of the previous row, checked before the map.
+    last: usize,
 }
 
 /// A request's batches, with where each column first appeared (for turning a
@@ -309,7 +327,8 @@ impl RequestBuilder {
         RequestBuilder {
             unit,
             tables: Vec::new(),
-            index: HashMap::new(),
+            index: NameMap::default(),
+            last: 0,
         }
     }
 
@@ -321,7 +340,15 @@ impl RequestBuilder {
         measurement: &str,
         at: usize,
     ) -> Result<&mut TableBuilder, IngestError> {
+        if self
+            .tables
+            .get(self.last)
+            .is_some_and(|t| t.key.measurement() == measurement)
+        {
+            return Ok(&mut self.tables[self.last]);
+        }
         if let Some(&i) = self.index.get(measurement) {
+            self.last = i;
             return Ok(&mut self.tables[i]);
         }
         let key = TableKey::new(database, measurement)
@@ -329,6 +356,7 @@ impl RequestBuilder {
         self.index
             .insert(measurement.to_string(), self.tables.len());
         self.tables.push(TableBuilder::new(key, self.unit));
+        self.last = self.tables.len() - 1;
         Ok(self.tables.last_mut().expect("pushed"))
     }
 
@@ -384,5 +412,55 @@ mod tests {
         assert_eq!(b.column_by_name("host").unwrap().null_count(), 1);
         assert_eq!(b.column_by_name("n").unwrap().null_count(), 1);
         assert_eq!(d.first_at(d.batches[0].table(), "n"), Some(2));
+    }
+
+    /// Rows whose columns change order, shrink and grow: each value must
+    /// land in its own column whatever the previous row's order was.
+    #[test]
+    fn column_order_changes_between_rows() {
+        let mut r = RequestBuilder::new("line");
+        let rows: Vec<Vec<(&str, f64)>> = vec![
+            vec![("a", 1.0), ("b", 2.0), ("c", 3.0)],
+            vec![("c", 13.0), ("a", 11.0), ("b", 12.0)],
+            vec![("b", 22.0)],
+            vec![("d", 34.0), ("b", 32.0), ("a", 31.0), ("c", 33.0)],
+            vec![("a", 41.0), ("b", 42.0), ("c", 43.0)],
+        ];
+        for (i, row) in rows.iter().enumerate() {
+            let values: Vec<(&str, Value<'_>)> =
+                row.iter().map(|(n, x)| (*n, Value::Float(*x))).collect();
+            r.table("db", "m", i + 1)
+                .unwrap()
+                .push_row(i + 1, i as i64, &values)
+                .unwrap();
+        }
+        let t = r.table("db", "m", 6).unwrap();
+        let err = t
+            .push_row(6, 5, &[("a", Value::Float(1.0)), ("a", Value::Float(1.0))])
+            .unwrap_err();
+        assert_eq!(err.to_string(), "\"a\": appears twice");
+        let d = r.finish();
+        let b = d.batches[0].batch();
+        let column = |name: &str| -> Vec<Option<f64>> {
+            let a = b.column_by_name(name).unwrap();
+            let a = a
+                .as_any()
+                .downcast_ref::<arrow_array::Float64Array>()
+                .unwrap();
+            a.iter().collect()
+        };
+        assert_eq!(
+            column("a"),
+            [Some(1.0), Some(11.0), None, Some(31.0), Some(41.0)]
+        );
+        assert_eq!(
+            column("b"),
+            [Some(2.0), Some(12.0), Some(22.0), Some(32.0), Some(42.0)]
+        );
+        assert_eq!(
+            column("c"),
+            [Some(3.0), Some(13.0), None, Some(33.0), Some(43.0)]
+        );
+        assert_eq!(column("d"), [None, None, None, Some(34.0), None]);
     }
 }
