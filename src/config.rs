@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tidemark_shards::replication::Compression;
 use tidemark_shards::runtime::DriverChoice;
-use tidemark_shards::wal::{RecoveryMode, SyncMode};
+use tidemark_shards::wal::{RecoveryMode, SyncMode, WalIo};
 
 /// Prefix of the environment variables that override settings.
 pub const ENV_PREFIX: &str = "TIDEMARK_";
@@ -202,6 +202,35 @@ pub struct WalSettings {
     pub max_pending_bytes: u64,
     /// `strict` (default: refuse to start on a corrupt entry) or `skip`.
     pub recovery_mode: RecoveryMode,
+    /// How group writes and syncs are issued: `uring` (through io_uring's
+    /// kernel workers), `blocking` (plain syscalls on the shard core), or
+    /// `auto` (default): `blocking` when the process may run on no more
+    /// CPUs than it has shard cores, so io_uring's workers would have to
+    /// take turns with them, else `uring`. See tuning.md.
+    pub io: WalIoSetting,
+}
+
+/// `wal.io`: a [`WalIo`], or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WalIoSetting {
+    #[default]
+    Auto,
+    Uring,
+    Blocking,
+}
+
+impl WalIoSetting {
+    /// The mode to use for `shard_cores` shard cores when the process may
+    /// run on `cpus` CPUs.
+    pub fn resolve(self, shard_cores: usize, cpus: usize) -> WalIo {
+        match self {
+            WalIoSetting::Uring => WalIo::Uring,
+            WalIoSetting::Blocking => WalIo::Blocking,
+            WalIoSetting::Auto if cpus <= shard_cores => WalIo::Blocking,
+            WalIoSetting::Auto => WalIo::Uring,
+        }
+    }
 }
 
 impl Default for WalSettings {
@@ -211,6 +240,7 @@ impl Default for WalSettings {
             segment_bytes: 64 << 20,
             max_pending_bytes: 64 << 20,
             recovery_mode: RecoveryMode::Strict,
+            io: WalIoSetting::Auto,
         }
     }
 }
@@ -680,6 +710,39 @@ mod tests {
         assert_eq!(c.node.data_dir, PathBuf::from("./data"));
         assert_eq!(c.wal.sync_mode, SyncMode::Fdatasync);
         assert!(c.shard_cores() >= 1);
+    }
+
+    #[test]
+    fn wal_io_auto_blocks_only_without_spare_cpus() {
+        let c = Config::load(
+            None,
+            env(&[("TIDEMARK_WAL_IO", "auto")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.wal.io, WalIoSetting::Auto);
+        assert_eq!(WalIoSetting::Auto.resolve(1, 1), WalIo::Blocking);
+        assert_eq!(WalIoSetting::Auto.resolve(2, 2), WalIo::Blocking);
+        assert_eq!(WalIoSetting::Auto.resolve(1, 2), WalIo::Uring);
+        assert_eq!(WalIoSetting::Uring.resolve(1, 1), WalIo::Uring);
+        assert_eq!(WalIoSetting::Blocking.resolve(1, 8), WalIo::Blocking);
+        let c = Config::load(
+            None,
+            Vec::new(),
+            &Overrides {
+                set: vec!["wal.io=blocking".into()],
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.wal.io, WalIoSetting::Blocking);
+        let e = Config::load(
+            None,
+            env(&[("TIDEMARK_WAL_IO", "sometimes")]),
+            &Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("TIDEMARK_WAL_IO"), "{e}");
     }
 
     #[test]

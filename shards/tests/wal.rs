@@ -8,7 +8,7 @@ use std::path::Path;
 use proptest::prelude::*;
 use tidemark_shards::runtime::{block_on, DriverChoice};
 use tidemark_shards::wal::{
-    EntryKind, RecoveryMode, SegmentMeta, SyncMode, Wal, WalConfig, WalError,
+    EntryKind, RecoveryMode, SegmentMeta, SyncMode, Wal, WalConfig, WalError, WalIo,
 };
 use tidemark_shards::{ShardId, WalSeq};
 
@@ -230,6 +230,41 @@ fn legacy_driver_runs_the_same_wal() {
     .unwrap();
     assert_eq!(seqs, [WalSeq(1), WalSeq(2)]);
     assert_eq!(read_all(&cfg, WalSeq(1)).unwrap().len(), 2);
+}
+
+#[test]
+fn blocking_io_writes_the_same_segments_as_io_uring() {
+    let payloads: Vec<Vec<u8>> = (0..300).map(payload).collect();
+    let mut dirs = Vec::new();
+    for io in [WalIo::Uring, WalIo::Blocking] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), 64 << 10);
+        cfg.io = io;
+        write_all(&cfg, &payloads);
+        // Reopened (still in that mode), numbering continues.
+        assert_eq!(write_all(&cfg, &[b"next".to_vec()]), [WalSeq(301)]);
+        let back = read_all(&cfg, WalSeq(1)).unwrap();
+        assert_eq!(back.len(), 301);
+        for (i, (seq, p)) in back.iter().take(300).enumerate() {
+            assert_eq!(*seq, WalSeq(i as u64 + 1));
+            assert_eq!(p, &payloads[i]);
+        }
+        dirs.push(dir);
+    }
+    let files = |d: &Path| -> Vec<(std::ffi::OsString, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), std::fs::read(e.path()).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let (uring, blocking) = (files(dirs[0].path()), files(dirs[1].path()));
+    assert!(uring.len() > 3, "{} segments", uring.len());
+    assert!(uring == blocking, "segment files differ between the modes");
 }
 
 proptest! {

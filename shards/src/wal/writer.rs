@@ -16,7 +16,7 @@ use monoio::fs::{File, OpenOptions};
 use super::format::{self, EntryKind, EntryRef, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::{
     map_segment, read_segments, recover, segment_path, RecoveryReport, SegmentMeta, SyncMode,
-    WalConfig, WalError,
+    WalConfig, WalError, WalIo,
 };
 use crate::ids::{SegmentId, WalSeq};
 
@@ -516,6 +516,27 @@ async fn sync(file: &File, mode: SyncMode) -> std::io::Result<()> {
     }
 }
 
+/// [`WalIo::Blocking`]: writes `group` at `offset` and syncs it with plain
+/// syscalls on this thread.
+fn write_and_sync_blocking(
+    f: &fs::File,
+    group: &[u8],
+    offset: u64,
+    mode: SyncMode,
+    sync_time: &mut Option<Duration>,
+) -> Result<(), (&'static str, std::io::Error)> {
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(group, offset).map_err(|e| ("write", e))?;
+    let start = std::time::Instant::now();
+    let r = match mode {
+        SyncMode::Fdatasync => f.sync_data(),
+        SyncMode::Fsync => f.sync_all(),
+        SyncMode::None => return Ok(()),
+    };
+    *sync_time = Some(start.elapsed());
+    r.map_err(|e| ("sync", e))
+}
+
 /// Creates segment `id` whose first entry will be `first_seq`, makes its
 /// header and directory entry durable, and returns its metadata.
 async fn create_segment(
@@ -567,6 +588,8 @@ async fn create_segment(
 /// publishes the new `durable_seq`.
 async fn committer(inner: Rc<Inner>, mut file: File) {
     let mut spare: Vec<u8> = Vec::with_capacity(1 << 20);
+    // With `WalIo::Blocking`, a std handle of the active segment.
+    let mut blocking: Option<(SegmentId, fs::File)> = None;
     loop {
         let listener = {
             let mut st = inner.state.borrow_mut();
@@ -597,7 +620,7 @@ async fn committer(inner: Rc<Inner>, mut file: File) {
         };
         // Room for the next group to queue up while this one is written.
         inner.room.notify(usize::MAX);
-        match commit_group(&inner, &mut file, group, first, last, active).await {
+        match commit_group(&inner, &mut file, &mut blocking, group, first, last, active).await {
             Ok((mut group, sync)) => {
                 if let Some(observe) = inner.observer.borrow().as_ref() {
                     observe(&CommitInfo {
@@ -637,6 +660,7 @@ async fn committer(inner: Rc<Inner>, mut file: File) {
 async fn commit_group(
     inner: &Inner,
     file: &mut File,
+    blocking: &mut Option<(SegmentId, fs::File)>,
     mut group: Vec<u8>,
     first: WalSeq,
     last: WalSeq,
@@ -662,18 +686,32 @@ async fn commit_group(
         active = meta;
     }
     loop {
-        let (res, buf) = file.write_all_at(group, active.len).await;
-        group = buf;
-        let res = match res {
-            Ok(()) => {
-                let start = std::time::Instant::now();
-                let r = sync(file, config.sync_mode).await.map_err(|e| ("sync", e));
-                if config.sync_mode != SyncMode::None {
-                    sync_time = Some(start.elapsed());
+        let res = if config.io == WalIo::Blocking {
+            let f = match blocking {
+                Some((id, f)) if *id == active.id => f,
+                _ => {
+                    let f = fs::OpenOptions::new()
+                        .write(true)
+                        .open(&active.path)
+                        .map_err(|e| WalError::io("open", &active.path, e))?;
+                    &mut blocking.insert((active.id, f)).1
                 }
-                r
+            };
+            write_and_sync_blocking(f, &group, active.len, config.sync_mode, &mut sync_time)
+        } else {
+            let (res, buf) = file.write_all_at(group, active.len).await;
+            group = buf;
+            match res {
+                Ok(()) => {
+                    let start = std::time::Instant::now();
+                    let r = sync(file, config.sync_mode).await.map_err(|e| ("sync", e));
+                    if config.sync_mode != SyncMode::None {
+                        sync_time = Some(start.elapsed());
+                    }
+                    r
+                }
+                Err(e) => Err(("write", e)),
             }
-            Err(e) => Err(("write", e)),
         };
         match res {
             Ok(()) => break,
