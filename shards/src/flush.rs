@@ -106,25 +106,12 @@ impl FileStore {
             path: path.to_string(),
             message,
         };
+        if let Some(root) = &self.local_root {
+            return write_local(root, path, &bytes).map_err(|e| store_err(e.to_string()));
+        }
         let location = ObjectPath::parse(path).map_err(|e| store_err(e.to_string()))?;
         futures::executor::block_on(self.store.put(&location, PutPayload::from(bytes)))
             .map_err(|e| store_err(e.to_string()))?;
-        if let Some(root) = &self.local_root {
-            let file = root.join(path);
-            std::fs::File::open(&file)
-                .and_then(|f| f.sync_all())
-                .map_err(|e| store_err(e.to_string()))?;
-            let mut dir = file.parent();
-            while let Some(d) = dir {
-                std::fs::File::open(d)
-                    .and_then(|f| f.sync_all())
-                    .map_err(|e| store_err(e.to_string()))?;
-                if d == root {
-                    break;
-                }
-                dir = d.parent();
-            }
-        }
         Ok(())
     }
 
@@ -188,6 +175,80 @@ impl FileStore {
             }
         }
         Ok(removed)
+    }
+}
+
+/// Bytes of a Parquet file written between two pushes to the disk.
+const WRITEBACK_CHUNK: usize = 1 << 20;
+
+/// Writes `bytes` to `root/path` durably: into a temporary file next to it
+/// (removed as an orphan if a crash leaves it), pushed to the disk a chunk
+/// at a time as it is written, synced, renamed into place, and every
+/// directory up to `root` synced.
+///
+/// Why by chunks: the shard cores' WAL `fdatasync`s share the file
+/// system's journal with this file. Written whole and then synced, a file
+/// of tens of MB was flushed in one go, and every WAL sync committing
+/// meanwhile waited for it (WAL syncs averaged 2.9 ms with flushes running
+/// against 0.5 ms without, perf/results). Started chunk by chunk, at most
+/// about two chunks are in flight when the final sync comes.
+fn write_local(root: &Path, path: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let file = root.join(path);
+    let dir = file.parent().unwrap_or(root);
+    std::fs::create_dir_all(dir)?;
+    let mut tmp_name = file.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    let mut offset = 0u64;
+    for chunk in bytes.chunks(WRITEBACK_CHUNK) {
+        f.write_all(chunk)?;
+        // Start this chunk's writeback, and wait for the previous one's:
+        // the file never has more than two chunks dirty.
+        sync_file_range(&f, offset, chunk.len() as u64, libc::SYNC_FILE_RANGE_WRITE)?;
+        if offset > 0 {
+            let previous = offset.saturating_sub(WRITEBACK_CHUNK as u64);
+            sync_file_range(
+                &f,
+                previous,
+                offset - previous,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            )?;
+        }
+        offset += chunk.len() as u64;
+    }
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, &file)?;
+    let mut d = Some(dir);
+    while let Some(p) = d {
+        std::fs::File::open(p)?.sync_all()?;
+        if p == root {
+            break;
+        }
+        d = p.parent();
+    }
+    Ok(())
+}
+
+/// `sync_file_range(2)` on `f`: starts (and with the wait flags, waits for)
+/// the writeback of `len` bytes at `offset`. Metadata is not synced.
+fn sync_file_range(f: &std::fs::File, offset: u64, len: u64, flags: u32) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain integer arguments; the descriptor is `f`'s, open for
+    // the whole call.
+    let r = unsafe { libc::sync_file_range(f.as_raw_fd(), offset as i64, len as i64, flags) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -649,6 +710,34 @@ mod tests {
         ];
         let want: Vec<(String, bool)> = want.iter().map(|(c, d)| (c.to_string(), *d)).collect();
         assert_eq!(dictionary, want);
+    }
+
+    #[test]
+    fn local_put_writes_whole_files_in_chunks_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::local(dir.path()).unwrap();
+        let bytes: Vec<u8> = (0..(3 * WRITEBACK_CHUNK + 12345))
+            .map(|i| (i * 7 + i / 4093) as u8)
+            .collect();
+        store
+            .put("db/m/2026/a.parquet", Bytes::from(bytes.clone()))
+            .unwrap();
+        store
+            .put("db/m/b.parquet", Bytes::from_static(b"small"))
+            .unwrap();
+        assert_eq!(store.get("db/m/2026/a.parquet").unwrap(), bytes);
+        assert_eq!(store.get("db/m/b.parquet").unwrap(), &b"small"[..]);
+        // Overwriting (a retried flush) replaces the file.
+        store
+            .put("db/m/b.parquet", Bytes::from_static(b"again"))
+            .unwrap();
+        assert_eq!(store.get("db/m/b.parquet").unwrap(), &b"again"[..]);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("db/m"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["2026", "b.parquet"]);
     }
 
     /// The keys order rows as their tag values do, also when they are
