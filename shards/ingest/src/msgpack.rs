@@ -2,10 +2,9 @@
 //!
 //! * **Columnar**: `{"m": "cpu", "columns": {"time": [...], "host": [...],
 //!   "usage": [...]}}`, optionally `"tag_keys": ["host"]`. Columns decode
-//!   straight into Arrow arrays, one pass to find a column's type and one to
-//!   fill it; no row maps are built. Without `tag_keys`, string columns are
-//!   tags and all others fields; with it, exactly the listed columns are tags
-//!   and other string columns are string fields.
+//!   straight into Arrow arrays; no row maps are built. Without `tag_keys`,
+//!   string columns are tags and all others fields; with it, exactly the
+//!   listed columns are tags and other string columns are string fields.
 //! * **Row**: `{"m": "cpu", "t": 1700000000000, "h": "host1",
 //!   "fields": {...}, "tags": {...}}`; `h` sets the `host` tag (a number `n`
 //!   becomes `host_<n>`), `f: [...]` gives fields `field_0`, `field_1`, ...
@@ -21,17 +20,31 @@
 //! Unlike Arc, which skips bad records inside a batch, any bad record fails
 //! the whole request (nothing is written), and the error names the record
 //! number (1-based, in order of appearance), the column and the reason.
+//!
+//! Two decoders share these rules. The general one checks each record's map
+//! whole (every string as UTF-8) before decoding it, then gives each column
+//! a pass to find its type and one to fill it; it is the one that reports
+//! errors. The fast one ([`parse`] tries it first) decodes a record's columns
+//! where they stand, in one typed loop per column, and gives up on anything
+//! unusual or wrong, leaving the body to the general decoder: it must only
+//! ever accept what the general decoder accepts, and build the same batches
+//! (the tests below check both on the same bodies).
 
 use std::borrow::Cow;
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
-    UInt64Builder,
+    BooleanBuilder, Float64Builder, Int64Builder, NullBufferBuilder, StringBuilder,
+    StringDictionaryBuilder, UInt64Builder,
 };
 use arrow_array::types::Int32Type;
-use arrow_array::{ArrayRef, RecordBatch, TimestampNanosecondArray};
-use arrow_schema::Schema;
+use arrow_array::{
+    ArrayRef, DictionaryArray, Float64Array, Int32Array, Int64Array, RecordBatch,
+    TimestampNanosecondArray,
+};
+use arrow_schema::{Field, Schema};
 use rmp::Marker;
 use tidemark_shards::schema::{validate_column_name, TIME_COLUMN, TIME_ZONE};
 use tidemark_shards::{ColumnKind, FieldType, TableKey, WriteBatch};
@@ -87,9 +100,32 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    fn uint(&mut self, n: usize) -> Result<u64, String> {
-        let s = self.take(n)?;
-        Ok(s.iter().fold(0u64, |acc, &x| (acc << 8) | x as u64))
+    /// The next `N` bytes, as an array for `from_be_bytes`.
+    #[inline]
+    fn be<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let c = self
+            .b
+            .get(self.pos..)
+            .and_then(|s| s.first_chunk::<N>())
+            .ok_or_else(|| "truncated MessagePack data".to_string())?;
+        self.pos += N;
+        Ok(*c)
+    }
+
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.be::<1>()?[0])
+    }
+
+    fn u16(&mut self) -> Result<u16, String> {
+        Ok(u16::from_be_bytes(self.be()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        Ok(u32::from_be_bytes(self.be()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, String> {
+        Ok(u64::from_be_bytes(self.be()?))
     }
 
     fn next(&mut self) -> Result<Val<'a>, String> {
@@ -100,48 +136,47 @@ impl<'a> Reader<'a> {
             Marker::False => Val::Bool(false),
             Marker::FixPos(n) => Val::Int(n as i64),
             Marker::FixNeg(n) => Val::Int(n as i64),
-            Marker::U8 => Val::Int(self.uint(1)? as i64),
-            Marker::U16 => Val::Int(self.uint(2)? as i64),
-            Marker::U32 => Val::Int(self.uint(4)? as i64),
+            Marker::U8 => Val::Int(self.u8()? as i64),
+            Marker::U16 => Val::Int(self.u16()? as i64),
+            Marker::U32 => Val::Int(self.u32()? as i64),
             Marker::U64 => {
-                let v = self.uint(8)?;
+                let v = self.u64()?;
                 i64::try_from(v).map_or(Val::UInt(v), Val::Int)
             }
-            Marker::I8 => Val::Int(self.uint(1)? as u8 as i8 as i64),
-            Marker::I16 => Val::Int(self.uint(2)? as u16 as i16 as i64),
-            Marker::I32 => Val::Int(self.uint(4)? as u32 as i32 as i64),
-            Marker::I64 => Val::Int(self.uint(8)? as i64),
-            Marker::F32 => Val::Float(f32::from_bits(self.uint(4)? as u32) as f64),
-            Marker::F64 => Val::Float(f64::from_bits(self.uint(8)?)),
+            Marker::I8 => Val::Int(self.u8()? as i8 as i64),
+            Marker::I16 => Val::Int(self.u16()? as i16 as i64),
+            Marker::I32 => Val::Int(self.u32()? as i32 as i64),
+            Marker::I64 => Val::Int(self.u64()? as i64),
+            Marker::F32 => Val::Float(f32::from_bits(self.u32()?) as f64),
+            Marker::F64 => Val::Float(f64::from_bits(self.u64()?)),
             Marker::FixStr(n) => self.str(n as usize)?,
             Marker::Str8 => {
-                let n = self.uint(1)? as usize;
+                let n = self.u8()? as usize;
                 self.str(n)?
             }
             Marker::Str16 => {
-                let n = self.uint(2)? as usize;
+                let n = self.u16()? as usize;
                 self.str(n)?
             }
             Marker::Str32 => {
-                let n = self.uint(4)? as usize;
+                let n = self.u32()? as usize;
                 self.str(n)?
             }
             Marker::Bin8 | Marker::Bin16 | Marker::Bin32 => {
-                let w = match m {
-                    Marker::Bin8 => 1,
-                    Marker::Bin16 => 2,
-                    _ => 4,
+                let n = match m {
+                    Marker::Bin8 => self.u8()? as usize,
+                    Marker::Bin16 => self.u16()? as usize,
+                    _ => self.u32()? as usize,
                 };
-                let n = self.uint(w)? as usize;
                 self.take(n)?;
                 Val::Bin
             }
             Marker::FixArray(n) => Val::Array(n as usize),
-            Marker::Array16 => Val::Array(self.uint(2)? as usize),
-            Marker::Array32 => Val::Array(self.uint(4)? as usize),
+            Marker::Array16 => Val::Array(self.u16()? as usize),
+            Marker::Array32 => Val::Array(self.u32()? as usize),
             Marker::FixMap(n) => Val::Map(n as usize),
-            Marker::Map16 => Val::Map(self.uint(2)? as usize),
-            Marker::Map32 => Val::Map(self.uint(4)? as usize),
+            Marker::Map16 => Val::Map(self.u16()? as usize),
+            Marker::Map32 => Val::Map(self.u32()? as usize),
             Marker::FixExt1
             | Marker::FixExt2
             | Marker::FixExt4
@@ -156,15 +191,80 @@ impl<'a> Reader<'a> {
                     Marker::FixExt4 => 4,
                     Marker::FixExt8 => 8,
                     Marker::FixExt16 => 16,
-                    Marker::Ext8 => self.uint(1)? as usize,
-                    Marker::Ext16 => self.uint(2)? as usize,
-                    _ => self.uint(4)? as usize,
+                    Marker::Ext8 => self.u8()? as usize,
+                    Marker::Ext16 => self.u16()? as usize,
+                    _ => self.u32()? as usize,
                 };
                 self.take(n + 1)?;
                 Val::Ext
             }
             Marker::Reserved => return Err("invalid MessagePack marker 0xc1".into()),
         })
+    }
+
+    /// `next()`, with the markers of time and float columns decoded first.
+    #[inline]
+    fn num(&mut self) -> Result<Val<'a>, String> {
+        let p = self.pos;
+        let chunk = |b: &'a [u8]| b.get(p + 1..).and_then(|s| s.first_chunk::<8>());
+        match self.b.get(p) {
+            Some(&m) if m < 0x80 => {
+                self.pos = p + 1;
+                return Ok(Val::Int(m as i64));
+            }
+            Some(0xcb) => {
+                if let Some(c) = chunk(self.b) {
+                    self.pos = p + 9;
+                    return Ok(Val::Float(f64::from_bits(u64::from_be_bytes(*c))));
+                }
+            }
+            Some(0xcf) => {
+                if let Some(c) = chunk(self.b) {
+                    self.pos = p + 9;
+                    let v = u64::from_be_bytes(*c);
+                    return Ok(i64::try_from(v).map_or(Val::UInt(v), Val::Int));
+                }
+            }
+            Some(0xd3) => {
+                if let Some(c) = chunk(self.b) {
+                    self.pos = p + 9;
+                    return Ok(Val::Int(i64::from_be_bytes(*c)));
+                }
+            }
+            _ => {}
+        }
+        self.next()
+    }
+
+    /// Reads a nil if one is next.
+    #[inline]
+    fn nil(&mut self) -> bool {
+        let nil = self.b.get(self.pos) == Some(&0xc0);
+        self.pos += nil as usize;
+        nil
+    }
+
+    /// Reads a string's bytes, not checked to be UTF-8; `None` (and the
+    /// cursor unmoved) if the next value is not a string or is truncated.
+    #[inline]
+    fn raw_str(&mut self) -> Option<&'a [u8]> {
+        let (b, p) = (self.b, self.pos);
+        let (len, head) = match *b.get(p)? {
+            m @ 0xa0..=0xbf => ((m & 0x1f) as usize, 1),
+            0xd9 => (*b.get(p + 1)? as usize, 2),
+            0xda => (
+                u16::from_be_bytes(*b.get(p + 1..)?.first_chunk()?) as usize,
+                3,
+            ),
+            0xdb => (
+                u32::from_be_bytes(*b.get(p + 1..)?.first_chunk()?) as usize,
+                5,
+            ),
+            _ => return None,
+        };
+        let s = b.get(p + head..)?.get(..len)?;
+        self.pos = p + head + len;
+        Some(s)
     }
 
     /// Bytes not read yet: an upper bound on the items still to come (every
@@ -265,6 +365,16 @@ fn val_as_f64(v: Val<'_>) -> Option<f64> {
 /// Decodes a whole MessagePack body for database `database`.
 /// `now_ns` is the time of records that carry none.
 pub fn parse(body: &[u8], database: &str, now_ns: i64) -> Result<Decoded, IngestErrors> {
+    match parse_fast(body, database, now_ns, false) {
+        Some(decoded) => Ok(decoded),
+        None => parse_general(body, database, now_ns),
+    }
+}
+
+/// The general path: every record's map is read (and checked) whole, then
+/// decoded; columnar columns get a type pass and a fill pass. It is the
+/// reference the fast path must agree with, and the source of every error.
+fn parse_general(body: &[u8], database: &str, now_ns: i64) -> Result<Decoded, IngestErrors> {
     let mut ctx = Ctx {
         database,
         now_ns,
@@ -620,6 +730,40 @@ fn column_type(mut r: Reader<'_>, n: usize, name: &str, at: usize) -> Result<Col
     Ok(t)
 }
 
+/// A columnar record's `tag_keys`: `None` when absent or nil.
+fn tag_keys_of<'a>(
+    entries: &[(&'a str, Reader<'a>)],
+    at: usize,
+) -> Result<Option<Vec<&'a str>>, IngestError> {
+    let err = |e: String| IngestError::new(at, e);
+    let Some(t) = get(entries, "tag_keys") else {
+        return Ok(None);
+    };
+    let mut t = t.clone();
+    match t.next().map_err(err)? {
+        Val::Array(n) => {
+            let mut keys = Vec::with_capacity(n.min(t.remaining()));
+            for _ in 0..n {
+                match t.next().map_err(err)? {
+                    Val::Str(s) => keys.push(s),
+                    other => {
+                        return Err(err(format!(
+                            "\"tag_keys\" holds a {}, expected strings",
+                            other.type_name()
+                        )))
+                    }
+                }
+            }
+            Ok(Some(keys))
+        }
+        Val::Nil => Ok(None),
+        other => Err(err(format!(
+            "\"tag_keys\" is {}, expected an array",
+            other.type_name()
+        ))),
+    }
+}
+
 fn columnar(
     entries: &[(&str, Reader<'_>)],
     database: &str,
@@ -640,36 +784,7 @@ fn columnar(
             )))
         }
     };
-    let tag_keys: Option<Vec<&str>> = match get(entries, "tag_keys") {
-        None => None,
-        Some(t) => {
-            let mut t = t.clone();
-            match t.next().map_err(err)? {
-                Val::Array(n) => {
-                    let mut keys = Vec::with_capacity(n.min(t.remaining()));
-                    for _ in 0..n {
-                        match t.next().map_err(err)? {
-                            Val::Str(s) => keys.push(s),
-                            other => {
-                                return Err(err(format!(
-                                    "\"tag_keys\" holds a {}, expected strings",
-                                    other.type_name()
-                                )))
-                            }
-                        }
-                    }
-                    Some(keys)
-                }
-                Val::Nil => None,
-                other => {
-                    return Err(err(format!(
-                        "\"tag_keys\" is {}, expected an array",
-                        other.type_name()
-                    )))
-                }
-            }
-        }
-    };
+    let tag_keys = tag_keys_of(entries, at)?;
     // Every column must be an array of the same length.
     let mut len: Option<(usize, &str)> = None;
     let mut arrays = Vec::with_capacity(columns.len());
@@ -705,9 +820,9 @@ fn columnar(
     let mut fields = vec![ColumnKind::Time.field(TIME_COLUMN)];
     let mut out: Vec<ArrayRef> = vec![];
     let mut time: Option<ArrayRef> = None;
-    for (name, r, n) in arrays {
+    for (name, mut r, n) in arrays {
         if name == TIME_COLUMN {
-            time = Some(time_column(r, n, at)?);
+            time = Some(time_column(&mut r, n, at)?);
             continue;
         }
         validate_column_name(name).map_err(|e| IngestError::column(at, name, e.to_string()))?;
@@ -716,11 +831,26 @@ fn columnar(
             Some(keys) => keys.contains(&name),
             None => t == ColType::Str,
         };
-        let (kind, array) = fill_column(r, n, t, is_tag, name, at)?;
+        let (kind, array) = fill_column(&mut r, n, t, is_tag, name, at)?;
         let Some(kind) = kind else { continue }; // all nil: no column
         fields.push(kind.field(name));
         out.push(array);
     }
+    columnar_batch(table, fields, out, time, rows, now_ns, at)
+}
+
+/// A columnar record's batch from its decoded columns (`fields` starts with
+/// the time column's; `time` is `None` when the record has no time column).
+fn columnar_batch(
+    table: TableKey,
+    fields: Vec<Field>,
+    mut out: Vec<ArrayRef>,
+    time: Option<ArrayRef>,
+    rows: usize,
+    now_ns: i64,
+    at: usize,
+) -> Result<WriteBatch, IngestError> {
+    let err = |e: String| IngestError::new(at, e);
     if out.is_empty() {
         return Err(err("record has no fields".into()));
     }
@@ -733,12 +863,12 @@ fn columnar(
     WriteBatch::try_new(table, batch).map_err(|e| err(e.to_string()))
 }
 
-fn time_column(mut r: Reader<'_>, n: usize, at: usize) -> Result<ArrayRef, IngestError> {
+fn time_column(r: &mut Reader<'_>, n: usize, at: usize) -> Result<ArrayRef, IngestError> {
     let terr = |e: String| IngestError::column(at, TIME_COLUMN, e);
     let mut out = Vec::with_capacity(n.min(r.remaining()));
     let mut unit = None;
     for _ in 0..n {
-        let v = r.next().map_err(terr)?;
+        let v = r.num().map_err(terr)?;
         let u = *unit.get_or_insert_with(|| time_unit_nanos(val_as_f64(v).unwrap_or(0.0)));
         out.push(time_to_nanos(v, u).map_err(terr)?);
     }
@@ -749,7 +879,7 @@ fn time_column(mut r: Reader<'_>, n: usize, at: usize) -> Result<ArrayRef, Inges
 
 /// Second pass: decodes a column of type `t` into its Arrow array.
 fn fill_column(
-    mut r: Reader<'_>,
+    r: &mut Reader<'_>,
     n: usize,
     t: ColType,
     is_tag: bool,
@@ -772,11 +902,17 @@ fn fill_column(
         return Ok((Some(ColumnKind::Tag), Arc::new(b.finish())));
     }
     Ok(match t {
-        ColType::Empty => (None, Arc::new(Float64Builder::new().finish())),
+        ColType::Empty => {
+            // All nil (the type pass checked): read past them.
+            for _ in 0..n {
+                r.next().map_err(e)?;
+            }
+            (None, Arc::new(Float64Builder::new().finish()))
+        }
         ColType::Float => {
             let mut b = Float64Builder::with_capacity(n);
             for _ in 0..n {
-                b.append_option(val_as_f64(r.next().map_err(e)?));
+                b.append_option(val_as_f64(r.num().map_err(e)?));
             }
             (
                 Some(ColumnKind::Field(FieldType::Float)),
@@ -837,4 +973,932 @@ fn fill_column(
             )
         }
     })
+}
+
+// ---- the fast path ----
+//
+// `parse_fast` decodes a body in one walk: a record's "columns" map is
+// decoded where it stands instead of being skipped first, and a column whose
+// values all have the type of its first non-nil value is filled in a single
+// typed loop. It returns `None` on anything it does not handle and on every
+// error; `parse` then runs the general path, which gives the errors. So the
+// fast path only has to agree with the general path on bodies it accepts:
+// everything it accepts it has read whole, every string checked as UTF-8
+// (the general path fails the body on any string that is not), and it builds
+// the same arrays.
+
+/// The decoding state of `parse_fast`.
+struct Fast<'a, 'd> {
+    database: &'d str,
+    now_ns: i64,
+    rows: RequestBuilder,
+    columnar: Vec<(WriteBatch, usize)>,
+    record: usize,
+    dict: TagDict<'a>,
+    /// Tests: decode every column the general way (type pass, fill pass).
+    general_columns: bool,
+}
+
+/// A columnar record's "columns" decoded, before its measurement is known.
+struct Columns {
+    fields: Vec<Field>,
+    out: Vec<ArrayRef>,
+    time: Option<ArrayRef>,
+    rows: usize,
+}
+
+fn parse_fast(body: &[u8], database: &str, now_ns: i64, general_columns: bool) -> Option<Decoded> {
+    let mut f = Fast {
+        database,
+        now_ns,
+        rows: RequestBuilder::new("record"),
+        columnar: Vec::new(),
+        record: 0,
+        dict: TagDict::default(),
+        general_columns,
+    };
+    let mut r = Reader { b: body, pos: 0 };
+    match r.next().ok()? {
+        Val::Array(n) => f.records(&mut r, n)?,
+        Val::Map(n) => f.record(&mut r, n, true)?,
+        _ => return None,
+    }
+    if r.pos != body.len() {
+        return None;
+    }
+    let mut decoded = f.rows.finish();
+    for (batch, at) in f.columnar {
+        decoded.push(batch, at);
+    }
+    (!decoded.batches.is_empty()).then_some(decoded)
+}
+
+impl<'a> Fast<'a, '_> {
+    fn records(&mut self, r: &mut Reader<'a>, n: usize) -> Option<()> {
+        for _ in 0..n {
+            self.record += 1;
+            match r.next().ok()? {
+                Val::Map(m) => self.record(r, m, false)?,
+                _ => return None,
+            }
+        }
+        Some(())
+    }
+
+    /// A record's map of `n` entries; with `top`, the body's map, which a
+    /// "batch" key makes a wrapper of records rather than a record.
+    fn record(&mut self, r: &mut Reader<'a>, n: usize, top: bool) -> Option<()> {
+        let mut entries = Vec::with_capacity(n.min(64));
+        // The first "columns" (as `get` finds it): its entry and whether
+        // "tag_keys" came before it, then the columns.
+        let mut columns: Option<(usize, bool, Columns)> = None;
+        let mut batch = false;
+        for _ in 0..n {
+            let Val::Str(key) = r.next().ok()? else {
+                return None;
+            };
+            entries.push((key, r.clone()));
+            if top && !batch && key == "batch" {
+                batch = true;
+                let Val::Array(m) = r.next().ok()? else {
+                    return None;
+                };
+                self.records(r, m)?;
+            } else if !batch && columns.is_none() && key == "columns" {
+                let tag_keys = tag_keys_of(&entries, 0).ok()?;
+                let known = get(&entries, "tag_keys").is_some();
+                let c = self.columns(r, tag_keys.as_deref())?;
+                columns = Some((entries.len() - 1, known, c));
+            } else {
+                r.skip().ok()?;
+            }
+        }
+        if batch {
+            return Some(());
+        }
+        if top {
+            self.record = 1;
+        }
+        let at = self.record;
+        let Some((i, known, mut c)) = columns else {
+            return row(&entries, self.database, self.now_ns, at, &mut self.rows).ok();
+        };
+        // "tag_keys" after "columns": decode the columns again with them.
+        if !known {
+            if let Some(keys) = tag_keys_of(&entries, at).ok()? {
+                c = self.columns(&mut entries[i].1.clone(), Some(keys.as_slice()))?;
+            }
+        }
+        let measurement = measurement_of(&entries, at).ok()?;
+        let table = TableKey::new(self.database, &measurement).ok()?;
+        let batch = columnar_batch(table, c.fields, c.out, c.time, c.rows, self.now_ns, at).ok()?;
+        self.columnar.push((batch, at));
+        Some(())
+    }
+
+    /// Decodes a "columns" map (`columnar` does the same in several passes).
+    fn columns(&mut self, r: &mut Reader<'a>, tag_keys: Option<&[&str]>) -> Option<Columns> {
+        let Val::Map(n) = r.next().ok()? else {
+            return None;
+        };
+        let mut c = Columns {
+            fields: vec![ColumnKind::Time.field(TIME_COLUMN)],
+            out: Vec::with_capacity(n.min(r.remaining())),
+            time: None,
+            rows: 0,
+        };
+        let mut len = None;
+        for _ in 0..n {
+            let Val::Str(name) = r.next().ok()? else {
+                return None;
+            };
+            let Val::Array(n) = r.next().ok()? else {
+                return None;
+            };
+            // Every value takes a byte at least: more values than bytes left
+            // is truncated, and must not size an allocation.
+            if *len.get_or_insert(n) != n || n > r.remaining() {
+                return None;
+            }
+            if name == TIME_COLUMN {
+                c.time = Some(time_column(r, n, 0).ok()?);
+                continue;
+            }
+            validate_column_name(name).ok()?;
+            let (kind, array) = self.column(r, n, name, tag_keys)?;
+            let Some(kind) = kind else { continue }; // all nil: no column
+            c.fields.push(kind.field(name));
+            c.out.push(array);
+        }
+        c.rows = len.unwrap_or(0);
+        (c.rows > 0).then_some(c)
+    }
+
+    /// One column of `n` values other than the time: a typed loop for the
+    /// type of its first non-nil value, else (or if a later value does not
+    /// fit) the general type and fill passes.
+    fn column(
+        &mut self,
+        r: &mut Reader<'a>,
+        n: usize,
+        name: &str,
+        tag_keys: Option<&[&str]>,
+    ) -> Option<(Option<ColumnKind>, ArrayRef)> {
+        let listed = tag_keys.map(|keys| keys.contains(&name));
+        if !self.general_columns {
+            // Nils take one byte each, so the first byte that is not a nil
+            // marker is the first non-nil value's marker.
+            let rest = r.b.get(r.pos..).unwrap_or_default();
+            let first = rest.iter().take(n).find(|&&m| m != 0xc0).copied();
+            let fast = match (first, listed) {
+                // Without tag_keys, string columns are tags.
+                (Some(0xa0..=0xbf | 0xd9..=0xdb), None | Some(true)) => {
+                    self.dict.column(r, n).map(|a| (ColumnKind::Tag, a))
+                }
+                (Some(0xa0..=0xbf | 0xd9..=0xdb), Some(false)) => {
+                    str_column(r, n).map(|a| (ColumnKind::Field(FieldType::String), a))
+                }
+                (Some(0xca | 0xcb), None | Some(false)) => {
+                    float_column(r, n).map(|a| (ColumnKind::Field(FieldType::Float), a))
+                }
+                (Some(0x00..=0x7f | 0xcc..=0xd3 | 0xe0..=0xff), None | Some(false)) => {
+                    int_column(r, n).map(|a| (ColumnKind::Field(FieldType::Integer), a))
+                }
+                (Some(0xc2 | 0xc3), None | Some(false)) => {
+                    bool_column(r, n).map(|a| (ColumnKind::Field(FieldType::Boolean), a))
+                }
+                _ => None,
+            };
+            if let Some((kind, array)) = fast {
+                return Some((Some(kind), array));
+            }
+        }
+        let t = column_type(r.clone(), n, name, 0).ok()?;
+        let is_tag = listed.unwrap_or(t == ColType::Str);
+        fill_column(r, n, t, is_tag, name, 0).ok()
+    }
+}
+
+// The typed loops read a copy of the cursor and move the caller's only when
+// the whole column fits, so that the general passes can start over.
+
+/// A float column: floats, integers (as `val_as_f64` widens them) and nils.
+fn float_column(r: &mut Reader<'_>, n: usize) -> Option<ArrayRef> {
+    let mut c = r.clone();
+    // A Vec, not a builder: the array builders' appends do not inline.
+    let mut values = Vec::with_capacity(n);
+    let mut null_at = Vec::new();
+    for i in 0..n {
+        values.push(match c.num().ok()? {
+            Val::Float(f) => f,
+            Val::Int(x) => x as f64,
+            Val::UInt(x) => x as f64,
+            Val::Nil => {
+                null_at.push(i);
+                0.0
+            }
+            _ => return None,
+        });
+    }
+    let array = Float64Array::try_new(values.into(), validity(n, &null_at).finish()).ok()?;
+    *r = c;
+    Some(Arc::new(array))
+}
+
+/// An integer column: integers that fit i64, and nils.
+fn int_column(r: &mut Reader<'_>, n: usize) -> Option<ArrayRef> {
+    let mut c = r.clone();
+    let mut values = Vec::with_capacity(n);
+    let mut null_at = Vec::new();
+    for i in 0..n {
+        values.push(match c.num().ok()? {
+            Val::Int(v) => v,
+            Val::Nil => {
+                null_at.push(i);
+                0
+            }
+            _ => return None,
+        });
+    }
+    let array = Int64Array::try_new(values.into(), validity(n, &null_at).finish()).ok()?;
+    *r = c;
+    Some(Arc::new(array))
+}
+
+fn bool_column(r: &mut Reader<'_>, n: usize) -> Option<ArrayRef> {
+    let mut c = r.clone();
+    let mut b = BooleanBuilder::with_capacity(n);
+    for _ in 0..n {
+        match c.next().ok()? {
+            Val::Bool(x) => b.append_value(x),
+            Val::Nil => b.append_null(),
+            _ => return None,
+        }
+    }
+    *r = c;
+    Some(Arc::new(b.finish()))
+}
+
+/// A string field column: strings and nils.
+fn str_column(r: &mut Reader<'_>, n: usize) -> Option<ArrayRef> {
+    let mut c = r.clone();
+    let mut b = StringBuilder::new();
+    for _ in 0..n {
+        if c.nil() {
+            b.append_null();
+        } else {
+            b.append_value(std::str::from_utf8(c.raw_str()?).ok()?);
+        }
+    }
+    *r = c;
+    Some(Arc::new(b.finish()))
+}
+
+/// How many slots a [`TagDict`] lookup probes before it turns to the
+/// `HashMap`.
+const TAG_MAX_PROBE: usize = 16;
+
+/// Dictionary-encodes tag columns (strings and nils) into the same
+/// `DictionaryArray<Int32Type>` as `StringDictionaryBuilder`: values unique,
+/// in order of first appearance, nils as null keys. A value is checked as
+/// UTF-8 once, when first seen (a later equal value is the same bytes).
+///
+/// Values are found in an open-addressing table with a cheap hash (std's
+/// SipHash took a fifth of the decoding). So that values which collide, by
+/// chance or by design of whoever sent them, cannot make lookups quadratic,
+/// a lookup probes at most [`TAG_MAX_PROBE`] slots; a value that finds them
+/// all taken goes to a `HashMap` with std's DoS-resistant hasher instead.
+/// Slots are only emptied by a rehash, so a probe that meets an empty slot
+/// proves the value new.
+#[derive(Default)]
+struct TagDict<'a> {
+    /// Slot -> index in `values`, `u32::MAX` when empty; a power of two
+    /// long, at least twice as long as `values`.
+    slots: Vec<u32>,
+    /// 64 - log2 of the slots: a hash's top bits are its slot.
+    shift: u32,
+    values: Vec<(&'a str, TagWords)>,
+    overflow: HashMap<&'a [u8], i32>,
+}
+
+/// A tag value's length and its first and last (up to) 8 bytes: all of its
+/// bytes when it is 16 bytes long at most, so comparing these compares the
+/// values without a call to `memcmp` (which dominated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TagWords(usize, u64, u64);
+
+impl TagWords {
+    #[inline]
+    fn of(s: &[u8]) -> TagWords {
+        let (a, b) = match (s.first_chunk::<8>(), s.last_chunk::<8>()) {
+            (Some(a), Some(b)) => (u64::from_le_bytes(*a), u64::from_le_bytes(*b)),
+            _ => match (s.first_chunk::<4>(), s.last_chunk::<4>()) {
+                (Some(a), Some(b)) => {
+                    (u32::from_le_bytes(*a) as u64, u32::from_le_bytes(*b) as u64)
+                }
+                _ => (s.iter().fold(0, |h, &x| (h << 8) | x as u64), 0),
+            },
+        };
+        TagWords(s.len(), a, b)
+    }
+
+    /// Whether `s`, whose words these are, equals `v`, whose are `other`.
+    #[inline]
+    fn same(self, s: &[u8], other: TagWords, v: &str) -> bool {
+        self == other && (s.len() <= 16 || s == v.as_bytes())
+    }
+
+    /// The hash of `s`, whose words these are: the words, and the middle
+    /// bytes of a longer value, mixed by multiplies (the top bits are best
+    /// mixed).
+    #[inline]
+    fn hash(self, s: &[u8]) -> u64 {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut h = (self.1 ^ self.2.rotate_left(32) ^ self.0 as u64).wrapping_mul(K);
+        if s.len() > 16 {
+            for c in s.chunks_exact(8) {
+                let c = u64::from_le_bytes(c.try_into().unwrap_or_default());
+                h = (h.rotate_left(26) ^ c).wrapping_mul(K);
+            }
+        }
+        h
+    }
+}
+
+impl<'a> TagDict<'a> {
+    fn column(&mut self, r: &mut Reader<'a>, n: usize) -> Option<ArrayRef> {
+        self.values.clear();
+        self.overflow.clear();
+        if self.slots.is_empty() {
+            self.rehash(1024);
+        } else {
+            self.slots.fill(u32::MAX);
+        }
+        let mut c = r.clone();
+        let mut keys = Vec::with_capacity(n);
+        let mut null_at = Vec::new();
+        for i in 0..n {
+            if c.nil() {
+                keys.push(0);
+                null_at.push(i);
+            } else {
+                keys.push(self.key(c.raw_str()?)?);
+            }
+        }
+        let bytes = self.values.iter().map(|(v, _)| v.len()).sum();
+        let mut values = StringBuilder::with_capacity(self.values.len(), bytes);
+        for (v, _) in &self.values {
+            values.append_value(v);
+        }
+        let keys = Int32Array::try_new(keys.into(), validity(n, &null_at).finish()).ok()?;
+        let dict = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values.finish())).ok()?;
+        *r = c;
+        Some(Arc::new(dict))
+    }
+
+    /// The key of `s`, added if new; `None` if `s` is not UTF-8.
+    #[inline]
+    fn key(&mut self, s: &'a [u8]) -> Option<i32> {
+        let words = TagWords::of(s);
+        let mask = self.slots.len() - 1;
+        let mut slot = (words.hash(s) >> self.shift) as usize;
+        for _ in 0..TAG_MAX_PROBE {
+            let k = self.slots[slot];
+            match self.values.get(k as usize) {
+                Some(&(v, w)) if words.same(s, w, v) => return Some(k as i32),
+                Some(_) => slot = (slot + 1) & mask,
+                None => {
+                    let k = self.push(s, words)?;
+                    self.slots[slot] = k as u32;
+                    if self.values.len() * 2 > self.slots.len() {
+                        self.rehash(self.slots.len() * 2);
+                    }
+                    return Some(k);
+                }
+            }
+        }
+        match self.overflow.entry(s) {
+            Entry::Occupied(e) => Some(*e.get()),
+            Entry::Vacant(e) => {
+                let k = i32::try_from(self.values.len()).ok()?;
+                self.values.push((std::str::from_utf8(s).ok()?, words));
+                Some(*e.insert(k))
+            }
+        }
+    }
+
+    fn push(&mut self, s: &'a [u8], words: TagWords) -> Option<i32> {
+        let k = i32::try_from(self.values.len()).ok()?;
+        self.values.push((std::str::from_utf8(s).ok()?, words));
+        Some(k)
+    }
+
+    /// Resizes the table to `len` slots and puts every value back.
+    fn rehash(&mut self, len: usize) {
+        self.slots.clear();
+        self.slots.resize(len, u32::MAX);
+        self.shift = 64 - len.trailing_zeros();
+        let mask = len - 1;
+        'values: for (k, &(v, words)) in self.values.iter().enumerate() {
+            let mut slot = (words.hash(v.as_bytes()) >> self.shift) as usize;
+            for _ in 0..TAG_MAX_PROBE {
+                if self.slots[slot] == u32::MAX {
+                    self.slots[slot] = k as u32;
+                    continue 'values;
+                }
+                slot = (slot + 1) & mask;
+            }
+            self.overflow.entry(v.as_bytes()).or_insert(k as i32);
+        }
+    }
+}
+
+/// The validity of `n` values of which those at `null_at` (ascending) are
+/// null: no buffer when none is (built at the end, as nils are rare and
+/// `NullBufferBuilder::append` does not inline).
+fn validity(n: usize, null_at: &[usize]) -> NullBufferBuilder {
+    let mut b = NullBufferBuilder::new(n);
+    let mut done = 0;
+    for &i in null_at {
+        b.append_n_non_nulls(i - done);
+        b.append_null();
+        done = i + 1;
+    }
+    b.append_n_non_nulls(n - done);
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    //! The fast path against the general one: on every body, `parse` gives
+    //! what the general path gives, and the fast path accepts what it should.
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A MessagePack value to encode with rmp; `Raw` is written as is.
+    #[derive(Debug, Clone)]
+    enum M {
+        Nil,
+        B(bool),
+        I(i64),
+        U(u64),
+        F(f64),
+        F32(f32),
+        S(String),
+        Raw(Vec<u8>),
+        A(Vec<M>),
+        Map(Vec<(String, M)>),
+    }
+
+    fn s(x: &str) -> M {
+        M::S(x.to_string())
+    }
+
+    fn map(pairs: Vec<(&str, M)>) -> M {
+        M::Map(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+    }
+
+    fn enc(m: &M, out: &mut Vec<u8>) {
+        use rmp::encode::*;
+        match m {
+            M::Nil => write_nil(out).unwrap(),
+            M::B(b) => write_bool(out, *b).unwrap(),
+            M::I(i) => {
+                write_sint(out, *i).unwrap();
+            }
+            M::U(u) => {
+                write_uint(out, *u).unwrap();
+            }
+            M::F(f) => write_f64(out, *f).unwrap(),
+            M::F32(f) => write_f32(out, *f).unwrap(),
+            M::S(x) => write_str(out, x).unwrap(),
+            M::Raw(b) => out.extend_from_slice(b),
+            M::A(items) => {
+                write_array_len(out, items.len() as u32).unwrap();
+                items.iter().for_each(|i| enc(i, out));
+            }
+            M::Map(pairs) => {
+                write_map_len(out, pairs.len() as u32).unwrap();
+                for (k, v) in pairs {
+                    write_str(out, k).unwrap();
+                    enc(v, out);
+                }
+            }
+        }
+    }
+
+    fn bytes(m: &M) -> Vec<u8> {
+        let mut out = Vec::new();
+        enc(m, &mut out);
+        out
+    }
+
+    const NOW: i64 = 1_700_000_000_000_000_000;
+
+    fn same(a: &Decoded, b: &Decoded) -> bool {
+        a.batches == b.batches
+            && a.batches.iter().all(|wb| {
+                wb.batch()
+                    .schema()
+                    .fields()
+                    .iter()
+                    .all(|f| a.first_at(wb.table(), f.name()) == b.first_at(wb.table(), f.name()))
+            })
+    }
+
+    /// Checks `parse` against the general path on `body`, and the fast path
+    /// (typed loops and general columns) whenever it accepts; returns
+    /// whether the typed fast path accepted.
+    fn check(body: &[u8]) -> bool {
+        check_both(body).1
+    }
+
+    /// `check`, asserting that the fast path accepts what the general one
+    /// does.
+    fn check_fast(body: &[u8]) -> bool {
+        let (general, fast) = check_both(body);
+        assert_eq!(general, fast, "fast path gave up on {body:02x?}");
+        fast
+    }
+
+    /// `check`, returning whether the general and the fast path accepted.
+    fn check_both(body: &[u8]) -> (bool, bool) {
+        let general = parse_general(body, "db", NOW);
+        let fast = parse_fast(body, "db", NOW, false);
+        let fast_general = parse_fast(body, "db", NOW, true);
+        let public = parse(body, "db", NOW);
+        match &general {
+            Ok(g) => {
+                assert!(same(public.as_ref().unwrap(), g));
+                for f in [&fast, &fast_general].into_iter().flatten() {
+                    assert!(same(f, g), "fast path differs on {body:02x?}");
+                }
+            }
+            Err(e) => {
+                assert_eq!(public.as_ref().unwrap_err(), e);
+                assert!(fast.is_none() && fast_general.is_none(), "{e}");
+            }
+        }
+        assert_eq!(fast.is_some(), fast_general.is_some());
+        (general.is_ok(), fast.is_some())
+    }
+
+    fn columnar_body(columns: Vec<(&str, M)>) -> Vec<u8> {
+        bytes(&map(vec![("m", s("cpu")), ("columns", map(columns))]))
+    }
+
+    /// The bench's shape: ms times, tag columns (one with more distinct
+    /// values than the tag cache has slots), float columns.
+    fn bench_like(rows: usize) -> M {
+        let tag = |k: usize| {
+            M::A(
+                (0..rows)
+                    .map(|i| M::S(format!("v{}_{}", k, i % (3 + k * 1000))))
+                    .collect(),
+            )
+        };
+        let mut cols = vec![(
+            "time".to_string(),
+            M::A(
+                (0..rows)
+                    .map(|i| M::I(1_767_225_600_000 + i as i64))
+                    .collect(),
+            ),
+        )];
+        for k in 0..6 {
+            cols.push((format!("tag{k}"), tag(k)));
+        }
+        for k in 0..3 {
+            cols.push((
+                format!("f{k}"),
+                M::A((0..rows).map(|i| M::F(i as f64 / (k + 1) as f64)).collect()),
+            ));
+        }
+        M::Map(vec![
+            ("m".to_string(), s("cpu")),
+            ("columns".to_string(), M::Map(cols)),
+        ])
+    }
+
+    #[test]
+    fn bench_shaped_bodies_take_the_fast_path() {
+        for rows in [1, 7, 6000] {
+            assert!(check(&bytes(&bench_like(rows))));
+        }
+        // Arrays of records and batch wrappers, columnar and row mixed.
+        let row = map(vec![
+            ("m", s("mem")),
+            ("t", M::I(1_700_000_000)),
+            ("fields", map(vec![("v", M::I(2))])),
+        ]);
+        assert!(check(&bytes(&M::A(vec![
+            bench_like(3),
+            row.clone(),
+            bench_like(2)
+        ]))));
+        assert!(check(&bytes(&map(vec![
+            ("x", s("ignored")),
+            ("batch", M::A(vec![row.clone(), bench_like(5)])),
+            ("columns", s("ignored: a batch wrapper")),
+        ]))));
+    }
+
+    #[test]
+    fn typed_loops_agree_with_the_general_passes() {
+        let big = u64::MAX - 1;
+        let long = "x".repeat(40);
+        let longer = "y".repeat(300);
+        let longest = "z".repeat(70_000);
+        let cases: Vec<Vec<(&str, M)>> = vec![
+            // Floats with ints and nils anywhere, f32 too.
+            vec![("v", M::A(vec![M::F(1.5), M::I(2), M::Nil, M::I(-3)]))],
+            vec![("v", M::A(vec![M::Nil, M::F32(0.1), M::U(big), M::F(2.0)]))],
+            // Ints that turn into floats or unsigned later.
+            vec![("v", M::A(vec![M::I(1), M::Nil, M::F(2.5)]))],
+            vec![("v", M::A(vec![M::I(1), M::U(big)]))],
+            vec![("v", M::A(vec![M::U(big), M::I(1)]))],
+            vec![(
+                "v",
+                M::A(vec![M::I(0), M::I(127), M::I(-32), M::I(-33), M::I(300)]),
+            )],
+            vec![(
+                "v",
+                M::A(vec![M::I(i64::MIN), M::I(i64::MAX), M::I(70_000)]),
+            )],
+            // Booleans, strings of every length marker, empty strings.
+            vec![("up", M::A(vec![M::B(true), M::Nil, M::B(false)]))],
+            vec![(
+                "host",
+                M::A(vec![
+                    s(&long),
+                    s(""),
+                    M::Nil,
+                    s(&longer),
+                    s(&longest),
+                    s(""),
+                ]),
+            )],
+            // Tags with nils first, all-nil columns, columns mixing types.
+            vec![
+                ("host", M::A(vec![M::Nil, s("a"), s("a"), M::Nil])),
+                ("none", M::A(vec![M::Nil, M::Nil, M::Nil, M::Nil])),
+            ],
+            vec![("v", M::A(vec![M::F(1.0), s("x")]))],
+            vec![("v", M::A(vec![s("x"), M::I(1)]))],
+            vec![("v", M::A(vec![M::B(true), M::I(1)]))],
+            vec![("v", M::A(vec![M::I(-1), M::U(big)]))],
+            vec![("v", M::A(vec![M::F(1.0), M::A(vec![])]))],
+            // Time columns: floats, seconds, several, nils.
+            vec![
+                (
+                    "time",
+                    M::A(vec![M::F(1_700_000_000.5), M::I(1_700_000_001)]),
+                ),
+                ("v", M::A(vec![M::F(1.0), M::F(2.0)])),
+            ],
+            vec![
+                ("time", M::A(vec![M::I(1), M::I(2)])),
+                ("v", M::A(vec![M::F(1.0), M::F(2.0)])),
+                ("time", M::A(vec![M::I(3), M::I(4)])),
+            ],
+            vec![
+                ("time", M::A(vec![M::I(1), M::Nil])),
+                ("v", M::A(vec![M::F(1.0), M::F(2.0)])),
+            ],
+            vec![
+                ("time", M::A(vec![M::I(i64::MAX)])),
+                ("v", M::A(vec![M::F(1.0)])),
+            ],
+            // Lengths and names.
+            vec![("a", M::A(vec![M::F(1.0)])), ("b", M::A(vec![]))],
+            vec![("a", M::A(vec![])), ("b", M::A(vec![]))],
+            vec![("a", M::A(vec![M::F(1.0)])), ("a", M::A(vec![M::F(1.0)]))],
+            vec![("", M::A(vec![M::F(1.0)]))],
+            vec![("bad\n", M::A(vec![M::F(1.0)]))],
+            vec![("v", M::F(1.0))],
+        ];
+        for columns in cases {
+            check_fast(&columnar_body(columns.clone()));
+            // The same columns with tag_keys naming every one, and none.
+            let names: Vec<M> = columns.iter().map(|(k, _)| s(k)).collect();
+            for keys in [M::A(names), M::A(vec![])] {
+                check_fast(&bytes(&map(vec![
+                    ("m", s("cpu")),
+                    ("tag_keys", keys),
+                    ("columns", map(columns.clone())),
+                ])));
+            }
+        }
+        assert!(check(&columnar_body(vec![(
+            "v",
+            M::A(vec![M::Nil, M::I(1), M::I(-1)])
+        )])));
+        assert!(check_fast(&columnar_body(vec![(
+            "v",
+            M::A(vec![M::F(1.0), M::U(u64::MAX)])
+        )])));
+    }
+
+    #[test]
+    fn tag_keys_before_after_and_nil() {
+        let columns = map(vec![
+            ("time", M::A(vec![M::I(1_700_000_000), M::I(1_700_000_001)])),
+            ("host", M::A(vec![s("a"), s("b")])),
+            ("message", M::A(vec![s("hello"), M::Nil])),
+            ("n", M::A(vec![M::I(1), M::I(2)])),
+            ("x", M::A(vec![M::I(1), M::F(2.5)])),
+            ("none", M::A(vec![M::Nil, M::Nil])),
+        ]);
+        let keys = M::A(vec![s("host"), s("n"), s("x"), s("none")]);
+        for (i, body) in [
+            map(vec![
+                ("m", s("logs")),
+                ("tag_keys", keys.clone()),
+                ("columns", columns.clone()),
+            ]),
+            map(vec![
+                ("columns", columns.clone()),
+                ("m", s("logs")),
+                ("tag_keys", keys.clone()),
+            ]),
+            map(vec![
+                ("columns", columns.clone()),
+                ("tag_keys", M::Nil),
+                ("m", s("logs")),
+            ]),
+            map(vec![
+                ("columns", columns.clone()),
+                ("tag_keys", M::Nil),
+                ("tag_keys", keys.clone()),
+                ("m", s("logs")),
+            ]),
+            map(vec![
+                ("m", s("logs")),
+                ("columns", columns.clone()),
+                ("tag_keys", M::A(vec![M::I(1)])),
+            ]),
+            map(vec![
+                ("m", s("logs")),
+                ("columns", columns.clone()),
+                ("columns", s("the first one counts")),
+            ]),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // All but the bad tag_keys take the fast path.
+            assert_eq!(check(&bytes(&body)), i != 4, "body {i}");
+        }
+    }
+
+    #[test]
+    fn bad_utf8_gives_the_general_error() {
+        let bad = M::Raw(vec![0xa2, 0xff, 0xfe]);
+        let mut cases = vec![
+            // In a tag column: first, later, repeated.
+            vec![("host", M::A(vec![bad.clone(), s("a")]))],
+            vec![("host", M::A(vec![s("a"), s("b"), bad.clone()]))],
+            vec![("host", M::A(vec![s("a"), M::F(1.0), bad.clone()]))],
+            // In a float column, in a column name.
+            vec![("v", M::A(vec![M::F(1.0), bad.clone()]))],
+        ];
+        cases.push(vec![("v", M::A(vec![M::F(1.0)])), ("ok", M::A(vec![bad]))]);
+        for columns in cases {
+            let body = columnar_body(columns);
+            assert!(!check(&body));
+            assert_eq!(
+                parse(&body, "db", NOW).unwrap_err().to_string(),
+                "string is not valid UTF-8"
+            );
+        }
+        // In a string field (tag_keys empty), and in a column name.
+        let mut body = bytes(&map(vec![
+            ("m", s("cpu")),
+            ("tag_keys", M::A(vec![])),
+            (
+                "columns",
+                map(vec![("msg", M::A(vec![s("ok"), s("\u{1}")]))]),
+            ),
+        ]));
+        let at = body.len() - 1;
+        body[at] = 0xff; // "\u{1}" -> a lone 0xff
+        assert!(!check(&body));
+        let mut body = columnar_body(vec![("vv", M::A(vec![M::F(1.0)]))]);
+        let at = body.windows(2).position(|w| w == b"vv").unwrap();
+        body[at] = 0xc3;
+        assert!(!check(&body));
+    }
+
+    #[test]
+    fn truncated_and_mutated_bodies_agree() {
+        let body = bytes(&M::A(vec![
+            bench_like(4),
+            map(vec![
+                ("m", s("mem")),
+                ("tag_keys", M::A(vec![s("host")])),
+                (
+                    "columns",
+                    map(vec![
+                        ("host", M::A(vec![s("a"), M::Nil])),
+                        ("msg", M::A(vec![s("x"), s("y")])),
+                        ("n", M::A(vec![M::I(1), M::U(u64::MAX)])),
+                        ("up", M::A(vec![M::B(true), M::Nil])),
+                    ]),
+                ),
+            ]),
+            map(vec![
+                ("m", s("cpu")),
+                ("t", M::I(1_700_000_000)),
+                ("h", s("h1")),
+                ("fields", map(vec![("f0", M::F(1.0))])),
+            ]),
+        ]));
+        assert!(check(&body));
+        for end in 0..body.len() {
+            assert!(!check(&body[..end]));
+        }
+        // Every byte replaced by a few interesting values, then random
+        // pairs of bytes.
+        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut rand = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut accepted = 0;
+        for at in 0..body.len() {
+            for v in [0x00, 0x7f, 0xc0, 0xc1, 0xcb, 0xd9, 0xff, body[at] ^ 1] {
+                let mut b = body.clone();
+                b[at] = v;
+                accepted += check_fast(&b) as usize;
+            }
+        }
+        for _ in 0..3000 {
+            let mut b = body.clone();
+            for _ in 0..2 {
+                let at = rand() as usize % b.len();
+                b[at] = rand() as u8;
+            }
+            accepted += check_fast(&b) as usize;
+        }
+        // Many mutations only change values: those must still compare.
+        assert!(accepted > 1000, "{accepted}");
+    }
+
+    #[test]
+    fn tag_dictionary_overflow_keeps_keys_unique() {
+        // Every slot taken by a value ("a") that nothing else equals: every
+        // other value finds its probe window full and goes to the HashMap,
+        // until a rehash spreads them out again.
+        let words: Vec<String> = (0..3000).map(|i| format!("w{}", i % 700)).collect();
+        let mut d = TagDict::default();
+        d.rehash(1024);
+        assert_eq!(d.key(b"a"), Some(0));
+        d.slots.fill(0);
+        let mut want: HashMap<&str, i32> = HashMap::from([("a", 0)]);
+        for w in &words {
+            let next = want.len() as i32;
+            let k = *want.entry(w.as_str()).or_insert(next);
+            assert_eq!(d.key(w.as_bytes()), Some(k), "{w}");
+        }
+        assert!(!d.overflow.is_empty());
+        d.rehash(4096);
+        for w in &words {
+            assert_eq!(d.key(w.as_bytes()), Some(want[w.as_str()]));
+        }
+        assert_eq!(d.values.len(), want.len());
+    }
+
+    #[test]
+    fn tag_dictionary_matches_the_builder() {
+        let values: Vec<String> = (0..20_000)
+            .map(|i| match i % 7 {
+                0 => String::new(),
+                1 => format!("host_{}", i % 5000),
+                2 => format!("{}", i % 13),
+                3 => format!("a-long-value-with-a-shared-prefix-{}", i % 300),
+                4 => format!("{}-a-long-value-with-a-shared-suffix", i % 300),
+                5 => "é".repeat(i % 9),
+                _ => format!("x{}", i % 2),
+            })
+            .collect();
+        let items: Vec<M> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| if i % 11 == 0 { M::Nil } else { s(v) })
+            .collect();
+        let body = bytes(&M::A(items));
+        let mut r = Reader { b: &body, pos: 0 };
+        let Ok(Val::Array(n)) = r.next() else {
+            unreachable!()
+        };
+        let (mut fast, mut general) = (r.clone(), r.clone());
+        let got = TagDict::default().column(&mut fast, n).unwrap();
+        let (_, want) = fill_column(&mut general, n, ColType::Str, true, "t", 1).unwrap();
+        assert_eq!(got.to_data(), want.to_data());
+        assert_eq!(fast.pos, body.len());
+        assert_eq!(general.pos, body.len());
+    }
 }
