@@ -276,6 +276,12 @@ pub struct FlushSettings {
     pub workers: usize,
     /// How often a shard checks whether a flush is due, in ms; default 100.
     pub check_interval_ms: u64,
+    /// Nice value of the flush worker threads, 0 (default) to 19. Above 0,
+    /// a flush sharing a CPU with a shard core yields to it: lower request
+    /// latency while the core has idle time to flush in, but under
+    /// sustained overload the buffer fills and writes stall until a flush
+    /// completes. See tuning.md.
+    pub nice: i32,
 }
 
 impl Default for FlushSettings {
@@ -283,6 +289,7 @@ impl Default for FlushSettings {
         FlushSettings {
             workers: 1,
             check_interval_ms: 100,
+            nice: 0,
         }
     }
 }
@@ -515,6 +522,12 @@ impl Config {
                     "{} is less than buffer.flush_bytes ({})",
                     self.buffer.max_bytes, self.buffer.flush_bytes
                 ),
+            );
+        }
+        if !(0..=19).contains(&self.flush.nice) {
+            return invalid(
+                "flush.nice",
+                format!("{} is not between 0 and 19", self.flush.nice),
             );
         }
         if self.flush.workers == 0 || self.flush.workers > 64 {
@@ -845,6 +858,16 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("TIDEMARK_WAL_SYNC_MODE"), "{e}");
+        let c = Config::load(
+            None,
+            env(&[("TIDEMARK_FLUSH_NICE", "20")]),
+            &Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "flush.nice: 20 is not between 0 and 19"
+        );
         let c = Config::load(
             None,
             env(&[("TIDEMARK_HTTP_ADDR", "nowhere")]),

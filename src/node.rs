@@ -220,11 +220,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let catalog = Catalog::new();
     seed_catalog(&catalog, &manifest);
     let shard_count = config.shard_cores();
-    let (pool, flush_threads) = FlushPool::start(
+    let (pool, flush_threads) = FlushPool::start_niced(
         config.flush.workers,
         shard_count * 2,
         store.clone(),
         manifest.clone(),
+        config.flush.nice,
     );
     let metrics = NodeMetrics::new();
     let mut snapshot_rxs = Vec::new();

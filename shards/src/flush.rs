@@ -238,6 +238,20 @@ fn write_local(root: &Path, path: &str, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Sets the calling thread's nice value (on Linux a per-thread attribute).
+fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: plain integer arguments; gettid names this thread.
+    let r = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice)
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// `sync_file_range(2)` on `f`: starts (and with the wait flags, waits for)
 /// the writeback of `len` bytes at `offset`. Metadata is not synced.
 fn sync_file_range(f: &std::fs::File, offset: u64, len: u64, flags: u32) -> std::io::Result<()> {
@@ -556,6 +570,19 @@ impl FlushPool {
         store: Arc<FileStore>,
         manifest: Arc<Manifest>,
     ) -> (FlushPool, Vec<JoinHandle<()>>) {
+        FlushPool::start_niced(workers, capacity, store, manifest, 0)
+    }
+
+    /// [`FlushPool::start`], with every worker thread at nice value `nice`
+    /// (0 to 19): a worker sharing a CPU with a shard core then yields to
+    /// it (see `flush.nice` in tuning.md for what that costs).
+    pub fn start_niced(
+        workers: usize,
+        capacity: usize,
+        store: Arc<FileStore>,
+        manifest: Arc<Manifest>,
+        nice: i32,
+    ) -> (FlushPool, Vec<JoinHandle<()>>) {
         let (tx, rx) = crossbeam_channel::bounded::<Task>(capacity.max(1));
         let handles = (0..workers.max(1))
             .map(|i| {
@@ -565,6 +592,11 @@ impl FlushPool {
                 std::thread::Builder::new()
                     .name(format!("tidemark-flush-{i}"))
                     .spawn(move || {
+                        if nice != 0 {
+                            if let Err(e) = set_thread_nice(nice) {
+                                tracing::warn!(nice, error = %e, "cannot renice the flush worker");
+                            }
+                        }
                         for task in rx {
                             let res = run_flush(&store, &manifest, task.shard, &task.set);
                             if let Err(e) = &res {
@@ -710,6 +742,43 @@ mod tests {
         ];
         let want: Vec<(String, bool)> = want.iter().map(|(c, d)| (c.to_string(), *d)).collect();
         assert_eq!(dictionary, want);
+    }
+
+    /// The workers run at the nice value asked for (read back from /proc).
+    #[test]
+    fn niced_workers_run_at_their_nice_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(FileStore::local(&dir.path().join("p")).unwrap());
+        let manifest = Arc::new(Manifest::open(&dir.path().join("m")).unwrap());
+        let (pool, handles) = FlushPool::start_niced(2, 1, store, manifest, 7);
+        let nices = || -> Vec<i64> {
+            let mut v = Vec::new();
+            for t in std::fs::read_dir("/proc/self/task").unwrap() {
+                let t = t.unwrap().path();
+                let comm = std::fs::read_to_string(t.join("comm")).unwrap_or_default();
+                if comm.starts_with("tidemark-flush") {
+                    let stat = std::fs::read_to_string(t.join("stat")).unwrap();
+                    // Field 19 (nice), counted after the ")" closing the name.
+                    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+                    v.push(rest.split(' ').nth(16).unwrap().parse().unwrap());
+                }
+            }
+            v
+        };
+        // The threads set their nice value as they start.
+        let mut seen = nices();
+        for _ in 0..200 {
+            if seen.len() == 2 && seen.iter().all(|&n| n == 7) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+            seen = nices();
+        }
+        assert_eq!(seen, [7, 7]);
+        drop(pool);
+        for h in handles {
+            h.join().unwrap();
+        }
     }
 
     #[test]
