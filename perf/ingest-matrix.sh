@@ -176,9 +176,23 @@ stop_server() {
   SERVER_PID=
 }
 
+# tidemark's WAL fdatasync count and total seconds so far ("0 0" for peers).
+fsync_stats() {
+  if [[ $1 == tidemark ]]; then
+    curl -fsS "$URL/metrics" | awk '
+      /^tidemark_wal_fsync_duration_seconds_count/ {c += $2}
+      /^tidemark_wal_fsync_duration_seconds_sum/ {s += $2}
+      END {print c + 0, s + 0}'
+  else
+    echo 0 0
+  fi
+}
+
 # One cell: server format batch conns rate kind compression
 run_cell() {
   local server=$1 format=$2 batch=$3 conns=$4 rate=$5 kind=$6 compression=${7:-none} before after json
+  local fs_before fs_after
+  fs_before=$(fsync_stats "$server")
   before=$(cpu_secs "$SERVER_PID")
   if ! json=$(taskset -c "$CLIENT_CPU" "$LOADGEN_BIN" --url "$URL" --format "$format" \
     --batch-size "$batch" --connections "$conns" --threads 1 --duration "$DURATION" \
@@ -187,12 +201,16 @@ run_cell() {
     log "loadgen failed: $json"
   fi
   after=$(cpu_secs "$SERVER_PID")
+  fs_after=$(fsync_stats "$server")
   [[ -n $json ]] || json='{}'
-  python3 - "$server" "$kind" "$before" "$after" "$json" >>"$RAW" <<'EOF'
+  python3 - "$server" "$kind" "$before" "$after" "$json" "$fs_before" "$fs_after" >>"$RAW" <<'EOF'
 import json, sys
-server, kind, before, after, raw = sys.argv[1:]
+server, kind, before, after, raw, fs_before, fs_after = sys.argv[1:]
 v = json.loads(raw)
 v.update(server=server, kind=kind, server_cpu_s=float(after) - float(before))
+(c0, s0), (c1, s1) = (map(float, x.split()) for x in (fs_before, fs_after))
+if c1 > c0:
+    v.update(wal_fsyncs=int(c1 - c0), wal_fsync_avg_ms=(s1 - s0) / (c1 - c0) * 1e3)
 print(json.dumps(v))
 EOF
   log "$(tail -1 "$RAW" | python3 "$ROOT/perf/ingest_table.py" --one -)"

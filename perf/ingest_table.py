@@ -33,6 +33,12 @@ def per_cpu(r):
     return r.get("acked_rows_total", 0) / cpu if cpu > 0 else 0
 
 
+def syncs(r):
+    """tidemark's WAL fdatasyncs in the cell and their mean duration."""
+    n = r.get("wal_fsyncs")
+    return "-" if not n else f"{n:,}, {r['wal_fsync_avg_ms']:.2f}"
+
+
 def one_line(r):
     l = r.get("latency_ms", {})
     return (f"{r['server']} {label(r)} batch {r.get('batch_size')} conns {r.get('connections')} "
@@ -84,6 +90,8 @@ def main():
       "time. Server CPU: utime + stime of all the server's threads over the whole cell "
       "(warm-up included, so is background work such as flushes and compactions that ran "
       "during it). rows/CPU-s: every row acknowledged in the cell / server CPU seconds.")
+    p("* WAL syncs (tidemark): the `fdatasync`s of WAL groups during the cell and their "
+      "mean duration, from `tidemark_wal_fsync_duration_seconds`.")
     p("* Latency: per request, from send to the end of the response, HdrHistogram. "
       "In the half-rate cells it is counted from the scheduled send time (corrected for "
       "coordinated omission).")
@@ -96,28 +104,30 @@ def main():
     p("")
     p("## As fast as possible")
     p("")
-    p("| server | format | batch | conns | rows/s | server CPU s | rows/CPU-s | p50 ms | p99 ms | p99.9 ms | errors |")
-    p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    p("| server | format | batch | conns | rows/s | server CPU s | rows/CPU-s | p50 ms | p99 ms | p99.9 ms | WAL syncs, avg ms | errors |")
+    p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         if r["kind"] != "max":
             continue
         l = r.get("latency_ms", {})
         p(f"| {r['server']} | {label(r)} | {r.get('batch_size')} | {r.get('connections')} "
           f"| {fmt_int(r.get('rows_per_sec', 0))} | {r['server_cpu_s']:.1f} | {fmt_int(per_cpu(r))} "
-          f"| {fmt_ms(l.get('p50'))} | {fmt_ms(l.get('p99'))} | {fmt_ms(l.get('p999'))} | {r.get('errors', '?')} |")
+          f"| {fmt_ms(l.get('p50'))} | {fmt_ms(l.get('p99'))} | {fmt_ms(l.get('p999'))} "
+          f"| {syncs(r)} | {r.get('errors', '?')} |")
     half = [r for r in rows if r["kind"] == "half"]
     if half:
         p("")
         p("## Fixed rate at half the best rate of the format")
         p("")
-        p("| server | format | batch | conns | target rows/s | rows/s | rows/CPU-s | p50 ms | p99 ms | p99.9 ms | p99 < 5 ms |")
-        p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        p("| server | format | batch | conns | target rows/s | rows/s | rows/CPU-s | p50 ms | p99 ms | p99.9 ms | WAL syncs, avg ms | p99 < 5 ms |")
+        p("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
         for r in half:
             l = r.get("latency_ms", {})
             ok = "yes" if (l.get("p99") or 1e9) < 5 else "**no**"
             p(f"| {r['server']} | {r.get('format')} | {r.get('batch_size')} | {r.get('connections')} "
               f"| {fmt_int(r.get('rate', 0))} | {fmt_int(r.get('rows_per_sec', 0))} | {fmt_int(per_cpu(r))} "
-              f"| {fmt_ms(l.get('p50'))} | {fmt_ms(l.get('p99'))} | {fmt_ms(l.get('p999'))} | {ok} |")
+              f"| {fmt_ms(l.get('p50'))} | {fmt_ms(l.get('p99'))} | {fmt_ms(l.get('p999'))} "
+              f"| {syncs(r)} | {ok} |")
 
     p("")
     p("## Targets (tidemark, one server core, the settings above)")
