@@ -14,7 +14,7 @@
 //! Workers are plain threads fed by a bounded channel: Parquet encoding never
 //! runs on a shard core, and a full channel slows the submitting shard.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -327,12 +327,7 @@ pub fn encode_table(
     let series_of_row = series_keys(&tag_columns, batch.num_rows(), 128);
     let hour_values = hours.values();
     let time_values = times.values();
-    let mut order: Vec<u32> = (0..batch.num_rows() as u32).collect();
-    order.sort_unstable_by_key(|&i| {
-        let i = i as usize;
-        (hour_values[i], series_of_row[i], time_values[i])
-    });
-    let order = UInt32Array::from(order);
+    let order = UInt32Array::from(sort_order(hour_values, &series_of_row, time_values));
     let sorted = take_record_batch(&batch, &order).map_err(arrow_err)?;
     let sorted_hours: Vec<i64> = order
         .values()
@@ -430,6 +425,61 @@ pub fn encode_table(
         start = end;
     }
     Ok(files)
+}
+
+/// The rows' order by (hour, series key, time), found by grouping rather
+/// than by comparing rows (a comparison sort of a flush's row indices was
+/// 9.6% of the server's CPU in flamegraphs/, its key lookups missing the
+/// cache): rows are bucketed by their (hour, series key) pair, the few
+/// distinct pairs ordered, each bucket kept in arrival order, and a bucket
+/// sorted by time only if its times are not ascending already (a series'
+/// rows usually arrive in time order). Rows equal in all three keep their
+/// arrival order.
+fn sort_order(hours: &[i64], series: &[u128], times: &[i64]) -> Vec<u32> {
+    let rows = hours.len();
+    let mut ids: HashMap<(i64, u128), u32, foldhash::fast::RandomState> = HashMap::default();
+    let mut groups: Vec<(i64, u128)> = Vec::new();
+    let group_of: Vec<u32> = hours
+        .iter()
+        .zip(series)
+        .map(|(&h, &s)| {
+            *ids.entry((h, s)).or_insert_with(|| {
+                groups.push((h, s));
+                (groups.len() - 1) as u32
+            })
+        })
+        .collect();
+    let mut by_key: Vec<u32> = (0..groups.len() as u32).collect();
+    by_key.sort_unstable_by_key(|&g| groups[g as usize]);
+    let mut rank = vec![0u32; groups.len()];
+    for (r, &g) in by_key.iter().enumerate() {
+        rank[g as usize] = r as u32;
+    }
+    // Counting sort by group rank: `start[r]` is where group r begins.
+    let mut start = vec![0usize; groups.len() + 1];
+    for &g in &group_of {
+        start[rank[g as usize] as usize + 1] += 1;
+    }
+    for r in 1..start.len() {
+        start[r] += start[r - 1];
+    }
+    let mut next = start.clone();
+    let mut order = vec![0u32; rows];
+    for (i, &g) in group_of.iter().enumerate() {
+        let r = rank[g as usize] as usize;
+        order[next[r]] = i as u32;
+        next[r] += 1;
+    }
+    for w in start.windows(2) {
+        let bucket = &mut order[w[0]..w[1]];
+        if !bucket
+            .windows(2)
+            .all(|p| times[p[0] as usize] <= times[p[1] as usize])
+        {
+            bucket.sort_by_key(|&i| times[i as usize]);
+        }
+    }
+    order
 }
 
 /// Per row, a key whose numeric order is the order of the row's tag values
@@ -807,6 +857,45 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["2026", "b.parquet"]);
+    }
+
+    /// Grouping gives exactly a stable sort by (hour, series, time): with
+    /// buckets whose times arrive ascending, shuffled, and tied.
+    #[test]
+    fn sort_order_is_a_stable_sort_by_hour_series_time() {
+        let mut rng = 0x2545f4914f6cdd1du64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for ascending in [true, false] {
+            let rows = 2000;
+            let hours: Vec<i64> = (0..rows).map(|_| (next() % 3) as i64 - 1).collect();
+            let series: Vec<u128> = (0..rows)
+                .map(|_| (next() % 7) as u128 * 1_000_000)
+                .collect();
+            let times: Vec<i64> = (0..rows)
+                .map(|i| {
+                    if ascending {
+                        i as i64 / 3
+                    } else {
+                        (next() % 50) as i64
+                    }
+                })
+                .collect();
+            let mut want: Vec<u32> = (0..rows as u32).collect();
+            want.sort_by_key(|&i| {
+                let i = i as usize;
+                (hours[i], series[i], times[i])
+            });
+            assert_eq!(
+                sort_order(&hours, &series, &times),
+                want,
+                "ascending {ascending}"
+            );
+        }
     }
 
     /// The keys order rows as their tag values do, also when they are

@@ -1428,6 +1428,11 @@ fn validity(n: usize, null_at: &[usize]) -> NullBufferBuilder {
     b
 }
 
+/// The test encoder of MessagePack bodies, shared with the integration tests.
+#[cfg(test)]
+#[path = "../tests/common/mp.rs"]
+mod test_mp;
+
 #[cfg(test)]
 mod tests {
     //! The fast path against the general one: on every body, `parse` gives
@@ -1436,63 +1441,7 @@ mod tests {
 
     use super::*;
 
-    /// A MessagePack value to encode with rmp; `Raw` is written as is.
-    #[derive(Debug, Clone)]
-    enum M {
-        Nil,
-        B(bool),
-        I(i64),
-        U(u64),
-        F(f64),
-        F32(f32),
-        S(String),
-        Raw(Vec<u8>),
-        A(Vec<M>),
-        Map(Vec<(String, M)>),
-    }
-
-    fn s(x: &str) -> M {
-        M::S(x.to_string())
-    }
-
-    fn map(pairs: Vec<(&str, M)>) -> M {
-        M::Map(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-    }
-
-    fn enc(m: &M, out: &mut Vec<u8>) {
-        use rmp::encode::*;
-        match m {
-            M::Nil => write_nil(out).unwrap(),
-            M::B(b) => write_bool(out, *b).unwrap(),
-            M::I(i) => {
-                write_sint(out, *i).unwrap();
-            }
-            M::U(u) => {
-                write_uint(out, *u).unwrap();
-            }
-            M::F(f) => write_f64(out, *f).unwrap(),
-            M::F32(f) => write_f32(out, *f).unwrap(),
-            M::S(x) => write_str(out, x).unwrap(),
-            M::Raw(b) => out.extend_from_slice(b),
-            M::A(items) => {
-                write_array_len(out, items.len() as u32).unwrap();
-                items.iter().for_each(|i| enc(i, out));
-            }
-            M::Map(pairs) => {
-                write_map_len(out, pairs.len() as u32).unwrap();
-                for (k, v) in pairs {
-                    write_str(out, k).unwrap();
-                    enc(v, out);
-                }
-            }
-        }
-    }
-
-    fn bytes(m: &M) -> Vec<u8> {
-        let mut out = Vec::new();
-        enc(m, &mut out);
-        out
-    }
+    use super::test_mp::{bytes, map, s, M};
 
     const NOW: i64 = 1_700_000_000_000_000_000;
 

@@ -7,65 +7,12 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use common::mp::{bytes, map, s, M};
 use common::{rows, V};
 use proptest::prelude::*;
 use tidemark_ingest::msgpack::parse;
 
 const NOW: i64 = 1_700_000_000_000_000_000;
-
-/// A MessagePack value to encode with rmp.
-#[derive(Debug, Clone)]
-enum M {
-    Nil,
-    B(bool),
-    I(i64),
-    U(u64),
-    F(f64),
-    S(String),
-    A(Vec<M>),
-    Map(Vec<(String, M)>),
-}
-
-fn s(x: &str) -> M {
-    M::S(x.to_string())
-}
-
-fn map(pairs: Vec<(&str, M)>) -> M {
-    M::Map(pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-}
-
-fn enc(m: &M, out: &mut Vec<u8>) {
-    use rmp::encode::*;
-    match m {
-        M::Nil => write_nil(out).unwrap(),
-        M::B(b) => write_bool(out, *b).unwrap(),
-        M::I(i) => {
-            write_sint(out, *i).unwrap();
-        }
-        M::U(u) => {
-            write_uint(out, *u).unwrap();
-        }
-        M::F(f) => write_f64(out, *f).unwrap(),
-        M::S(x) => write_str(out, x).unwrap(),
-        M::A(items) => {
-            write_array_len(out, items.len() as u32).unwrap();
-            items.iter().for_each(|i| enc(i, out));
-        }
-        M::Map(pairs) => {
-            write_map_len(out, pairs.len() as u32).unwrap();
-            for (k, v) in pairs {
-                write_str(out, k).unwrap();
-                enc(v, out);
-            }
-        }
-    }
-}
-
-fn bytes(m: &M) -> Vec<u8> {
-    let mut out = Vec::new();
-    enc(m, &mut out);
-    out
-}
 
 fn ok(m: &M) -> Vec<common::Row> {
     rows(&parse(&bytes(m), "db", NOW).unwrap().batches)

@@ -1,6 +1,8 @@
 //! Turning decoded batches back into plain rows for comparison.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod mp;
+
 use std::collections::BTreeMap;
 
 use arrow_array::cast::AsArray;
