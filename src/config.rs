@@ -202,35 +202,11 @@ pub struct WalSettings {
     pub max_pending_bytes: u64,
     /// `strict` (default: refuse to start on a corrupt entry) or `skip`.
     pub recovery_mode: RecoveryMode,
-    /// How group writes and syncs are issued: `uring` (through io_uring's
-    /// kernel workers), `blocking` (plain syscalls on the shard core), or
-    /// `auto` (default): `blocking` when the process may run on no more
-    /// CPUs than it has shard cores, so io_uring's workers would have to
-    /// take turns with them, else `uring`. See tuning.md.
-    pub io: WalIoSetting,
-}
-
-/// `wal.io`: a [`WalIo`], or `auto`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WalIoSetting {
-    #[default]
-    Auto,
-    Uring,
-    Blocking,
-}
-
-impl WalIoSetting {
-    /// The mode to use for `shard_cores` shard cores when the process may
-    /// run on `cpus` CPUs.
-    pub fn resolve(self, shard_cores: usize, cpus: usize) -> WalIo {
-        match self {
-            WalIoSetting::Uring => WalIo::Uring,
-            WalIoSetting::Blocking => WalIo::Blocking,
-            WalIoSetting::Auto if cpus <= shard_cores => WalIo::Blocking,
-            WalIoSetting::Auto => WalIo::Uring,
-        }
-    }
+    /// How group writes and syncs are issued: `uring` (default: through
+    /// io_uring, whose kernel workers run them while the core serves other
+    /// requests) or `blocking` (plain syscalls on the shard core). See
+    /// tuning.md for what each measured.
+    pub io: WalIo,
 }
 
 impl Default for WalSettings {
@@ -240,7 +216,7 @@ impl Default for WalSettings {
             segment_bytes: 64 << 20,
             max_pending_bytes: 64 << 20,
             recovery_mode: RecoveryMode::Strict,
-            io: WalIoSetting::Auto,
+            io: WalIo::Uring,
         }
     }
 }
@@ -726,19 +702,16 @@ mod tests {
     }
 
     #[test]
-    fn wal_io_auto_blocks_only_without_spare_cpus() {
+    fn wal_io_from_file_env_and_flags() {
+        let c = Config::load(None, Vec::new(), &Overrides::default()).unwrap();
+        assert_eq!(c.wal.io, WalIo::Uring);
         let c = Config::load(
             None,
-            env(&[("TIDEMARK_WAL_IO", "auto")]),
+            env(&[("TIDEMARK_WAL_IO", "blocking")]),
             &Overrides::default(),
         )
         .unwrap();
-        assert_eq!(c.wal.io, WalIoSetting::Auto);
-        assert_eq!(WalIoSetting::Auto.resolve(1, 1), WalIo::Blocking);
-        assert_eq!(WalIoSetting::Auto.resolve(2, 2), WalIo::Blocking);
-        assert_eq!(WalIoSetting::Auto.resolve(1, 2), WalIo::Uring);
-        assert_eq!(WalIoSetting::Uring.resolve(1, 1), WalIo::Uring);
-        assert_eq!(WalIoSetting::Blocking.resolve(1, 8), WalIo::Blocking);
+        assert_eq!(c.wal.io, WalIo::Blocking);
         let c = Config::load(
             None,
             Vec::new(),
@@ -748,10 +721,10 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(c.wal.io, WalIoSetting::Blocking);
+        assert_eq!(c.wal.io, WalIo::Blocking);
         let e = Config::load(
             None,
-            env(&[("TIDEMARK_WAL_IO", "sometimes")]),
+            env(&[("TIDEMARK_WAL_IO", "auto")]),
             &Overrides::default(),
         )
         .unwrap_err();

@@ -176,8 +176,7 @@ fn shard_config(config: &Config, data: &Path, i: usize) -> ShardConfig {
     wal.segment_size = config.wal.segment_bytes;
     wal.max_pending_bytes = config.wal.max_pending_bytes as usize;
     wal.recovery_mode = config.wal.recovery_mode;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    wal.io = config.wal.io.resolve(config.shard_cores(), cpus);
+    wal.io = config.wal.io;
     if config.cluster.role == Role::Writer {
         wal.ring_bytes = config.replication.ring_bytes;
         wal.max_retained_bytes = config.replication.max_retained_bytes;
@@ -260,7 +259,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config,
     });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    tracing::info!(%addr, shard_cores = shard_count, data_dir = %data.display(), sync_mode = ?node.config.wal.sync_mode, wal_io = ?node.config.wal.io.resolve(shard_count, cpus), role = ?node.config.cluster.role, "starting tidemark");
+    tracing::info!(%addr, shard_cores = shard_count, data_dir = %data.display(), sync_mode = ?node.config.wal.sync_mode, wal_io = ?node.config.wal.io, role = ?node.config.cluster.role, "starting tidemark");
 
     let mut cores = Vec::new();
     for (i, snapshots) in snapshot_rxs.into_iter().enumerate() {

@@ -73,17 +73,15 @@ impl std::str::FromStr for SyncMode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WalIo {
-    /// Through the core's io_uring (the default): the core serves other
-    /// requests while a group is written and synced. The kernel hands
-    /// buffered writes and syncs to io_uring worker threads (`iou-wrk-*`),
-    /// which need a CPU to run on: on a CPU the shard core keeps busy each
-    /// hand-off waits for a scheduler slice (3-13 ms per `fdatasync`
-    /// measured here, against 0.2-1 ms for the syscall itself).
+    /// Through the core's io_uring (the default): the kernel hands buffered
+    /// writes and syncs to io_uring worker threads (`iou-wrk-*`) while the
+    /// core decodes the next requests. The workers need a CPU: on a CPU the
+    /// shard core keeps busy, each hand-off waits for a scheduler slice.
     #[default]
     Uring,
-    /// Plain blocking `pwrite` and `fdatasync` on the shard core: the core
-    /// waits for the disk, but nothing waits for another thread to be
-    /// scheduled. For nodes with no CPU to spare for io_uring's workers.
+    /// Plain blocking `pwrite` and `fdatasync` on the shard core: no
+    /// hand-off, but the core waits for the disk. Measured slower than
+    /// `Uring` with flushes running (tuning.md).
     Blocking,
 }
 
