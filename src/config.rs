@@ -204,8 +204,8 @@ pub struct WalSettings {
     pub recovery_mode: RecoveryMode,
     /// How group writes and syncs are issued: `uring` (default: through
     /// io_uring, whose kernel workers run them while the core serves other
-    /// requests) or `blocking` (plain syscalls on the shard core). See
-    /// tuning.md for what each measured.
+    /// requests) or `blocking` (plain syscalls on the shard core: less
+    /// throughput, a lower tail when no CPU is spare). See tuning.md.
     pub io: WalIo,
 }
 

@@ -80,8 +80,9 @@ pub enum WalIo {
     #[default]
     Uring,
     /// Plain blocking `pwrite` and `fdatasync` on the shard core: no
-    /// hand-off, but the core waits for the disk. Measured slower than
-    /// `Uring` with flushes running (tuning.md).
+    /// hand-off, but the core waits for the disk. Measured: less
+    /// throughput than `Uring` on one busy CPU, a lower tail at half load
+    /// (tuning.md).
     Blocking,
 }
 
