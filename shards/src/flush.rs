@@ -859,17 +859,21 @@ mod tests {
         assert_eq!(names, ["2026", "b.parquet"]);
     }
 
+    /// A deterministic pseudo-random sequence (xorshift64) for test data.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     /// Grouping gives exactly a stable sort by (hour, series, time): with
     /// buckets whose times arrive ascending, shuffled, and tied.
     #[test]
     fn sort_order_is_a_stable_sort_by_hour_series_time() {
-        let mut rng = 0x2545f4914f6cdd1du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(0x2545f4914f6cdd1du64);
         for ascending in [true, false] {
             let rows = 2000;
             let hours: Vec<i64> = (0..rows).map(|_| (next() % 3) as i64 - 1).collect();
@@ -912,13 +916,8 @@ mod tests {
             Some("z"),
             Some("a"),
         ];
-        let mut rng = 0x9e3779b97f4a7c15u64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng as usize
-        };
+        let mut rng = xorshift(0x9e3779b97f4a7c15u64);
+        let mut next = move || rng() as usize;
         let rows = 300;
         let tuples: Vec<[Option<&str>; 3]> = (0..rows)
             .map(|_| std::array::from_fn(|_| values[next() % values.len()]))
@@ -957,13 +956,7 @@ mod tests {
         let schema = host_region_schema();
         let hosts = ["b", "a", "ab", "c", "", "a\u{e9}"];
         let regions = [None, Some("eu"), Some("us"), Some("e")];
-        let mut rng = 0x2545f4914f6cdd1du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
+        let mut next = xorshift(0x2545f4914f6cdd1du64);
         let mut batches = Vec::new();
         let mut all = Vec::new();
         for _ in 0..3 {
