@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hdrhistogram::Histogram;
-use tidemark_benches::{scratch_dir, FIELDS, HOSTS};
+use tidemark_benches::{scratch_dir, HOSTS};
 use tidemark_ingest::{line_protocol, msgpack, Precision};
+use tidemark_loadgen::gen::{self, Generator, Schema};
 use tidemark_shards::buffer::BufferConfig;
 use tidemark_shards::flush::{FileStore, FlushPool};
 use tidemark_shards::manifest::Manifest;
@@ -59,116 +60,19 @@ impl Format {
     }
 }
 
-// ---- request bodies: TSBS cpu-only, as tidemark-loadgen generates them ----
+// ---- request bodies: TSBS cpu-only, from tidemark-loadgen's generator ----
 
-const REGIONS: [&str; 6] = [
-    "us-east-1",
-    "us-west-1",
-    "us-west-2",
-    "eu-west-1",
-    "eu-central-1",
-    "ap-southeast-1",
-];
 /// 2026-01-01T00:00:00Z.
 const START_NS: i64 = 1_767_225_600_000_000_000;
 
-fn host_tags(h: usize) -> [(&'static str, String); 10] {
-    let region = REGIONS[h % REGIONS.len()];
-    [
-        ("hostname", format!("host_{h}")),
-        ("region", region.to_string()),
-        ("datacenter", format!("{region}{}", ["a", "b", "c"][h % 3])),
-        ("rack", (h % 100).to_string()),
-        (
-            "os",
-            ["Ubuntu16.04LTS", "Ubuntu15.10", "Ubuntu16.10"][h % 3].to_string(),
-        ),
-        ("arch", ["x64", "x86"][h % 2].to_string()),
-        ("team", ["SF", "NYC", "LON", "CHI"][h % 4].to_string()),
-        ("service", ["6", "7", "8", "9"][h % 4].to_string()),
-        ("service_version", (h % 2).to_string()),
-        (
-            "service_environment",
-            ["production", "staging", "test"][h % 3].to_string(),
-        ),
-    ]
-}
-
-/// Rows `first..first + n` (host after host, a 10 s tick per round of hosts):
-/// (host, time in ns, field values).
-fn rows(first: usize, n: usize, rng: &mut u64) -> Vec<(usize, i64, [f64; 10])> {
-    (first..first + n)
-        .map(|i| {
-            let mut v = [0.0; 10];
-            for x in &mut v {
-                *rng ^= *rng << 13;
-                *rng ^= *rng >> 7;
-                *rng ^= *rng << 17;
-                *x = (*rng % 10_000) as f64 / 100.0;
-            }
-            let tick = (i / HOSTS) as i64;
-            (i % HOSTS, START_NS + tick * 10_000_000_000, v)
-        })
-        .collect()
-}
-
-fn line_protocol_body(rows: &[(usize, i64, [f64; 10])]) -> Vec<u8> {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(rows.len() * 400);
-    for (h, t, v) in rows {
-        s.push_str("cpu");
-        for (k, val) in host_tags(*h) {
-            let _ = write!(s, ",{k}={val}");
-        }
-        for (i, (f, x)) in FIELDS.iter().zip(v).enumerate() {
-            let _ = write!(s, "{}{f}={x}", if i == 0 { ' ' } else { ',' });
-        }
-        let _ = writeln!(s, " {t}");
-    }
-    s.into_bytes()
-}
-
-fn msgpack_columnar_body(rows: &[(usize, i64, [f64; 10])]) -> Vec<u8> {
-    use rmp::encode::*;
-    let mut out = Vec::with_capacity(rows.len() * 250);
-    let w = "writing to a Vec cannot fail";
-    write_map_len(&mut out, 2).expect(w);
-    write_str(&mut out, "m").expect(w);
-    write_str(&mut out, "cpu").expect(w);
-    write_str(&mut out, "columns").expect(w);
-    write_map_len(&mut out, 1 + 10 + FIELDS.len() as u32).expect(w);
-    write_str(&mut out, "time").expect(w);
-    write_array_len(&mut out, rows.len() as u32).expect(w);
-    for (_, t, _) in rows {
-        write_sint(&mut out, t / 1_000_000).expect(w);
-    }
-    for k in 0..10 {
-        write_str(&mut out, host_tags(0)[k].0).expect(w);
-        write_array_len(&mut out, rows.len() as u32).expect(w);
-        for (h, _, _) in rows {
-            write_str(&mut out, &host_tags(*h)[k].1).expect(w);
-        }
-    }
-    for (i, f) in FIELDS.iter().enumerate() {
-        write_str(&mut out, f).expect(w);
-        write_array_len(&mut out, rows.len() as u32).expect(w);
-        for (_, _, v) in rows {
-            write_f64(&mut out, v[i]).expect(w);
-        }
-    }
-    out
-}
-
 fn bodies(format: Format, rows_per_request: usize) -> Vec<Rc<Vec<u8>>> {
-    let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+    let wire = match format {
+        Format::Lp => gen::Format::Lp,
+        Format::MsgpackColumnar => gen::Format::MsgpackColumnar,
+    };
+    let mut rows = Generator::new(Schema::Cpu, HOSTS, START_NS, 10_000_000_000, 1);
     (0..POOL)
-        .map(|i| {
-            let r = rows(i * rows_per_request, rows_per_request, &mut rng);
-            Rc::new(match format {
-                Format::Lp => line_protocol_body(&r),
-                Format::MsgpackColumnar => msgpack_columnar_body(&r),
-            })
-        })
+        .map(|_| Rc::new(gen::encode(wire, &rows.rows(rows_per_request))))
         .collect()
 }
 

@@ -9,7 +9,6 @@
 //! scheduled send time (corrected for coordinated omission); without it,
 //! connections send as fast as the server answers.
 
-mod gen;
 mod schedule;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -19,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use gen::{Format, Generator, Schema};
 use hdrhistogram::Histogram;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use schedule::Schedule;
+use tidemark_loadgen::gen::{self, Format, Generator, Schema};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Compression {
