@@ -86,19 +86,6 @@ pub enum WalIo {
     Blocking,
 }
 
-impl std::str::FromStr for WalIo {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "uring" => Ok(WalIo::Uring),
-            "blocking" => Ok(WalIo::Blocking),
-            other => Err(format!(
-                "unknown WAL I/O mode {other:?} (expected uring or blocking)"
-            )),
-        }
-    }
-}
-
 /// Settings of one shard's WAL.
 #[derive(Debug, Clone)]
 pub struct WalConfig {
