@@ -28,6 +28,60 @@ pub struct Config {
     pub auth: AuthConfig,
     pub cluster: ClusterConfig,
     pub replication: ReplicationSettings,
+    pub tls: TlsConfig,
+}
+
+/// Inter-node TLS (control port; mutual: every peer's certificate is
+/// checked against `tls.ca`). Off unless all three are set.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This node's certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// The CA that signs every node's certificate (PEM).
+    pub ca: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some() || self.ca.is_some()
+    }
+}
+
+/// A list given as a TOML array or as one comma-separated string (the
+/// form environment variables take).
+fn list_or_csv<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Csv(String),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::List(v) => v,
+        Form::Csv(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_string)
+            .collect(),
+    })
+}
+
+/// A string, or a number taken as its decimal text (`node_id = 3`).
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        S(String),
+        N(u64),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::S(s) => s,
+        Form::N(n) => n.to_string(),
+    })
 }
 
 /// What a node is in a cluster.
@@ -43,17 +97,68 @@ pub enum Role {
     Reader,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// `standalone` (default), `writer` or `reader`.
     pub role: Role,
-    /// Shared secret that authenticates replication streams (HMAC-SHA256;
-    /// it never crosses the wire). Required for writers and readers.
+    /// Shared secret that authenticates replication streams and every
+    /// control message (HMAC-SHA256; it never crosses the wire). Required
+    /// for writers and readers.
     pub secret: String,
     /// This node's id, which a reader gives its writer (metrics and logs are
-    /// labelled with it). Default: `node-<http port>`.
+    /// labelled with it). Default: `node-<http port>`. In a cluster
+    /// (`cluster.control_addr` set) it is the node's Raft id: a number from
+    /// 1 up, unique in the cluster.
+    #[serde(deserialize_with = "string_or_number")]
     pub node_id: String,
+    /// The control port (Raft, joins, heartbeats), e.g. `127.0.0.1:7000`.
+    /// Setting it makes the node a cluster member. Default empty (static
+    /// writer/reader or standalone).
+    pub control_addr: String,
+    /// The control address other nodes reach this node at, when it is not
+    /// `cluster.control_addr` (a proxy or NAT in between). Default empty:
+    /// the same. Outgoing control connections leave from
+    /// `cluster.control_addr`'s IP.
+    pub advertise_addr: String,
+    /// Control addresses of nodes already in the cluster, to join through
+    /// (TOML array, or comma-separated in `TIDEMARK_CLUSTER_SEEDS`). A node
+    /// with no seeds and no Raft state starts a new cluster. Default none.
+    #[serde(deserialize_with = "list_or_csv")]
+    pub seeds: Vec<String>,
+    /// Takes part in Raft votes. Default true; readers that only serve
+    /// queries usually set false.
+    pub voter: bool,
+    /// How often a node heartbeats the Raft leader, in ms. Default 500.
+    pub heartbeat_ms: u64,
+    /// Silence after which the leader marks a node `unhealthy`, in ms.
+    /// Default 1,500.
+    pub unhealthy_after_ms: u64,
+    /// Silence after which the leader marks a node `dead`, in ms. Default
+    /// 2,500 (a dead node is detected in under 3 s).
+    pub dead_after_ms: u64,
+    /// Raft election timeout, in ms: a follower that hears no leader for a
+    /// random time between this and twice this starts an election.
+    /// Default 1,000. Raft's own heartbeat is a fifth of it.
+    pub election_timeout_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            role: Role::Standalone,
+            secret: String::new(),
+            node_id: String::new(),
+            control_addr: String::new(),
+            advertise_addr: String::new(),
+            seeds: Vec::new(),
+            voter: true,
+            heartbeat_ms: 500,
+            unhealthy_after_ms: 1_500,
+            dead_after_ms: 2_500,
+            election_timeout_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -558,7 +663,7 @@ impl Config {
                 format!("{:?} is not an IP address and port", r.listen_addr),
             );
         }
-        if role == Role::Reader && r.writer_addr.parse::<SocketAddr>().is_err() {
+        if role == Role::Reader && !self.in_cluster() && r.writer_addr.parse::<SocketAddr>().is_err() {
             return invalid(
                 "replication.writer_addr",
                 format!(
@@ -576,7 +681,7 @@ impl Config {
             (
                 "replication.writer_addr",
                 &r.writer_addr,
-                role == Role::Reader,
+                role == Role::Reader && !self.in_cluster(),
             ),
         ] {
             let port = addr.parse::<SocketAddr>().map_or(0, |a| a.port()) as usize;
@@ -611,7 +716,9 @@ impl Config {
                 return invalid(key, "must be more than 0".into());
             }
         }
-        if !self.cluster.node_id.is_empty()
+        if self.in_cluster() {
+            self.validate_control()?;
+        } else if !self.cluster.node_id.is_empty()
             && tidemark_shards::schema::validate_database_name(&self.cluster.node_id).is_err()
         {
             return invalid(
@@ -621,6 +728,120 @@ impl Config {
                     self.cluster.node_id
                 ),
             );
+        }
+        Ok(())
+    }
+
+    /// A cluster member: `cluster.control_addr` is set.
+    pub fn in_cluster(&self) -> bool {
+        !self.cluster.control_addr.is_empty()
+    }
+
+    /// The control address other nodes use for this one.
+    pub fn advertised_control_addr(&self) -> &str {
+        if self.cluster.advertise_addr.is_empty() {
+            &self.cluster.control_addr
+        } else {
+            &self.cluster.advertise_addr
+        }
+    }
+
+    /// The node's Raft id (validated: in a cluster, `cluster.node_id` is a number).
+    pub fn raft_id(&self) -> u64 {
+        self.cluster.node_id.parse().unwrap_or(0)
+    }
+
+    fn validate_control(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let c = &self.cluster;
+        if c.role == Role::Standalone {
+            return invalid(
+                "cluster.role",
+                "a cluster member (cluster.control_addr set) is a writer or a reader".into(),
+            );
+        }
+        match c.node_id.parse::<u64>() {
+            Ok(n) if n > 0 => {}
+            _ => {
+                return invalid(
+                    "cluster.node_id",
+                    format!(
+                        "{:?}: in a cluster, the node id is a number from 1 up, unique in the cluster",
+                        c.node_id
+                    ),
+                )
+            }
+        }
+        if c.control_addr.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "cluster.control_addr",
+                format!("{:?} is not an IP address and port", c.control_addr),
+            );
+        }
+        if !c.advertise_addr.is_empty() && c.advertise_addr.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "cluster.advertise_addr",
+                format!("{:?} is not an IP address and port", c.advertise_addr),
+            );
+        }
+        for s in &c.seeds {
+            if s.parse::<SocketAddr>().is_err() {
+                return invalid(
+                    "cluster.seeds",
+                    format!("{s:?} is not an IP address and port"),
+                );
+            }
+        }
+        if c.role == Role::Writer && self.replication.listen_addr.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "replication.listen_addr",
+                format!("{:?} is not an IP address and port", self.replication.listen_addr),
+            );
+        }
+        for (key, v) in [
+            ("cluster.heartbeat_ms", c.heartbeat_ms),
+            ("cluster.unhealthy_after_ms", c.unhealthy_after_ms),
+            ("cluster.dead_after_ms", c.dead_after_ms),
+            ("cluster.election_timeout_ms", c.election_timeout_ms),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be more than 0".into());
+            }
+        }
+        if c.unhealthy_after_ms <= c.heartbeat_ms {
+            return invalid(
+                "cluster.unhealthy_after_ms",
+                format!(
+                    "{} must be more than cluster.heartbeat_ms ({})",
+                    c.unhealthy_after_ms, c.heartbeat_ms
+                ),
+            );
+        }
+        if c.dead_after_ms <= c.unhealthy_after_ms {
+            return invalid(
+                "cluster.dead_after_ms",
+                format!(
+                    "{} must be more than cluster.unhealthy_after_ms ({})",
+                    c.dead_after_ms, c.unhealthy_after_ms
+                ),
+            );
+        }
+        let t = &self.tls;
+        if t.enabled() {
+            for (key, v) in [("tls.cert", &t.cert), ("tls.key", &t.key), ("tls.ca", &t.ca)] {
+                match v {
+                    None => {
+                        return invalid(
+                            key,
+                            "TLS needs tls.cert, tls.key and tls.ca together (mutual TLS)".into(),
+                        )
+                    }
+                    Some(p) if !p.is_file() => {
+                        return invalid(key, format!("{} is not a readable file", p.display()))
+                    }
+                    Some(_) => {}
+                }
+            }
         }
         Ok(())
     }

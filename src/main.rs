@@ -1,6 +1,8 @@
 //! The `tidemark` binary: `tidemark serve` runs a node.
 
 mod config;
+mod context;
+mod control;
 mod http;
 mod metrics;
 mod node;

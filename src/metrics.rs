@@ -74,6 +74,127 @@ pub struct NodeMetrics {
     core_busy: Family<ShardLabel, Counter<f64, AtomicU64>>,
     pub ready: Gauge,
     pub replication: ReplicationFamilies,
+    pub control: ControlFamilies,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabel {
+    pub rpc: String,
+    pub result: String,
+}
+
+/// Control core metrics: Raft status, node states, heartbeats, RPCs.
+#[derive(Debug)]
+pub struct ControlFamilies {
+    pub raft_term: Gauge,
+    pub raft_leader: Gauge,
+    pub raft_is_leader: Gauge,
+    pub raft_commit_index: Gauge,
+    pub raft_applied_index: Gauge,
+    pub nodes: Family<StateLabel, Gauge>,
+    pub heartbeat_failures: Counter,
+    pub rpc_seconds: HistogramFamily<RpcLabel>,
+}
+
+impl Default for ControlFamilies {
+    fn default() -> Self {
+        ControlFamilies {
+            raft_term: Gauge::default(),
+            raft_leader: Gauge::default(),
+            raft_is_leader: Gauge::default(),
+            raft_commit_index: Gauge::default(),
+            raft_applied_index: Gauge::default(),
+            nodes: Family::default(),
+            heartbeat_failures: Counter::default(),
+            rpc_seconds: Family::new_with_constructor(latency_histogram),
+        }
+    }
+}
+
+impl ControlFamilies {
+    fn register(&self, r: &mut Registry) {
+        r.register("raft_term", "Cluster: the current Raft term", self.raft_term.clone());
+        r.register(
+            "raft_leader",
+            "Cluster: the Raft leader's node id (0 while none is known)",
+            self.raft_leader.clone(),
+        );
+        r.register(
+            "raft_is_leader",
+            "Cluster: 1 while this node is the Raft leader",
+            self.raft_is_leader.clone(),
+        );
+        r.register(
+            "raft_commit_index",
+            "Cluster: the last Raft log index known committed on this node",
+            self.raft_commit_index.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Cluster: the last Raft log index applied to this node's cluster state",
+            self.raft_applied_index.clone(),
+        );
+        r.register(
+            "cluster_nodes",
+            "Cluster: nodes in the cluster state, by health state",
+            self.nodes.clone(),
+        );
+        r.register(
+            "cluster_heartbeat_failures",
+            "Cluster: heartbeats to the leader that failed (unreachable, timed out, refused)",
+            self.heartbeat_failures.clone(),
+        );
+        r.register_with_unit(
+            "control_rpc",
+            "Cluster: duration of Raft RPCs this node sent, by RPC and result",
+            Unit::Seconds,
+            self.rpc_seconds.clone(),
+        );
+    }
+
+    /// Records one Raft RPC.
+    pub fn observe_rpc(&self, rpc: &str, d: std::time::Duration, ok: bool) {
+        self.rpc_seconds
+            .get_or_create(&RpcLabel {
+                rpc: rpc.into(),
+                result: if ok { "ok" } else { "error" }.into(),
+            })
+            .observe(d.as_secs_f64());
+    }
+
+    /// Copies the Raft status and node counts into the gauges.
+    pub fn set_status(
+        &self,
+        term: u64,
+        leader: u64,
+        committed: u64,
+        applied: u64,
+        is_leader: bool,
+        state: &crate::control::state::ClusterState,
+    ) {
+        self.raft_term.set(term as i64);
+        self.raft_leader.set(leader as i64);
+        self.raft_commit_index.set(committed as i64);
+        self.raft_applied_index.set(applied as i64);
+        self.raft_is_leader.set(i64::from(is_leader));
+        for st in [
+            crate::control::state::NodeState::Healthy,
+            crate::control::state::NodeState::Unhealthy,
+            crate::control::state::NodeState::Dead,
+        ] {
+            let n = state.nodes.values().filter(|n| n.state == st).count();
+            self.nodes
+                .get_or_create(&StateLabel {
+                    state: st.as_str().into(),
+                })
+                .set(n as i64);
+        }
+    }
 }
 
 /// Replication metrics: per (reader, shard) on a writer, per shard on a reader.
@@ -163,7 +284,7 @@ impl ReplicationFamilies {
 /// The ingest formats, as metric label values.
 pub const FORMATS: [&str; 2] = ["line_protocol", "msgpack"];
 /// The routes measured by the HTTP latency histogram.
-pub const ROUTES: [&str; 9] = [
+pub const ROUTES: [&str; 10] = [
     "write_line_protocol",
     "write_msgpack",
     "health",
@@ -173,6 +294,7 @@ pub const ROUTES: [&str; 9] = [
     "other",
     "query",
     "replication",
+    "cluster",
 ];
 
 impl NodeMetrics {
@@ -197,9 +319,11 @@ impl NodeMetrics {
             core_busy: Family::default(),
             ready: Gauge::default(),
             replication: ReplicationFamilies::default(),
+            control: ControlFamilies::default(),
             registry: Mutex::new(Registry::default()),
         };
         m.replication.register(&mut r);
+        m.control.register(&mut r);
         r.register(
             "ingest_rows",
             "Rows accepted, by shard and format",

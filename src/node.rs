@@ -31,95 +31,8 @@ use tidemark_shards::wal::WalConfig;
 use tidemark_shards::{Catalog, ColumnKind, ShardId, TableKey};
 
 use crate::config::{Config, Role};
-use crate::metrics::{CoreMetrics, NodeMetrics};
-
-/// What every core shares. Read-mostly; nothing here is touched per row.
-#[derive(Debug)]
-pub struct NodeShared {
-    pub config: Config,
-    pub catalog: Arc<Catalog>,
-    pub query: Arc<crate::query::QueryEngine>,
-    pub tokens: Vec<String>,
-    pub metrics: Arc<NodeMetrics>,
-    pub manifest: Arc<Manifest>,
-    pub store: Arc<FileStore>,
-    pub shard_count: usize,
-    recovered: AtomicUsize,
-    shutting_down: AtomicBool,
-    /// `POST /api/v1/flush`: the latest flush epoch asked for, and per core
-    /// the latest epoch it has flushed (or failed: `flush_errors`).
-    flush_requested: AtomicU64,
-    flush_done: Vec<AtomicU64>,
-    flush_errors: Mutex<Vec<(u64, String)>>,
-}
-
-impl NodeShared {
-    /// Recovered, and not shutting down.
-    pub fn is_ready(&self) -> bool {
-        self.recovered.load(Ordering::Acquire) == self.shard_count && !self.is_shutting_down()
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::Acquire)
-    }
-
-    /// Asks every core to flush; returns the epoch to wait for.
-    pub fn request_flush(&self) -> u64 {
-        self.flush_requested.fetch_add(1, Ordering::AcqRel) + 1
-    }
-
-    /// `None` while some core has not flushed `epoch` yet.
-    pub fn flush_status(&self, epoch: u64) -> Option<Result<(), String>> {
-        if self
-            .flush_done
-            .iter()
-            .any(|d| d.load(Ordering::Acquire) < epoch)
-        {
-            return None;
-        }
-        let errors = self.flush_errors.lock().expect("flush errors lock");
-        match errors.iter().find(|(e, _)| *e >= epoch) {
-            Some((_, msg)) => Some(Err(msg.clone())),
-            None => Some(Ok(())),
-        }
-    }
-
-    fn update_ready_gauge(&self) {
-        self.metrics.ready.set(i64::from(self.is_ready()));
-    }
-}
-
-/// One shard core's state, owned by its thread.
-#[derive(Debug)]
-pub struct CoreCtx {
-    pub id: usize,
-    pub node: Arc<NodeShared>,
-    pub metrics: CoreMetrics,
-    /// The shard, once recovered.
-    pub shard: RefCell<Option<Rc<Shard>>>,
-    /// Set at shutdown: finish in-flight requests, accept no more.
-    pub draining: Cell<bool>,
-    /// Wakes idle connections and the accept loop when draining starts.
-    pub drain_event: Event,
-    pub connections: Cell<usize>,
-    /// On a writer: this core's replication streams and readers' acks.
-    pub writer: RefCell<Option<Rc<crate::replication::sender::WriterSide>>>,
-}
-
-impl CoreCtx {
-    pub fn shard(&self) -> Option<Rc<Shard>> {
-        self.shard.borrow().clone()
-    }
-
-    /// Copies the shard's buffer size into its gauges.
-    pub fn refresh_gauges(&self) {
-        if let Some(shard) = self.shard() {
-            let (rows, bytes) = shard.buffered();
-            self.metrics.buffer_rows.set(rows as i64);
-            self.metrics.buffer_bytes.set(bytes as i64);
-        }
-    }
-}
+use crate::context::{CoreCtx, NodeShared};
+use crate::metrics::NodeMetrics;
 
 /// Holds an exclusive `flock` on `<data_dir>/LOCK` for the life of the node.
 struct DirLock {
@@ -227,6 +140,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config.flush.nice,
     );
     let metrics = NodeMetrics::new();
+    let (control, control_parts) = crate::control::ControlHandle::new(&config).with_context(|| {
+        format!(
+            "binding the control port cluster.control_addr = {}",
+            config.cluster.control_addr
+        )
+    })?;
     let mut snapshot_rxs = Vec::new();
     let mut snapshot_txs = Vec::new();
     for _ in 0..shard_count {
@@ -251,6 +170,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         manifest: manifest.clone(),
         store,
         shard_count,
+        control,
+        positions: (0..shard_count)
+            .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+            .collect(),
+        fatal: Mutex::new(None),
         recovered: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
         flush_requested: AtomicU64::new(0),
@@ -279,11 +203,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(pool);
 
-    // The control thread: signals, housekeeping, shutdown.
+    // The control thread: Raft (in a cluster), signals, housekeeping, shutdown.
     let control_node = node.clone();
     let control = std::thread::Builder::new()
         .name("tidemark-control".into())
-        .spawn(move || control_main(control_node))
+        .spawn(move || control_main(control_node, control_parts))
         .context("starting the control thread")?;
 
     let mut failure = None;
@@ -307,6 +231,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for t in flush_threads {
         let _ = t.join();
     }
+    if let Some(reason) = node.fatal.lock().expect("fatal lock").take() {
+        failure.get_or_insert_with(|| anyhow::anyhow!(reason));
+    }
     match failure {
         Some(e) => Err(e),
         None => {
@@ -316,12 +243,43 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
-fn control_main(node: Arc<NodeShared>) {
+/// The control thread: a tokio current-thread runtime that watches the
+/// signals and, in a cluster, runs the control core (Raft, health, API).
+fn control_main(node: Arc<NodeShared>, parts: crate::control::ControlParts) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            node.fail(format!("cannot start the control runtime: {e}"));
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let member = node.config.in_cluster().then(|| {
+            let node = node.clone();
+            let config = node.config.clone();
+            tokio::spawn(async move {
+                if let Err(e) = crate::control::member::run(config, parts, node.clone()).await {
+                    node.fail(format!("{e:#}"));
+                }
+            })
+        });
+        watch_signals(&node).await;
+        if let Some(m) = member {
+            let _ = m.await;
+        }
+    });
+}
+
+/// Turns SIGTERM/SIGINT into a shutdown; keeps the ready gauge fresh.
+async fn watch_signals(node: &NodeShared) {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
+            node.fail(format!("cannot install signal handlers: {e}"));
             return;
         }
     };
@@ -334,7 +292,7 @@ fn control_main(node: Arc<NodeShared>) {
         if node.is_shutting_down() {
             return;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

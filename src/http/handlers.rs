@@ -12,7 +12,7 @@ use tidemark_shards::SchemaError;
 
 use super::{auth, body, Request, Response};
 use crate::config::Role;
-use crate::node::CoreCtx;
+use crate::context::CoreCtx;
 use crate::query::engine::OutputFormat;
 
 const LINE_PROTOCOL: usize = 0;
@@ -31,6 +31,7 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
         "/api/v1/flush" => 5,
         "/api/v1/query" | "/api/v1/query/arrow" | "/api/v1/measurements" => 7,
         "/api/v1/replication/manifest" | "/api/v1/replication/file" => 8,
+        p if p == "/api/v1/cluster" || p.starts_with("/api/v1/cluster/") => 9,
         _ => 6,
     };
     // The replication endpoints authenticate with the cluster secret.
@@ -120,6 +121,11 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
             query(ctx, req, OutputFormat::Arrow(compression)).await
         }
         ("GET", "/api/v1/measurements") => measurements(ctx, &req),
+        ("GET", "/api/v1/cluster") => crate::control::api::get(&node.control),
+        ("DELETE", p) if p.starts_with("/api/v1/cluster/nodes/") => {
+            crate::control::api::delete_node(&node.control, &p["/api/v1/cluster/nodes/".len()..])
+                .await
+        }
         ("GET", "/api/v1/replication/manifest" | "/api/v1/replication/file") => {
             crate::replication::bootstrap::serve(ctx, &req)
         }
@@ -196,7 +202,23 @@ async fn write(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response {
 
 async fn write_inner(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response {
     let node = &ctx.node;
-    if node.config.cluster.role == Role::Reader {
+    if node.config.in_cluster() {
+        let view = node.control.view();
+        if !view.is_primary() {
+            let primary = view.state.primary_node().map(|p| p.spec.http_addr.clone());
+            let msg = match &primary {
+                Some(addr) => format!(
+                    "this node is not the primary writer; send writes to the primary at {addr}"
+                ),
+                None => "the cluster has no primary writer right now; retry shortly".to_string(),
+            };
+            let resp = Response::error(503, msg);
+            return match primary {
+                Some(addr) => resp.with_header("x-tidemark-primary", addr),
+                None => resp,
+            };
+        }
+    } else if node.config.cluster.role == Role::Reader {
         return Response::error(
             503,
             format!(

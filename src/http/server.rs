@@ -23,7 +23,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::{ListenerOpts, TcpListener, TcpStream};
 
 use super::{handlers, reason, Request, Response};
-use crate::node::CoreCtx;
+use crate::context::CoreCtx;
 
 /// Largest request head (request line and headers).
 const MAX_HEAD: usize = 64 << 10;

@@ -32,7 +32,7 @@ use tidemark_shards::shard::Shard;
 use tidemark_shards::{ShardId, TableKey, WalSeq};
 
 use crate::http::{Request, Response};
-use crate::node::CoreCtx;
+use crate::context::CoreCtx;
 
 /// Allowed clock difference between reader and writer, in seconds.
 const CLOCK_SKEW_SECS: u64 = 300;
@@ -226,12 +226,18 @@ pub async fn run(ctx: &Rc<CoreCtx>, shard: &Shard, http_addr: &str) -> Result<Wa
         .parse()
         .map_err(|_| format!("the writer's HTTP address {http_addr:?} is not an address"))?;
     if addr.ip().is_unspecified() {
-        let repl: SocketAddr = node
-            .config
-            .replication
-            .writer_addr
+        let base = if node.config.in_cluster() {
+            node.control
+                .view()
+                .primary_replication()
+                .map(|p| p.1)
+                .unwrap_or_default()
+        } else {
+            node.config.replication.writer_addr.clone()
+        };
+        let repl: SocketAddr = base
             .parse()
-            .map_err(|_| "replication.writer_addr is not an address".to_string())?;
+            .map_err(|_| format!("the writer's replication address {base:?} is not an address"))?;
         addr.set_ip(repl.ip());
     }
     let id = shard.id();

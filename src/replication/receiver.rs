@@ -21,7 +21,7 @@ use tidemark_shards::WalSeq;
 use super::wire::{self, FrameBuf};
 use crate::config::Config;
 use crate::metrics::ShardLabel;
-use crate::node::CoreCtx;
+use crate::context::CoreCtx;
 
 /// Why a session with the writer ended.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,8 @@ enum SessionError {
     },
     #[error("{0}")]
     Protocol(String),
+    #[error("the cluster has no primary writer yet")]
+    NoPrimary,
     #[error(transparent)]
     Apply(#[from] tidemark_shards::shard::ShardError),
 }
@@ -83,6 +85,10 @@ pub async fn follow(ctx: Rc<CoreCtx>, shard: Rc<Shard>) {
                     }
                 }
             }
+            Err(SessionError::NoPrimary) => {
+                failures = failures.saturating_add(1);
+                tracing::debug!(shard = ctx.id, "no primary writer in the cluster yet");
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 tracing::warn!(shard = ctx.id, error = %e, "replication stream from the writer ended; reconnecting");
@@ -110,7 +116,17 @@ async fn session(
     let cfg = &ctx.node.config;
     let r = &cfg.replication;
     let timeout = super::silence_timeout(r);
-    let addr = Config::shard_addr(&r.writer_addr, ctx.id);
+    // In a cluster the writer is the primary the control core names;
+    // otherwise the one configured.
+    let (base, primary) = if cfg.in_cluster() {
+        match ctx.node.control.view().primary_replication() {
+            Some((id, addr)) => (addr, Some(id)),
+            None => return Err(SessionError::NoPrimary),
+        }
+    } else {
+        (r.writer_addr.clone(), None)
+    };
+    let addr = Config::shard_addr(&base, ctx.id);
     let mut conn = match monoio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(c) => c?,
         Err(_) => {
@@ -194,6 +210,12 @@ async fn session(
     loop {
         let drain = ctx.drain_event.listen();
         if ctx.draining.get() {
+            return Ok(());
+        }
+        if primary.is_some()
+            && ctx.node.control.view().primary_replication().map(|p| p.0) != primary
+        {
+            tracing::info!(shard = ctx.id, "the primary writer changed: re-pointing");
             return Ok(());
         }
         let first = monoio::select! {

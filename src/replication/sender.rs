@@ -32,7 +32,7 @@ use tidemark_shards::WalSeq;
 use super::wire::{self, FrameBuf};
 use crate::config::Config;
 use crate::metrics::ReaderLabels;
-use crate::node::CoreCtx;
+use crate::context::CoreCtx;
 
 /// What a core knows of one reader of its shard.
 #[derive(Debug)]

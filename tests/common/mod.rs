@@ -2,6 +2,8 @@
 //! port and a temporary data directory, and speaks raw HTTP/1.1 to it.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod proxy;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -39,6 +41,13 @@ impl Node {
     }
 
     pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
+        let mut node = Node::launch(dir, extra, env);
+        node.wait_ready();
+        node
+    }
+
+    /// Starts a node without waiting for it to be ready.
+    pub fn launch(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Node {
         let mut node = Node {
             child: None,
             port: free_port(),
@@ -51,8 +60,33 @@ impl Node {
             log: dir.join(format!("node-{}.log", free_port())),
         };
         node.spawn();
-        node.wait_ready();
         node
+    }
+
+    /// Waits for the process to exit (up to `timeout`) and returns its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.as_mut()?.try_wait().unwrap() {
+                self.child = None;
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// SIGSTOP or SIGCONT.
+    pub fn signal(&self, sig: i32) {
+        let c = self.child.as_ref().unwrap();
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, sig) };
+    }
+
+    /// Starts the process again (after kill9 or an exit), without waiting.
+    pub fn respawn(&mut self) {
+        assert!(self.child.is_none(), "the node is still running");
+        self.spawn();
     }
 
     fn spawn(&mut self) {
@@ -66,10 +100,11 @@ impl Node {
             .arg("--data-dir")
             .arg(self.dir.join("data"))
             .arg("--http-addr")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--shard-cores")
-            .arg("2")
-            .args(&self.extra)
+            .arg(format!("127.0.0.1:{}", self.port));
+        if !self.extra.iter().any(|a| a == "--shard-cores") {
+            cmd.arg("--shard-cores").arg("2");
+        }
+        cmd.args(&self.extra)
             .env_remove("TIDEMARK_LOG")
             .stdout(Stdio::null())
             .stderr(log);

@@ -1,0 +1,613 @@
+//! The control loop of a cluster member, on the control thread:
+//!
+//! * start: open the Raft storage, start openraft, serve the control port;
+//!   a new node with no seeds initializes a cluster of itself, a new node
+//!   with seeds joins through them (redirected to the leader); a node with
+//!   Raft state rejoins from its own log;
+//! * every `cluster.heartbeat_ms`: heartbeat the leader with this node's
+//!   spec and per-shard positions;
+//! * on the leader, every tick: record heartbeats, run [`plan`] and carry
+//!   out its actions through Raft;
+//! * answer the control port's requests ([`Handler`]) and the API's
+//!   writes ([`ApiRequest`]);
+//! * publish every change to the [`ClusterView`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+
+use super::machine::StateMachine;
+use super::net::{CallError, Endpoint, Handler, Network, Peer, Tls};
+use super::plan::{self, Action, HealthSettings, Liveness, Membership};
+use super::rpc::{LeaderHint, Request, Response};
+use super::state::{Command, Effect, HeartbeatRecord, NodeId, NodeSpec, ShardPosition};
+use super::store::LogStore;
+use super::types::{BasicNode, Raft, TypeConfig};
+use super::{ApiError, ApiRequest, ClusterView, ControlParts};
+use crate::config::{Config, Role};
+use crate::context::NodeShared;
+
+/// Wall-clock milliseconds (recorded heartbeat times).
+fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The cluster member. See the [module docs](self).
+pub struct Member {
+    id: NodeId,
+    spec: NodeSpec,
+    raft: Raft,
+    ep: Arc<Endpoint>,
+    node: Arc<NodeShared>,
+    view: Arc<ArcSwap<ClusterView>>,
+    health: HealthSettings,
+    /// Monotonic origin of the leader's liveness clock.
+    epoch: Instant,
+    leader: Mutex<LeaderMemory>,
+    membership_busy: Arc<AtomicBool>,
+    log: LogStore<TypeConfig>,
+}
+
+#[derive(Default)]
+struct LeaderMemory {
+    /// Set while this node leads: its liveness memory.
+    liveness: Option<Liveness>,
+    /// Heartbeats not yet committed, by node.
+    pending: BTreeMap<NodeId, HeartbeatRecord>,
+    last_commit: Option<Instant>,
+}
+
+impl std::fmt::Debug for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Member").field("id", &self.id).finish()
+    }
+}
+
+/// This node's spec, from its configuration.
+pub fn own_spec(config: &Config, shard_count: usize) -> NodeSpec {
+    NodeSpec {
+        id: NodeId(config.raft_id()),
+        role: config.cluster.role,
+        voter: config.cluster.voter,
+        http_addr: config.http.addr.clone(),
+        control_addr: config.advertised_control_addr().to_string(),
+        replication_addr: if config.cluster.role == Role::Writer {
+            config.replication.listen_addr.clone()
+        } else {
+            String::new()
+        },
+        shard_count: shard_count as u32,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// openraft's configuration from ours.
+fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
+    let et = config.cluster.election_timeout_ms;
+    let c = openraft::Config {
+        cluster_name: "tidemark".into(),
+        heartbeat_interval: (et / 5).max(10),
+        election_timeout_min: et,
+        election_timeout_max: et * 2,
+        install_snapshot_timeout: 5_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(1_000),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    };
+    Ok(c.validate()?)
+}
+
+/// Runs the member until the node shuts down. Errors are fatal to the node.
+pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> anyhow::Result<()> {
+    let ControlParts {
+        view,
+        mut requests,
+        listener,
+    } = parts;
+    let id = NodeId(config.raft_id());
+    let spec = own_spec(&config, node.shard_count);
+    let dir = config.node.data_dir.join("raft");
+    let tls = Tls::load(&config.tls)?;
+    let source_ip = config
+        .cluster
+        .control_addr
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
+    let ep = Arc::new(Endpoint {
+        node_id: id,
+        source_ip,
+        secret: config.cluster.secret.as_bytes().to_vec(),
+        tls,
+    });
+    let metrics = node.metrics.clone();
+    let publish_view = view.clone();
+    let publish: super::machine::Publish = Arc::new(move |state, effects: &[Effect]| {
+        for e in effects {
+            tracing::info!(effect = ?e, "cluster state changed");
+        }
+        publish_view.rcu(|v| {
+            let mut v = ClusterView::clone(v);
+            v.state = state.clone();
+            v
+        });
+    });
+    let log = LogStore::<TypeConfig>::open(&dir.join("log"))?;
+    let log_handle = log.clone();
+    let sm = StateMachine::open(&dir, publish)?;
+    let observe_metrics = metrics.clone();
+    let network = Network {
+        ep: ep.clone(),
+        observe: Arc::new(move |rpc, d, ok| observe_metrics.control.observe_rpc(rpc, d, ok)),
+    };
+    let raft = Raft::new(id, Arc::new(raft_config(&config)?), network, log, sm).await?;
+    let member = Arc::new(Member {
+        id,
+        spec,
+        raft: raft.clone(),
+        ep: ep.clone(),
+        node: node.clone(),
+        view,
+        health: HealthSettings {
+            unhealthy_after_ms: config.cluster.unhealthy_after_ms,
+            dead_after_ms: config.cluster.dead_after_ms,
+        },
+        epoch: Instant::now(),
+        leader: Mutex::new(LeaderMemory::default()),
+        membership_busy: Arc::new(AtomicBool::new(false)),
+        log: log_handle,
+    });
+    let listener = tokio::net::TcpListener::from_std(listener.expect("bound in a cluster"))?;
+    tracing::info!(node_id = %id, addr = %config.cluster.control_addr, tls = ep.tls.is_some(), "control port listening");
+    let server = tokio::spawn(super::net::serve(listener, ep.clone(), member.clone()));
+
+    if !raft.is_initialized().await? {
+        if config.cluster.seeds.is_empty() {
+            tracing::info!(node_id = %id, "no Raft state and no seeds: starting a new cluster");
+            let mut nodes = BTreeMap::new();
+            nodes.insert(
+                id,
+                BasicNode {
+                    addr: config.advertised_control_addr().to_string(),
+                },
+            );
+            raft.initialize(nodes).await?;
+        } else if let Err(e) = member.join(&config.cluster.seeds).await {
+            server.abort();
+            raft.shutdown().await.ok();
+            return Err(e);
+        }
+    } else {
+        tracing::info!(node_id = %id, "rejoining the cluster from this node's Raft log");
+    }
+
+    let heartbeats = tokio::spawn(member.clone().heartbeat_loop(
+        Duration::from_millis(config.cluster.heartbeat_ms),
+        config.cluster.seeds.clone(),
+    ));
+    let tick = Duration::from_millis(100);
+    let beat_every = Duration::from_millis(config.cluster.heartbeat_ms);
+    while !node.is_shutting_down() {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            req = requests.recv() => {
+                if let Some(ApiRequest::RemoveNode { id, reply }) = req {
+                    let m = member.clone();
+                    tokio::spawn(async move {
+                        let _ = reply.send(m.remove_anywhere(id).await);
+                    });
+                }
+            }
+        }
+        member.publish_raft_status();
+        if let Err(e) = member.leader_tick(beat_every).await {
+            tracing::warn!(error = %e, "leader duties failed this tick");
+        }
+    }
+    heartbeats.abort();
+    server.abort();
+    raft.shutdown().await.ok();
+    Ok(())
+}
+
+impl Member {
+    fn leader_hint(&self) -> LeaderHint {
+        let m = self.raft.metrics().borrow().clone();
+        let addr = m.current_leader.and_then(|l| {
+            m.membership_config
+                .membership()
+                .get_node(&l)
+                .map(|n| n.addr.clone())
+        });
+        LeaderHint {
+            id: m.current_leader,
+            addr,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == ServerState::Leader && m.current_leader == Some(self.id)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Copies Raft's metrics into the view and the metric families.
+    fn publish_raft_status(&self) {
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        let committed = self.log.committed_index();
+        let applied = m.last_applied.map_or(0, |l| l.index);
+        let cur = self.view.load();
+        let voters: Vec<NodeId> = voters.into_iter().collect();
+        if cur.leader_id != m.current_leader
+            || cur.term != m.current_term
+            || cur.commit_index != committed
+            || cur.applied_index != applied
+            || cur.voters != voters
+            || cur.learners != learners
+        {
+            self.view.rcu(|v| {
+                let mut v = ClusterView::clone(v);
+                v.leader_id = m.current_leader;
+                v.term = m.current_term;
+                v.commit_index = committed;
+                v.applied_index = applied;
+                v.voters.clone_from(&voters);
+                v.learners.clone_from(&learners);
+                v
+            });
+        }
+        let view = self.view.load();
+        self.node.metrics.control.set_status(
+            m.current_term,
+            m.current_leader.map_or(0, |l| l.0),
+            committed,
+            applied,
+            m.state == ServerState::Leader,
+            &view.state,
+        );
+    }
+
+    /// Commits `cmd` on this node (the leader).
+    async fn commit(&self, cmd: Command) -> Result<super::state::Applied, String> {
+        match self.raft.client_write(cmd).await {
+            Ok(r) => Ok(r.data),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    async fn leader_tick(&self, beat_every: Duration) -> Result<(), String> {
+        if !self.is_leader() {
+            self.leader.lock().expect("leader lock").liveness = None;
+            return Ok(());
+        }
+        let now = self.now_ms();
+        let beats = {
+            let mut l = self.leader.lock().expect("leader lock");
+            let live = l.liveness.get_or_insert_with(|| Liveness::new(now));
+            live.heard(self.spec.clone(), now);
+            let due = l.last_commit.is_none_or(|t| t.elapsed() >= beat_every);
+            let own = HeartbeatRecord {
+                id: self.id,
+                at_ms: wall_ms(),
+                shards: self.positions(),
+            };
+            l.pending.insert(self.id, own);
+            if due {
+                l.last_commit = Some(Instant::now());
+                std::mem::take(&mut l.pending)
+            } else {
+                BTreeMap::new()
+            }
+        };
+        if !beats.is_empty() {
+            self.commit(Command::Heartbeats(beats.into_values().collect()))
+                .await?
+                .map_err(|e| e.to_string())?;
+        }
+        let actions = {
+            let view = self.view.load();
+            let l = self.leader.lock().expect("leader lock");
+            let live = l.liveness.as_ref().expect("set above");
+            let membership = Membership {
+                voters: view.voters.iter().copied().collect(),
+                learners: view.learners.iter().copied().collect(),
+            };
+            plan::plan(&view.state, &membership, live, self.id, now, self.health)
+        };
+        for a in actions {
+            self.act(a).await?;
+        }
+        Ok(())
+    }
+
+    async fn act(&self, a: Action) -> Result<(), String> {
+        let cmd = match a {
+            Action::AddNode(spec) => Command::AddNode(spec),
+            Action::SetState { id, state } => {
+                tracing::info!(node_id = %id, state = state.as_str(), "node state");
+                Command::SetNodeState { id, state }
+            }
+            Action::UpdateSpec(spec) => Command::UpdateNode(spec),
+            Action::AssignPrimary { id } => {
+                tracing::info!(node_id = %id, "assigning the primary writer");
+                Command::AssignPrimary { id: Some(id) }
+            }
+            Action::AddLearner { .. } | Action::PromoteVoter { .. } | Action::RemoveMember { .. } => {
+                self.change_membership(a);
+                return Ok(());
+            }
+        };
+        match self.commit(cmd).await? {
+            Ok(_) => Ok(()),
+            Err(rejected) => Err(rejected.to_string()),
+        }
+    }
+
+    /// Starts one membership change in the background, unless one runs.
+    fn change_membership(&self, a: Action) {
+        if self.membership_busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let raft = self.raft.clone();
+        let busy = self.membership_busy.clone();
+        tokio::spawn(async move {
+            let res = match &a {
+                Action::AddLearner { id, control_addr } => raft
+                    .add_learner(
+                        *id,
+                        BasicNode {
+                            addr: control_addr.clone(),
+                        },
+                        false,
+                    )
+                    .await
+                    .map(|_| ()),
+                Action::PromoteVoter { id } => raft
+                    .change_membership(ChangeMembers::AddVoterIds([*id].into()), false)
+                    .await
+                    .map(|_| ()),
+                Action::RemoveMember { id } => {
+                    let m = raft.metrics().borrow().membership_config.clone();
+                    let is_voter = m.membership().voter_ids().any(|v| v == *id);
+                    let r = if is_voter {
+                        raft.change_membership(ChangeMembers::RemoveVoters([*id].into()), false)
+                            .await
+                            .map(|_| ())
+                    } else {
+                        Ok(())
+                    };
+                    match r {
+                        Ok(()) => raft
+                            .change_membership(ChangeMembers::RemoveNodes([*id].into()), false)
+                            .await
+                            .map(|_| ()),
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => Ok(()),
+            };
+            match res {
+                Ok(()) => tracing::info!(action = ?a, "membership changed"),
+                Err(e) => tracing::warn!(action = ?a, error = %e, "membership change failed; will retry"),
+            }
+            busy.store(false, Ordering::Release);
+        });
+    }
+
+    fn positions(&self) -> Vec<ShardPosition> {
+        self.node.shard_positions()
+    }
+
+    /// Asks the seeds (and the leaders they name) to add this node, until
+    /// one accepts. A refusal (wrong secret, id taken, shard count) is fatal.
+    async fn join(&self, seeds: &[String]) -> anyhow::Result<()> {
+        let ttl = Duration::from_secs(5);
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut queue: Vec<String> = seeds.to_vec();
+            let mut tried = BTreeSet::new();
+            while let Some(addr) = queue.pop() {
+                if !tried.insert(addr.clone()) || self.node.is_shutting_down() {
+                    continue;
+                }
+                let mut peer = Peer::new(addr.clone(), self.ep.clone());
+                match peer.call(&Request::Join(self.spec.clone()), ttl).await {
+                    Ok(Response::Joined { leader }) => {
+                        tracing::info!(node_id = %self.id, %leader, via = %addr, "joined the cluster");
+                        return Ok(());
+                    }
+                    Ok(Response::NotLeader(LeaderHint {
+                        addr: Some(leader), ..
+                    })) => queue.push(leader),
+                    Ok(Response::Refused(reason)) => {
+                        anyhow::bail!("the cluster refused this node (asked {addr}): {reason}")
+                    }
+                    Err(e @ CallError::Refused { .. }) => {
+                        anyhow::bail!("cannot join the cluster: {e}")
+                    }
+                    Ok(other) => {
+                        tracing::info!(seed = %addr, answer = ?other, "join not accepted yet; retrying")
+                    }
+                    Err(e) => tracing::info!(seed = %addr, error = %e, "seed not reachable"),
+                }
+            }
+            if self.node.is_shutting_down() {
+                anyhow::bail!("shut down before joining the cluster");
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Heartbeats the leader every `every` (the leader records its own).
+    async fn heartbeat_loop(self: Arc<Self>, every: Duration, seeds: Vec<String>) {
+        let mut peer: Option<Peer> = None;
+        let mut warned_removed = false;
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if self.is_leader() {
+                continue;
+            }
+            let hint = self.leader_hint();
+            let Some(addr) = hint.addr.or_else(|| seeds.first().cloned()) else {
+                continue;
+            };
+            if peer.as_ref().is_none_or(|p| p.addr != addr) {
+                peer = Some(Peer::new(addr, self.ep.clone()));
+            }
+            let p = peer.as_mut().expect("set above");
+            let req = Request::Heartbeat {
+                spec: self.spec.clone(),
+                shards: self.positions(),
+            };
+            match p.call(&req, every * 2).await {
+                Ok(Response::HeartbeatOk) => warned_removed = false,
+                Ok(Response::NotAMember) => {
+                    if !warned_removed {
+                        tracing::warn!(node_id = %self.id, "the leader says this node is not a member of the cluster (removed?)");
+                        warned_removed = true;
+                    }
+                }
+                Ok(Response::NotLeader(_)) => {}
+                Ok(other) => {
+                    self.node.metrics.control.heartbeat_failures.inc();
+                    tracing::debug!(answer = ?other, "unexpected heartbeat answer");
+                }
+                Err(e) => {
+                    self.node.metrics.control.heartbeat_failures.inc();
+                    tracing::debug!(error = %e, "heartbeat failed");
+                }
+            }
+        }
+    }
+
+    async fn handle_join(&self, spec: NodeSpec) -> Response {
+        if !self.is_leader() {
+            return Response::NotLeader(self.leader_hint());
+        }
+        if spec.id == self.id && spec.control_addr != self.spec.control_addr {
+            return Response::Refused(format!(
+                "node id {} is already held by the node at {}",
+                spec.id, self.spec.control_addr
+            ));
+        }
+        match self.raft.client_write(Command::AddNode(spec.clone())).await {
+            Ok(r) => match r.data {
+                Ok(_) => {
+                    let now = self.now_ms();
+                    if let Some(l) = self.leader.lock().expect("leader lock").liveness.as_mut() {
+                        l.heard(spec, now);
+                    }
+                    Response::Joined { leader: self.id }
+                }
+                Err(rejected) => Response::Refused(rejected.to_string()),
+            },
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Response::NotLeader(self.leader_hint())
+            }
+            Err(e) => Response::Failed(e.to_string()),
+        }
+    }
+
+    fn handle_heartbeat(&self, spec: NodeSpec, shards: Vec<ShardPosition>) -> Response {
+        if !self.is_leader() {
+            return Response::NotLeader(self.leader_hint());
+        }
+        let view = self.view.load();
+        let member = view.state.nodes.get(&spec.id);
+        if member.is_none() && !view.voters.contains(&spec.id) && !view.learners.contains(&spec.id) {
+            return Response::NotAMember;
+        }
+        if member.is_some_and(|n| n.spec.control_addr != spec.control_addr) {
+            return Response::NotAMember;
+        }
+        let now = self.now_ms();
+        let mut l = self.leader.lock().expect("leader lock");
+        if let Some(live) = l.liveness.as_mut() {
+            live.heard(spec.clone(), now);
+        }
+        l.pending.insert(
+            spec.id,
+            HeartbeatRecord {
+                id: spec.id,
+                at_ms: wall_ms(),
+                shards,
+            },
+        );
+        Response::HeartbeatOk
+    }
+
+    /// Removes `id` on the leader.
+    async fn remove_here(&self, id: NodeId) -> Response {
+        if !self.is_leader() {
+            return Response::NotLeader(self.leader_hint());
+        }
+        if id == self.id {
+            return Response::Refused(format!(
+                "node {id} is the Raft leader: stop it, and remove it once another node leads"
+            ));
+        }
+        match self.commit(Command::RemoveNode { id }).await {
+            Ok(Ok(_)) => Response::Removed,
+            Ok(Err(rejected)) => Response::Refused(rejected.to_string()),
+            Err(e) => Response::Failed(e),
+        }
+    }
+
+    /// Removes `id`, here or through the leader.
+    async fn remove_anywhere(&self, id: NodeId) -> Result<(), ApiError> {
+        let resp = if self.is_leader() {
+            self.remove_here(id).await
+        } else {
+            let Some(addr) = self.leader_hint().addr else {
+                return Err(ApiError::Unavailable(
+                    "no Raft leader is known now; retry".into(),
+                ));
+            };
+            let mut peer = Peer::new(addr, self.ep.clone());
+            match peer.call(&Request::Remove(id), super::API_TIMEOUT).await {
+                Ok(r) => r,
+                Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+            }
+        };
+        match resp {
+            Response::Removed => Ok(()),
+            Response::Refused(r) if r.starts_with("no node") => Err(ApiError::NotFound(r)),
+            Response::Refused(r) => Err(ApiError::Conflict(r)),
+            Response::NotLeader(_) => Err(ApiError::Unavailable(
+                "the Raft leader changed; retry".into(),
+            )),
+            Response::Failed(r) => Err(ApiError::Unavailable(r)),
+            other => Err(ApiError::Unavailable(format!("unexpected answer {other:?}"))),
+        }
+    }
+}
+
+impl Handler for Member {
+    async fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::Append(rpc) => Response::Append(self.raft.append_entries(rpc).await),
+            Request::Vote(rpc) => Response::Vote(self.raft.vote(rpc).await),
+            Request::Snapshot(rpc) => Response::Snapshot(self.raft.install_snapshot(rpc).await),
+            Request::Join(spec) => self.handle_join(spec).await,
+            Request::Heartbeat { spec, shards } => self.handle_heartbeat(spec, shards),
+            Request::Remove(id) => self.remove_here(id).await,
+        }
+    }
+}
