@@ -139,7 +139,8 @@ pub struct ClusterConfig {
     pub dead_after_ms: u64,
     /// Raft election timeout, in ms: a follower that hears no leader for a
     /// random time between this and twice this starts an election.
-    /// Default 1,000. Raft's own heartbeat is a fifth of it.
+    /// Default 500. Raft's own heartbeat is a fifth of it; a voter refuses
+    /// to vote while it heard a leader within twice this (the leader lease).
     pub election_timeout_ms: u64,
 }
 
@@ -156,7 +157,7 @@ impl Default for ClusterConfig {
             heartbeat_ms: 500,
             unhealthy_after_ms: 1_500,
             dead_after_ms: 2_500,
-            election_timeout_ms: 1_000,
+            election_timeout_ms: 500,
         }
     }
 }
@@ -663,7 +664,10 @@ impl Config {
                 format!("{:?} is not an IP address and port", r.listen_addr),
             );
         }
-        if role == Role::Reader && !self.in_cluster() && r.writer_addr.parse::<SocketAddr>().is_err() {
+        if role == Role::Reader
+            && !self.in_cluster()
+            && r.writer_addr.parse::<SocketAddr>().is_err()
+        {
             return invalid(
                 "replication.writer_addr",
                 format!(
@@ -762,15 +766,13 @@ impl Config {
         }
         match c.node_id.parse::<u64>() {
             Ok(n) if n > 0 => {}
-            _ => {
-                return invalid(
-                    "cluster.node_id",
-                    format!(
-                        "{:?}: in a cluster, the node id is a number from 1 up, unique in the cluster",
-                        c.node_id
-                    ),
-                )
-            }
+            _ => return invalid(
+                "cluster.node_id",
+                format!(
+                    "{:?}: in a cluster, the node id is a number from 1 up, unique in the cluster",
+                    c.node_id
+                ),
+            ),
         }
         if c.control_addr.parse::<SocketAddr>().is_err() {
             return invalid(
@@ -795,7 +797,10 @@ impl Config {
         if c.role == Role::Writer && self.replication.listen_addr.parse::<SocketAddr>().is_err() {
             return invalid(
                 "replication.listen_addr",
-                format!("{:?} is not an IP address and port", self.replication.listen_addr),
+                format!(
+                    "{:?} is not an IP address and port",
+                    self.replication.listen_addr
+                ),
             );
         }
         for (key, v) in [
@@ -828,7 +833,11 @@ impl Config {
         }
         let t = &self.tls;
         if t.enabled() {
-            for (key, v) in [("tls.cert", &t.cert), ("tls.key", &t.key), ("tls.ca", &t.ca)] {
+            for (key, v) in [
+                ("tls.cert", &t.cert),
+                ("tls.key", &t.key),
+                ("tls.ca", &t.ca),
+            ] {
                 match v {
                     None => {
                         return invalid(

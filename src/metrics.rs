@@ -118,7 +118,11 @@ impl Default for ControlFamilies {
 
 impl ControlFamilies {
     fn register(&self, r: &mut Registry) {
-        r.register("raft_term", "Cluster: the current Raft term", self.raft_term.clone());
+        r.register(
+            "raft_term",
+            "Cluster: the current Raft term",
+            self.raft_term.clone(),
+        );
         r.register(
             "raft_leader",
             "Cluster: the Raft leader's node id (0 while none is known)",

@@ -140,12 +140,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config.flush.nice,
     );
     let metrics = NodeMetrics::new();
-    let (control, control_parts) = crate::control::ControlHandle::new(&config).with_context(|| {
-        format!(
-            "binding the control port cluster.control_addr = {}",
-            config.cluster.control_addr
-        )
-    })?;
+    let (control, control_parts) =
+        crate::control::ControlHandle::new(&config).with_context(|| {
+            format!(
+                "binding the control port cluster.control_addr = {}",
+                config.cluster.control_addr
+            )
+        })?;
     let mut snapshot_rxs = Vec::new();
     let mut snapshot_txs = Vec::new();
     for _ in 0..shard_count {

@@ -28,7 +28,11 @@ fn node_ip(id: u64) -> IpAddr {
 }
 
 fn free_port_on(ip: IpAddr) -> u16 {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Two consecutive free ports (replication: shard i listens on port + i).
@@ -117,7 +121,10 @@ fn start(root: &Path, s: &Spec, wait: bool) -> Member {
         args.push(format!("cluster.seeds={}", s.seeds.join(",")));
     }
     args.extend(s.extra.iter().cloned());
-    let mut flags: Vec<String> = args.iter().flat_map(|a| ["--set".into(), a.clone()]).collect();
+    let mut flags: Vec<String> = args
+        .iter()
+        .flat_map(|a| ["--set".into(), a.clone()])
+        .collect();
     flags.extend(s.flags.iter().cloned());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let node = if wait {
@@ -136,7 +143,10 @@ fn start(root: &Path, s: &Spec, wait: bool) -> Member {
 /// the same leader and the same voters: the agreed view.
 fn agreed(members: &[&Member], n: usize, voters: &[u64]) -> Value {
     wait_for(
-        &format!("{} members to agree on {n} healthy nodes, voters {voters:?}", members.len()),
+        &format!(
+            "{} members to agree on {n} healthy nodes, voters {voters:?}",
+            members.len()
+        ),
         Duration::from_secs(60),
         || {
             let views: Vec<Value> = members.iter().map(|m| m.view()).collect::<Option<_>>()?;
@@ -240,21 +250,35 @@ fn five_nodes_form_a_cluster_survive_the_leaders_death_and_rejoin() {
     assert_eq!(r.status, 204, "{}", r.text());
     let r = members[3].node.write_lp("default", &lp(0, 1));
     assert_eq!(r.status, 503, "a reader takes no writes: {}", r.text());
-    assert!(r.headers.contains_key("x-tidemark-primary"), "{:?}", r.headers);
-    wait_for("reader 5 to hold the primary's rows", Duration::from_secs(30), || {
-        (count(&members[4].node)? == 500).then_some(())
-    });
+    assert!(
+        r.headers.contains_key("x-tidemark-primary"),
+        "{:?}",
+        r.headers
+    );
+    wait_for(
+        "reader 5 to hold the primary's rows",
+        Duration::from_secs(30),
+        || (count(&members[4].node)? == 500).then_some(()),
+    );
     // Heartbeats carry positions: the primary's shards show durable entries.
-    wait_for("positions in the cluster state", Duration::from_secs(10), || {
-        let v = members[2].view()?;
-        let p = v["nodes"].as_array()?.iter().find(|n| n["id"] == 1)?.clone();
-        let total: u64 = p["shards"]
-            .as_array()?
-            .iter()
-            .map(|s| s["durable_seq"].as_u64().unwrap())
-            .sum();
-        (total > 0).then_some(())
-    });
+    wait_for(
+        "positions in the cluster state",
+        Duration::from_secs(10),
+        || {
+            let v = members[2].view()?;
+            let p = v["nodes"]
+                .as_array()?
+                .iter()
+                .find(|n| n["id"] == 1)?
+                .clone();
+            let total: u64 = p["shards"]
+                .as_array()?
+                .iter()
+                .map(|s| s["durable_seq"].as_u64().unwrap())
+                .sum();
+            (total > 0).then_some(())
+        },
+    );
 
     // kill -9 the leader: a new leader among the other voters, state intact.
     let leader = leader_of(&all).unwrap();
@@ -266,10 +290,14 @@ fn five_nodes_form_a_cluster_survive_the_leaders_death_and_rejoin() {
         leader_of(&rest).filter(|l| *l != leader)
     });
     let elected = killed_at.elapsed();
-    let dead = wait_for("the old leader marked dead", Duration::from_secs(30), || {
-        let v = rest[0].view()?;
-        (node_state(&v, leader)? == "dead").then_some(v)
-    });
+    let dead = wait_for(
+        "the old leader marked dead",
+        Duration::from_secs(30),
+        || {
+            let v = rest[0].view()?;
+            (node_state(&v, leader)? == "dead").then_some(v)
+        },
+    );
     let to_dead = killed_at.elapsed();
     eprintln!("leader {leader} killed: new leader {new_leader} after {elected:?}, marked dead after {to_dead:?}");
     assert_eq!(dead["nodes"].as_array().unwrap().len(), 5, "{dead}");
@@ -281,7 +309,10 @@ fn five_nodes_form_a_cluster_survive_the_leaders_death_and_rejoin() {
     let all: Vec<&Member> = members.iter().collect();
     agreed(&all, 5, &[1, 2, 3]);
     assert!(
-        members[li].node.log().contains("rejoining the cluster from this node's Raft log"),
+        members[li]
+            .node
+            .log()
+            .contains("rejoining the cluster from this node's Raft log"),
         "{}",
         members[li].node.log()
     );
@@ -291,9 +322,13 @@ fn five_nodes_form_a_cluster_survive_the_leaders_death_and_rejoin() {
         .iter()
         .find(|m| Some(m.id) != leader_of(&all) && m.id != 5)
         .unwrap();
-    let r = follower.node.req("DELETE", "/api/v1/cluster/nodes/5", &[], b"");
+    let r = follower
+        .node
+        .req("DELETE", "/api/v1/cluster/nodes/5", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = follower.node.req("DELETE", "/api/v1/cluster/nodes/77", &[], b"");
+    let r = follower
+        .node
+        .req("DELETE", "/api/v1/cluster/nodes/77", &[], b"");
     assert_eq!(r.status, 404, "{}", r.text());
     let four: Vec<&Member> = members.iter().filter(|m| m.id != 5).collect();
     agreed(&four, 4, &[1, 2, 3]);
@@ -329,7 +364,11 @@ fn a_membership_change_survives_the_leaders_death() {
     let rest: Vec<&Member> = members.iter().filter(|m| m.id != leader).collect();
     wait_for("node 4 to become a voter", Duration::from_secs(60), || {
         let v = rest.iter().find(|m| m.id != 4)?.view()?;
-        let n = v["nodes"].as_array()?.iter().find(|n| n["id"] == 4)?.clone();
+        let n = v["nodes"]
+            .as_array()?
+            .iter()
+            .find(|n| n["id"] == 4)?
+            .clone();
         (n["raft_member"] == "voter").then_some(())
     });
     members[li].node.respawn();
@@ -356,7 +395,11 @@ fn a_cut_off_voter_changes_nothing_and_catches_up() {
     agreed(&all, 4, &[1, 2, 3]);
     let leader = leader_of(&all).unwrap();
     // Cut off a voter that is not the leader.
-    let cut = members.iter().find(|m| m.id != leader && m.id <= 3).unwrap().id;
+    let cut = members
+        .iter()
+        .find(|m| m.id != leader && m.id <= 3)
+        .unwrap()
+        .id;
     let ip = node_ip(cut);
     for m in &members {
         if m.id == cut {
@@ -371,16 +414,26 @@ fn a_cut_off_voter_changes_nothing_and_catches_up() {
     assert_eq!(r.status, 503, "{}", r.text());
     // The others mark it dead and can still change the state.
     let others: Vec<&Member> = members.iter().filter(|m| m.id != cut).collect();
-    wait_for("the cut-off voter marked dead", Duration::from_secs(30), || {
-        let v = others[0].view()?;
-        (node_state(&v, cut)? == "dead").then_some(())
-    });
-    let r = others[0].node.req("DELETE", "/api/v1/cluster/nodes/4", &[], b"");
+    wait_for(
+        "the cut-off voter marked dead",
+        Duration::from_secs(30),
+        || {
+            let v = others[0].view()?;
+            (node_state(&v, cut)? == "dead").then_some(())
+        },
+    );
+    let r = others[0]
+        .node
+        .req("DELETE", "/api/v1/cluster/nodes/4", &[], b"");
     assert_eq!(r.status, 200, "{}", r.text());
-    wait_for("node 4 removed on the majority", Duration::from_secs(30), || {
-        let v = others[0].view()?;
-        (v["nodes"].as_array()?.len() == 3).then_some(())
-    });
+    wait_for(
+        "node 4 removed on the majority",
+        Duration::from_secs(30),
+        || {
+            let v = others[0].view()?;
+            (v["nodes"].as_array()?.len() == 3).then_some(())
+        },
+    );
     // Node 4 is still in the cut-off voter's view: it heard nothing.
     let v = cm.view().unwrap();
     assert_eq!(v["nodes"].as_array().unwrap().len(), 4, "{v}");

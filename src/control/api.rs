@@ -122,8 +122,10 @@ mod tests {
             version: "0.1.0".into(),
         }))
         .unwrap();
-        s.apply(&Command::AssignPrimary { id: Some(NodeId(1)) })
-            .unwrap();
+        s.apply(&Command::AssignPrimary {
+            id: Some(NodeId(1)),
+        })
+        .unwrap();
         v.mode = Mode::Cluster;
         v.node_id = Some(NodeId(1));
         v.role = Role::Writer;

@@ -146,13 +146,8 @@ pub struct Builder {
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        let bytes = serde_json::to_vec(&self.file).map_err(|e| {
-            io_err(
-                ErrorSubject::StateMachine,
-                ErrorVerb::Write,
-                &invalid(e),
-            )
-        })?;
+        let bytes = serde_json::to_vec(&self.file)
+            .map_err(|e| io_err(ErrorSubject::StateMachine, ErrorVerb::Write, &invalid(e)))?;
         let stored = Stored {
             meta: self.file.meta.clone(),
             bytes,
@@ -311,7 +306,9 @@ mod tests {
         use crate::config::Role;
         use crate::control::state::{Command, NodeSpec};
         let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         rt.block_on(async {
             let mut sm = StateMachine::open(dir.path(), Arc::new(|_, _| {})).unwrap();
             let spec = NodeSpec {

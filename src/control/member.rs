@@ -215,6 +215,8 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
     heartbeats.abort();
     server.abort();
     raft.shutdown().await.ok();
+    // Everything the log store has queued reaches the disk before exit.
+    member.log.clone().close().await?;
     Ok(())
 }
 
@@ -346,7 +348,9 @@ impl Member {
                 tracing::info!(node_id = %id, "assigning the primary writer");
                 Command::AssignPrimary { id: Some(id) }
             }
-            Action::AddLearner { .. } | Action::PromoteVoter { .. } | Action::RemoveMember { .. } => {
+            Action::AddLearner { .. }
+            | Action::PromoteVoter { .. }
+            | Action::RemoveMember { .. } => {
                 self.change_membership(a);
                 return Ok(());
             }
@@ -402,7 +406,9 @@ impl Member {
             };
             match res {
                 Ok(()) => tracing::info!(action = ?a, "membership changed"),
-                Err(e) => tracing::warn!(action = ?a, error = %e, "membership change failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(action = ?a, error = %e, "membership change failed; will retry")
+                }
             }
             busy.store(false, Ordering::Release);
         });
@@ -531,7 +537,8 @@ impl Member {
         }
         let view = self.view.load();
         let member = view.state.nodes.get(&spec.id);
-        if member.is_none() && !view.voters.contains(&spec.id) && !view.learners.contains(&spec.id) {
+        if member.is_none() && !view.voters.contains(&spec.id) && !view.learners.contains(&spec.id)
+        {
             return Response::NotAMember;
         }
         if member.is_some_and(|n| n.spec.control_addr != spec.control_addr) {
@@ -594,7 +601,9 @@ impl Member {
                 "the Raft leader changed; retry".into(),
             )),
             Response::Failed(r) => Err(ApiError::Unavailable(r)),
-            other => Err(ApiError::Unavailable(format!("unexpected answer {other:?}"))),
+            other => Err(ApiError::Unavailable(format!(
+                "unexpected answer {other:?}"
+            ))),
         }
     }
 }

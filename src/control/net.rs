@@ -16,8 +16,8 @@ use openraft::error::{
 };
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -195,7 +195,11 @@ async fn serve_conn<H: Handler>(tcp: TcpStream, ep: &Endpoint, handler: &H) -> i
             return Err(wire_err(e));
         }
     };
-    write_frame(&mut io, &wire::welcome(&ep.secret, &sn, &hello.client_nonce)).await?;
+    write_frame(
+        &mut io,
+        &wire::welcome(&ep.secret, &sn, &hello.client_nonce),
+    )
+    .await?;
     let key = wire::session_key(&ep.secret, &sn, &hello.client_nonce);
     let mut rx = Sealer::new(key, Direction::ToServer);
     let mut tx = Sealer::new(key, Direction::ToClient);
@@ -279,24 +283,24 @@ impl Peer {
         };
         let tcp = self.open_tcp().await.map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
-        let mut io: Box<dyn Io> = match &self.ep.tls {
-            Some(t) => {
-                let host = self
-                    .addr
-                    .rsplit_once(':')
-                    .map_or(self.addr.as_str(), |(h, _)| h);
-                let name = ServerName::try_from(host.to_string()).map_err(|e| {
-                    unreachable(io::Error::new(io::ErrorKind::InvalidInput, e))
-                })?;
-                Box::new(t.connector.connect(name, tcp).await.map_err(|e| {
-                    CallError::Refused {
-                        addr: self.addr.clone(),
-                        reason: format!("TLS: {e}"),
-                    }
-                })?)
-            }
-            None => Box::new(tcp),
-        };
+        let mut io: Box<dyn Io> =
+            match &self.ep.tls {
+                Some(t) => {
+                    let host = self
+                        .addr
+                        .rsplit_once(':')
+                        .map_or(self.addr.as_str(), |(h, _)| h);
+                    let name = ServerName::try_from(host.to_string())
+                        .map_err(|e| unreachable(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+                    Box::new(t.connector.connect(name, tcp).await.map_err(|e| {
+                        CallError::Refused {
+                            addr: self.addr.clone(),
+                            reason: format!("TLS: {e}"),
+                        }
+                    })?)
+                }
+                None => Box::new(tcp),
+            };
         let net = |source| CallError::Network {
             addr: self.addr.clone(),
             source,
@@ -308,7 +312,20 @@ impl Peer {
                 other => other.to_string(),
             },
         };
-        let body = read_frame(&mut io).await.map_err(net)?;
+        // With TLS 1.3 the server checks this node's certificate after the
+        // client's side of the handshake is done: a rejection arrives as an
+        // alert on the first read.
+        let tls = self.ep.tls.is_some();
+        let body = read_frame(&mut io).await.map_err(|e| {
+            if tls && e.kind() == io::ErrorKind::InvalidData {
+                CallError::Refused {
+                    addr: self.addr.clone(),
+                    reason: format!("TLS: {e}"),
+                }
+            } else {
+                net(e)
+            }
+        })?;
         let sn = wire::read_challenge(&body).map_err(refused)?;
         let cn = nonce().map_err(net)?;
         write_frame(
@@ -362,7 +379,8 @@ impl Peer {
             .map_err(net)?;
         let body = read_frame(&mut s.io).await.map_err(net)?;
         let payload = s.rx.open(&body).map_err(|e| net(wire_err(e)))?;
-        serde_json::from_slice(payload).map_err(|e| net(io::Error::new(io::ErrorKind::InvalidData, e)))
+        serde_json::from_slice(payload)
+            .map_err(|e| net(io::Error::new(io::ErrorKind::InvalidData, e)))
     }
 }
 
@@ -451,11 +469,18 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
         match self
-            .rpc("append_entries", RPCTypes::AppendEntries, Request::Append(rpc), &option)
+            .rpc(
+                "append_entries",
+                RPCTypes::AppendEntries,
+                Request::Append(rpc),
+                &option,
+            )
             .await
             .map_err(widen)?
         {
-            Response::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Response::Append(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             other => Err(RPCError::Network(unexpected(&other))),
         }
     }
@@ -475,7 +500,9 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
             .await
             .map_err(widen)?
         {
-            Response::Snapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Response::Snapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             other => Err(RPCError::Network(unexpected(&other))),
         }
     }
@@ -490,7 +517,9 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
             .await
             .map_err(widen)?
         {
-            Response::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            Response::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             other => Err(RPCError::Network(unexpected(&other))),
         }
     }

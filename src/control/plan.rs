@@ -94,14 +94,26 @@ impl Membership {
 pub enum Action {
     /// The leader itself is not in the state yet (a new cluster).
     AddNode(NodeSpec),
-    SetState { id: NodeId, state: NodeState },
+    SetState {
+        id: NodeId,
+        state: NodeState,
+    },
     /// A restarted node reports a different spec (address, version).
     UpdateSpec(NodeSpec),
-    AddLearner { id: NodeId, control_addr: String },
-    PromoteVoter { id: NodeId },
+    AddLearner {
+        id: NodeId,
+        control_addr: String,
+    },
+    PromoteVoter {
+        id: NodeId,
+    },
     /// Out of the Raft membership: the node is no longer in the state.
-    RemoveMember { id: NodeId },
-    AssignPrimary { id: NodeId },
+    RemoveMember {
+        id: NodeId,
+    },
+    AssignPrimary {
+        id: NodeId,
+    },
 }
 
 /// Plans the leader's next actions. `leader` is this node (always healthy).
@@ -146,7 +158,9 @@ pub fn plan(
                 || health.state_after(liveness.silent_ms(*id, now_ms)) == NodeState::Healthy
         };
         if let Some(w) = state.nodes.values().find(|n| {
-            n.spec.role == Role::Writer && !n.spec.replication_addr.is_empty() && healthy(&n.spec.id)
+            n.spec.role == Role::Writer
+                && !n.spec.replication_addr.is_empty()
+                && healthy(&n.spec.id)
         }) {
             actions.push(Action::AssignPrimary { id: w.spec.id });
         }
@@ -299,7 +313,14 @@ mod tests {
     fn the_leader_is_healthy_by_definition() {
         let mut s = state(&[spec(1, Role::Writer, true)]);
         s.nodes.get_mut(&NodeId(1)).unwrap().state = NodeState::Dead;
-        let acts = plan(&s, &members(&[1], &[]), &Liveness::new(0), NodeId(1), 99_999, H);
+        let acts = plan(
+            &s,
+            &members(&[1], &[]),
+            &Liveness::new(0),
+            NodeId(1),
+            99_999,
+            H,
+        );
         assert_eq!(
             acts[0],
             Action::SetState {
@@ -378,7 +399,9 @@ mod tests {
         // An unhealthy learner is not promoted.
         let acts = plan(&s, &members(&[1], &[2, 3]), &l, NodeId(1), 2000, H);
         assert!(
-            !acts.iter().any(|a| matches!(a, Action::PromoteVoter { .. })),
+            !acts
+                .iter()
+                .any(|a| matches!(a, Action::PromoteVoter { .. })),
             "{acts:?}"
         );
     }

@@ -5,8 +5,8 @@
 
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest,
-    InstallSnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +48,9 @@ pub enum Response {
     NotLeader(LeaderHint),
     /// Join accepted: the node is in the cluster state and will be added
     /// to the Raft membership.
-    Joined { leader: NodeId },
+    Joined {
+        leader: NodeId,
+    },
     HeartbeatOk,
     /// The node is not (or no longer) a member: it must not act as one.
     NotAMember,

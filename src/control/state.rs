@@ -133,7 +133,9 @@ pub enum Command {
     AddNode(NodeSpec),
     /// Replaces a known node's spec (addresses, version, voter flag).
     UpdateNode(NodeSpec),
-    RemoveNode { id: NodeId },
+    RemoveNode {
+        id: NodeId,
+    },
     SetNodeState {
         id: NodeId,
         state: NodeState,
@@ -141,8 +143,12 @@ pub enum Command {
     /// The latest heartbeats the leader received; unknown ids are ignored
     /// (a node removed while its heartbeat was on the way).
     Heartbeats(Vec<HeartbeatRecord>),
-    AssignPrimary { id: Option<NodeId> },
-    AssignCompactor { id: Option<NodeId> },
+    AssignPrimary {
+        id: Option<NodeId>,
+    },
+    AssignCompactor {
+        id: Option<NodeId>,
+    },
 }
 
 /// Why a command changed nothing.
@@ -193,11 +199,6 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
-    /// The shard count every node has, once a node is known.
-    pub fn shard_count(&self) -> Option<u32> {
-        self.nodes.values().next().map(|n| n.spec.shard_count)
-    }
-
     /// The primary writer's entry.
     pub fn primary_node(&self) -> Option<&NodeInfo> {
         self.primary.and_then(|id| self.nodes.get(&id))
@@ -371,7 +372,10 @@ mod tests {
             s.apply(&Command::AddNode(spec(1, Role::Writer))),
             Ok(vec![Effect::NodeAdded(NodeId(1))])
         );
-        assert_eq!(s.apply(&Command::AddNode(spec(1, Role::Writer))), Ok(vec![]));
+        assert_eq!(
+            s.apply(&Command::AddNode(spec(1, Role::Writer))),
+            Ok(vec![])
+        );
         let mut moved = spec(1, Role::Writer);
         moved.http_addr = "127.0.0.1:7000".into();
         assert_eq!(
@@ -407,14 +411,20 @@ mod tests {
         n.shard_count = 3;
         let before = s.clone();
         let e = s.apply(&Command::AddNode(n.clone())).unwrap_err();
-        assert_eq!(e, Rejection::ShardCount { cluster: 2, node: 3 });
+        assert_eq!(
+            e,
+            Rejection::ShardCount {
+                cluster: 2,
+                node: 3
+            }
+        );
         assert!(e.to_string().contains("node.shard_cores = 2"), "{e}");
         assert_eq!(s, before);
         // The only node may change its own count (nothing to disagree with).
         let mut only = spec(1, Role::Writer);
         only.shard_count = 4;
         s.apply(&Command::UpdateNode(only)).unwrap();
-        assert_eq!(s.shard_count(), Some(4));
+        assert_eq!(s.nodes[&NodeId(1)].spec.shard_count, 4);
     }
 
     #[test]

@@ -53,7 +53,10 @@ pub enum WireError {
     #[error("{what}: {len} bytes is too short")]
     Short { what: &'static str, len: usize },
     #[error("expected a {expected} frame, got tag {got:?}")]
-    Tag { expected: &'static str, got: [u8; 4] },
+    Tag {
+        expected: &'static str,
+        got: [u8; 4],
+    },
     #[error("the peer speaks control protocol version {0}, this node {VERSION}")]
     Version(u16),
     #[error("wrong cluster secret: the peer's proof does not match (is cluster.secret the same on every node?)")]
@@ -100,9 +103,10 @@ fn verify(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
 }
 
 fn tagged<'a>(body: &'a [u8], tag: &[u8; 4], what: &'static str) -> Result<&'a [u8], WireError> {
-    let (t, rest) = body
-        .split_first_chunk::<4>()
-        .ok_or(WireError::Short { what, len: body.len() })?;
+    let (t, rest) = body.split_first_chunk::<4>().ok_or(WireError::Short {
+        what,
+        len: body.len(),
+    })?;
     if t == REFUSED && tag != REFUSED {
         return Err(WireError::Refused(
             String::from_utf8_lossy(rest).into_owned(),
@@ -185,9 +189,8 @@ pub fn read_hello(
         return Err(WireError::Version(version));
     }
     let id: [u8; 8] = rest[2..10].try_into().expect("length checked");
-    let client_nonce: [u8; NONCE_LEN] = rest[10..10 + NONCE_LEN]
-        .try_into()
-        .expect("length checked");
+    let client_nonce: [u8; NONCE_LEN] =
+        rest[10..10 + NONCE_LEN].try_into().expect("length checked");
     if !verify(
         secret,
         &[b"hello", server_nonce, &client_nonce, &id],
@@ -335,7 +338,10 @@ mod tests {
             Err(WireError::BadProof)
         );
         let e = read_welcome(&refused("wrong cluster secret"), S, &SN, &CN).unwrap_err();
-        assert_eq!(e.to_string(), "the peer refused the connection: wrong cluster secret");
+        assert_eq!(
+            e.to_string(),
+            "the peer refused the connection: wrong cluster secret"
+        );
     }
 
     #[test]

@@ -31,8 +31,8 @@ use tidemark_shards::replication::protocol::{check_http_auth, http_auth};
 use tidemark_shards::shard::Shard;
 use tidemark_shards::{ShardId, TableKey, WalSeq};
 
-use crate::http::{Request, Response};
 use crate::context::CoreCtx;
+use crate::http::{Request, Response};
 
 /// Allowed clock difference between reader and writer, in seconds.
 const CLOCK_SKEW_SECS: u64 = 300;

@@ -20,8 +20,8 @@ use tidemark_shards::WalSeq;
 
 use super::wire::{self, FrameBuf};
 use crate::config::Config;
-use crate::metrics::ShardLabel;
 use crate::context::CoreCtx;
+use crate::metrics::ShardLabel;
 
 /// Why a session with the writer ended.
 #[derive(Debug, thiserror::Error)]

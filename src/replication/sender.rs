@@ -31,8 +31,8 @@ use tidemark_shards::WalSeq;
 
 use super::wire::{self, FrameBuf};
 use crate::config::Config;
-use crate::metrics::ReaderLabels;
 use crate::context::CoreCtx;
+use crate::metrics::ReaderLabels;
 
 /// What a core knows of one reader of its shard.
 #[derive(Debug)]

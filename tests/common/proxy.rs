@@ -34,7 +34,9 @@ impl Proxy {
         std::thread::spawn(move || {
             for c in l.incoming() {
                 let Ok(client) = c else { continue };
-                let Ok(peer) = client.peer_addr() else { continue };
+                let Ok(peer) = client.peer_addr() else {
+                    continue;
+                };
                 if st.cut.load(Ordering::Acquire) || st.blocked.lock().unwrap().contains(&peer.ip())
                 {
                     let _ = client.shutdown(Shutdown::Both);
