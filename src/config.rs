@@ -766,13 +766,15 @@ impl Config {
         }
         match c.node_id.parse::<u64>() {
             Ok(n) if n > 0 => {}
-            _ => return invalid(
-                "cluster.node_id",
-                format!(
+            _ => {
+                return invalid(
+                    "cluster.node_id",
+                    format!(
                     "{:?}: in a cluster, the node id is a number from 1 up, unique in the cluster",
                     c.node_id
                 ),
-            ),
+                )
+            }
         }
         if c.control_addr.parse::<SocketAddr>().is_err() {
             return invalid(

@@ -96,13 +96,21 @@ impl ClusterView {
     }
 }
 
+/// A change an operator asks for through the API; carried out by the
+/// Raft leader (a follower forwards it).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Admin {
+    /// `DELETE /api/v1/cluster/nodes/{id}`.
+    RemoveNode(NodeId),
+    /// `PUT /api/v1/cluster/compactor`: who holds the compactor lease.
+    AssignCompactor(Option<NodeId>),
+}
+
 /// An API write for the control core, with where to send the answer.
 #[derive(Debug)]
-pub enum ApiRequest {
-    RemoveNode {
-        id: NodeId,
-        reply: oneshot::Sender<Result<(), ApiError>>,
-    },
+pub struct ApiRequest {
+    pub admin: Admin,
+    pub reply: oneshot::Sender<Result<(), ApiError>>,
 }
 
 /// Why an API write failed, with its HTTP status.
@@ -175,11 +183,11 @@ impl ControlHandle {
         self.view.load_full()
     }
 
-    /// Removes a node from the cluster (through the leader).
-    pub async fn remove_node(&self, id: NodeId) -> Result<(), ApiError> {
+    /// Carries out `admin` through the Raft leader.
+    pub async fn admin(&self, admin: Admin) -> Result<(), ApiError> {
         let (reply, rx) = oneshot::channel();
         self.requests
-            .try_send(ApiRequest::RemoveNode { id, reply })
+            .try_send(ApiRequest { admin, reply })
             .map_err(|_| ApiError::Unavailable("the control core is busy; retry".into()))?;
         match rx.await {
             Ok(r) => r,

@@ -4,7 +4,7 @@
 use serde_json::{json, Value};
 
 use super::state::NodeId;
-use super::{ClusterView, ControlHandle, Mode};
+use super::{Admin, ClusterView, ControlHandle, Mode};
 use crate::http::Response;
 
 fn role_name(r: crate::config::Role) -> &'static str {
@@ -82,8 +82,34 @@ pub async fn delete_node(control: &ControlHandle, id: &str) -> Response {
     let Ok(id) = id.parse::<u64>() else {
         return Response::error(400, format!("node id {id:?} is not a number"));
     };
-    match control.remove_node(NodeId(id)).await {
+    match control.admin(Admin::RemoveNode(NodeId(id))).await {
         Ok(()) => Response::json(200, &json!({"removed": id})),
+        Err(e) => Response::error(e.status(), e.to_string()),
+    }
+}
+
+/// `PUT /api/v1/cluster/compactor` with `{"node_id": n}` (or `null`):
+/// hands the compactor lease to node `n` (or to nobody).
+pub async fn put_compactor(control: &ControlHandle, body: &[u8]) -> Response {
+    if control.view().mode != Mode::Cluster {
+        return Response::error(404, "this node is not in a cluster");
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        node_id: Option<u64>,
+    }
+    let b: Body = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => {
+            return Response::error(400, format!("expected {{\"node_id\": <id or null>}}: {e}"))
+        }
+    };
+    match control
+        .admin(Admin::AssignCompactor(b.node_id.map(NodeId)))
+        .await
+    {
+        Ok(()) => Response::json(200, &json!({"compactor": b.node_id})),
         Err(e) => Response::error(e.status(), e.to_string()),
     }
 }

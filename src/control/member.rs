@@ -28,7 +28,7 @@ use super::rpc::{LeaderHint, Request, Response};
 use super::state::{Command, Effect, HeartbeatRecord, NodeId, NodeSpec, ShardPosition};
 use super::store::LogStore;
 use super::types::{BasicNode, Raft, TypeConfig};
-use super::{ApiError, ApiRequest, ClusterView, ControlParts};
+use super::{Admin, ApiError, ApiRequest, ClusterView, ControlParts};
 use crate::config::{Config, Role};
 use crate::context::NodeShared;
 
@@ -199,10 +199,10 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
             req = requests.recv() => {
-                if let Some(ApiRequest::RemoveNode { id, reply }) = req {
+                if let Some(ApiRequest { admin, reply }) = req {
                     let m = member.clone();
                     tokio::spawn(async move {
-                        let _ = reply.send(m.remove_anywhere(id).await);
+                        let _ = reply.send(m.admin_anywhere(admin).await);
                     });
                 }
             }
@@ -560,27 +560,31 @@ impl Member {
         Response::HeartbeatOk
     }
 
-    /// Removes `id` on the leader.
-    async fn remove_here(&self, id: NodeId) -> Response {
+    /// Carries out an operator's change on the leader.
+    async fn admin_here(&self, admin: Admin) -> Response {
         if !self.is_leader() {
             return Response::NotLeader(self.leader_hint());
         }
-        if id == self.id {
-            return Response::Refused(format!(
-                "node {id} is the Raft leader: stop it, and remove it once another node leads"
-            ));
-        }
-        match self.commit(Command::RemoveNode { id }).await {
-            Ok(Ok(_)) => Response::Removed,
+        let cmd = match admin {
+            Admin::RemoveNode(id) if id == self.id => {
+                return Response::Refused(format!(
+                    "node {id} is the Raft leader: stop it, and remove it once another node leads"
+                ))
+            }
+            Admin::RemoveNode(id) => Command::RemoveNode { id },
+            Admin::AssignCompactor(id) => Command::AssignCompactor { id },
+        };
+        match self.commit(cmd).await {
+            Ok(Ok(_)) => Response::Done,
             Ok(Err(rejected)) => Response::Refused(rejected.to_string()),
             Err(e) => Response::Failed(e),
         }
     }
 
-    /// Removes `id`, here or through the leader.
-    async fn remove_anywhere(&self, id: NodeId) -> Result<(), ApiError> {
+    /// Carries out an operator's change, here or through the leader.
+    async fn admin_anywhere(&self, admin: Admin) -> Result<(), ApiError> {
         let resp = if self.is_leader() {
-            self.remove_here(id).await
+            self.admin_here(admin).await
         } else {
             let Some(addr) = self.leader_hint().addr else {
                 return Err(ApiError::Unavailable(
@@ -588,13 +592,13 @@ impl Member {
                 ));
             };
             let mut peer = Peer::new(addr, self.ep.clone());
-            match peer.call(&Request::Remove(id), super::API_TIMEOUT).await {
+            match peer.call(&Request::Admin(admin), super::API_TIMEOUT).await {
                 Ok(r) => r,
                 Err(e) => return Err(ApiError::Unavailable(e.to_string())),
             }
         };
         match resp {
-            Response::Removed => Ok(()),
+            Response::Done => Ok(()),
             Response::Refused(r) if r.starts_with("no node") => Err(ApiError::NotFound(r)),
             Response::Refused(r) => Err(ApiError::Conflict(r)),
             Response::NotLeader(_) => Err(ApiError::Unavailable(
@@ -616,7 +620,7 @@ impl Handler for Member {
             Request::Snapshot(rpc) => Response::Snapshot(self.raft.install_snapshot(rpc).await),
             Request::Join(spec) => self.handle_join(spec).await,
             Request::Heartbeat { spec, shards } => self.handle_heartbeat(spec, shards),
-            Request::Remove(id) => self.remove_here(id).await,
+            Request::Admin(admin) => self.admin_here(admin).await,
         }
     }
 }

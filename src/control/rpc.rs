@@ -26,8 +26,8 @@ pub enum Request {
         spec: NodeSpec,
         shards: Vec<ShardPosition>,
     },
-    /// Removes a node (`DELETE /api/v1/cluster/nodes/{id}` on a follower).
-    Remove(NodeId),
+    /// An operator's change, forwarded by a follower to the leader.
+    Admin(super::Admin),
 }
 
 /// Where the leader is, when the node asked is not it.
@@ -54,7 +54,8 @@ pub enum Response {
     HeartbeatOk,
     /// The node is not (or no longer) a member: it must not act as one.
     NotAMember,
-    Removed,
+    /// The operator's change is committed.
+    Done,
     /// Refused for a reason that will not change by asking again.
     Refused(String),
     /// Failed for now (no quorum, a timeout): ask again later.
@@ -89,7 +90,10 @@ mod tests {
                 }],
             })
             .unwrap(),
-            serde_json::to_string(&Request::Remove(NodeId(3))).unwrap(),
+            serde_json::to_string(&Request::Admin(crate::control::Admin::RemoveNode(NodeId(
+                3,
+            ))))
+            .unwrap(),
             serde_json::to_string(&Request::Vote(VoteRequest {
                 vote: openraft::Vote::new(3, NodeId(1)),
                 last_log_id: None,

@@ -122,6 +122,9 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
         }
         ("GET", "/api/v1/measurements") => measurements(ctx, &req),
         ("GET", "/api/v1/cluster") => crate::control::api::get(&node.control),
+        ("PUT", "/api/v1/cluster/compactor") => {
+            crate::control::api::put_compactor(&node.control, &req.body).await
+        }
         ("DELETE", p) if p.starts_with("/api/v1/cluster/nodes/") => {
             crate::control::api::delete_node(&node.control, &p["/api/v1/cluster/nodes/".len()..])
                 .await
