@@ -650,6 +650,27 @@ impl Config {
 
     fn validate_cluster(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let t = &self.tls;
+        if t.enabled() {
+            for (key, v) in [
+                ("tls.cert", &t.cert),
+                ("tls.key", &t.key),
+                ("tls.ca", &t.ca),
+            ] {
+                match v {
+                    None => {
+                        return invalid(
+                            key,
+                            "TLS needs tls.cert, tls.key and tls.ca together (mutual TLS)".into(),
+                        )
+                    }
+                    Some(p) if !p.is_file() => {
+                        return invalid(key, format!("{} is not a readable file", p.display()))
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
         let r = &self.replication;
         let role = self.cluster.role;
         if role != Role::Standalone && self.cluster.secret.is_empty() {
@@ -832,27 +853,6 @@ impl Config {
                     c.dead_after_ms, c.unhealthy_after_ms
                 ),
             );
-        }
-        let t = &self.tls;
-        if t.enabled() {
-            for (key, v) in [
-                ("tls.cert", &t.cert),
-                ("tls.key", &t.key),
-                ("tls.ca", &t.ca),
-            ] {
-                match v {
-                    None => {
-                        return invalid(
-                            key,
-                            "TLS needs tls.cert, tls.key and tls.ca together (mutual TLS)".into(),
-                        )
-                    }
-                    Some(p) if !p.is_file() => {
-                        return invalid(key, format!("{} is not a readable file", p.display()))
-                    }
-                    Some(_) => {}
-                }
-            }
         }
         Ok(())
     }

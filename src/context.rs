@@ -31,6 +31,8 @@ pub struct NodeShared {
     pub manifest: Arc<Manifest>,
     pub store: Arc<FileStore>,
     pub shard_count: usize,
+    /// Inter-node TLS (`tls.*`), when on.
+    pub tls: Option<crate::tls::Tls>,
     /// The control core: the published cluster view and its API channel.
     pub control: crate::control::ControlHandle,
     /// Per shard: the last durable and applied WAL sequence numbers,

@@ -8,6 +8,7 @@ mod metrics;
 mod node;
 mod query;
 mod replication;
+mod tls;
 
 use std::path::PathBuf;
 

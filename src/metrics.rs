@@ -154,7 +154,7 @@ impl ControlFamilies {
             self.heartbeat_failures.clone(),
         );
         r.register_with_unit(
-            "control_rpc",
+            "control_rpc_duration",
             "Cluster: duration of Raft RPCs this node sent, by RPC and result",
             Unit::Seconds,
             self.rpc_seconds.clone(),

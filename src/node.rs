@@ -140,6 +140,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         config.flush.nice,
     );
     let metrics = NodeMetrics::new();
+    let tls = crate::tls::Tls::load(&config.tls).context("loading the TLS files (tls.*)")?;
     let (control, control_parts) =
         crate::control::ControlHandle::new(&config).with_context(|| {
             format!(
@@ -171,6 +172,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         manifest: manifest.clone(),
         store,
         shard_count,
+        tls,
         control,
         positions: (0..shard_count)
             .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])

@@ -566,6 +566,19 @@ fn tls_members_join_and_a_peer_without_the_cas_certificate_is_refused() {
     s2.extra = tls_args(&good, &good.ca);
     let n2 = start(dir.path(), &s2, true);
     agreed(&[&n1, &n2], 2, &[1, 2]);
+    // Replication runs over TLS too: the reader gets the primary's rows.
+    let r = n1.node.write_lp("default", &lp(0, 100));
+    assert_eq!(r.status, 204, "{}", r.text());
+    wait_for(
+        "the reader to hold the rows (over TLS)",
+        Duration::from_secs(30),
+        || (count(&n2.node)? == 100).then_some(()),
+    );
+    assert!(
+        n2.node.log().contains("streaming from the writer"),
+        "{}",
+        n2.node.log()
+    );
 
     // A client with a certificate of the right CA gets the Challenge...
     let hello = tls_probe(&n1.proxy.addr(), &good, &good.ca).unwrap();

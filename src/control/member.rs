@@ -114,7 +114,7 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
     let id = NodeId(config.raft_id());
     let spec = own_spec(&config, node.shard_count);
     let dir = config.node.data_dir.join("raft");
-    let tls = Tls::load(&config.tls)?;
+    let tls = node.tls.as_ref().map(Tls::new);
     let source_ip = config
         .cluster
         .control_addr

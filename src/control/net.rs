@@ -1,13 +1,12 @@
 //! The control port's sockets: the server that answers requests, the
 //! client [`Peer`] that sends them (one connection, reopened on failure),
-//! openraft's network on top of it, and TLS.
+//! and openraft's network on top of it; TLS through tokio-rustls.
 //!
 //! Every request has a deadline (openraft's `RPCOption` TTL for Raft
 //! RPCs). A peer that cannot be reached is `Unreachable` to openraft, which
 //! then backs off (500 ms) instead of retrying hot.
 
 use std::io;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,8 +18,6 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -28,14 +25,12 @@ use super::rpc::{Request, Response};
 use super::state::NodeId;
 use super::types::{BasicNode, TypeConfig};
 use super::wire::{self, Direction, Sealer, WireError, NONCE_LEN};
-use crate::config::TlsConfig;
 
 /// A connection, plain or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Io for T {}
 
-/// The TLS side of inter-node traffic: mutual TLS, every peer's
-/// certificate checked against `tls.ca`.
+/// The control port's TLS: tokio-rustls over the node's TLS configs.
 #[derive(Clone)]
 pub struct Tls {
     pub acceptor: tokio_rustls::TlsAcceptor,
@@ -48,57 +43,12 @@ impl std::fmt::Debug for Tls {
     }
 }
 
-fn tls_err(path: &Path, e: impl std::fmt::Display) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!("{}: {e}", path.display()),
-    )
-}
-
 impl Tls {
-    /// Loads `tls.cert`, `tls.key` and `tls.ca`; `None` when TLS is off.
-    pub fn load(cfg: &TlsConfig) -> io::Result<Option<Tls>> {
-        let (Some(cert), Some(key), Some(ca)) = (&cfg.cert, &cfg.key, &cfg.ca) else {
-            return Ok(None);
-        };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .map_err(|e| tls_err(cert, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| tls_err(cert, e))?;
-        if certs.is_empty() {
-            return Err(tls_err(cert, "no certificate in the file"));
+    pub fn new(t: &crate::tls::Tls) -> Tls {
+        Tls {
+            acceptor: tokio_rustls::TlsAcceptor::from(t.server.clone()),
+            connector: tokio_rustls::TlsConnector::from(t.client.clone()),
         }
-        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, e))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(ca).map_err(|e| tls_err(ca, e))? {
-            roots
-                .add(c.map_err(|e| tls_err(ca, e))?)
-                .map_err(|e| tls_err(ca, e))?;
-        }
-        let roots = Arc::new(roots);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            roots.clone(),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| tls_err(ca, e))?;
-        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls_err(cert, e))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(certs.clone(), key_der.clone_key())
-            .map_err(|e| tls_err(cert, e))?;
-        let client = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls_err(cert, e))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key_der)
-            .map_err(|e| tls_err(cert, e))?;
-        Ok(Some(Tls {
-            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
-            connector: tokio_rustls::TlsConnector::from(Arc::new(client)),
-        }))
     }
 }
 
@@ -286,12 +236,7 @@ impl Peer {
         let mut io: Box<dyn Io> =
             match &self.ep.tls {
                 Some(t) => {
-                    let host = self
-                        .addr
-                        .rsplit_once(':')
-                        .map_or(self.addr.as_str(), |(h, _)| h);
-                    let name = ServerName::try_from(host.to_string())
-                        .map_err(|e| unreachable(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+                    let name = crate::tls::server_name(&self.addr).map_err(unreachable)?;
                     Box::new(t.connector.connect(name, tcp).await.map_err(|e| {
                         CallError::Refused {
                             addr: self.addr.clone(),

@@ -11,6 +11,7 @@ use std::io;
 use std::rc::Rc;
 use std::time::Duration;
 
+use monoio::io::{AsyncReadRent, AsyncWriteRent};
 use monoio::net::TcpStream;
 use tidemark_shards::replication::frame::{Compression, Frame, VERSION};
 use tidemark_shards::replication::protocol::{ReaderAction, ReceiveState};
@@ -127,7 +128,7 @@ async fn session(
         (r.writer_addr.clone(), None)
     };
     let addr = Config::shard_addr(&base, ctx.id);
-    let mut conn = match monoio::time::timeout(timeout, TcpStream::connect(addr)).await {
+    let conn = match monoio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(c) => c?,
         Err(_) => {
             return Err(
@@ -136,6 +137,38 @@ async fn session(
         }
     };
     conn.set_nodelay(true)?;
+    match ctx.node.tls.clone() {
+        Some(t) => {
+            let name = crate::tls::server_name(&addr.to_string())?;
+            let tls = monoio_rustls::TlsConnector::from(t.client);
+            let conn = match monoio::time::timeout(timeout, tls.connect(name, conn)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(SessionError::Protocol(format!("TLS with {addr}: {e}"))),
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("TLS handshake with {addr}"),
+                    )
+                    .into())
+                }
+            };
+            stream_from(ctx, shard, connected, conn, addr, primary).await
+        }
+        None => stream_from(ctx, shard, connected, conn, addr, primary).await,
+    }
+}
+
+/// The session on a connected (plain or TLS) stream: handshake, then entries.
+async fn stream_from<S: AsyncReadRent + AsyncWriteRent>(
+    ctx: &Rc<CoreCtx>,
+    shard: &Shard,
+    connected: &prometheus_client::metrics::gauge::Gauge,
+    mut conn: S,
+    addr: std::net::SocketAddr,
+    primary: Option<crate::control::state::NodeId>,
+) -> Result<(), SessionError> {
+    let cfg = &ctx.node.config;
+    let timeout = super::silence_timeout(&cfg.replication);
     let mut fb = FrameBuf::new();
     let body = fb.read_frame(&mut conn, timeout).await?;
     let nonce = match fb.frame(body)? {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use event_listener::Event;
-use monoio::io::Splitable;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, Split, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -172,7 +172,7 @@ impl WriterSide {
                 Ok((conn, peer)) => {
                     let side = self.clone();
                     monoio::spawn(async move {
-                        if let Err(e) = side.clone().stream(conn).await {
+                        if let Err(e) = side.clone().accept(conn).await {
                             tracing::info!(shard = side.ctx.id, %peer, error = %e, "replication stream ended");
                         }
                     });
@@ -185,11 +185,34 @@ impl WriterSide {
         }
     }
 
+    /// A reader's connection: TLS first when it is on, then the stream.
+    async fn accept(self: Rc<Self>, conn: TcpStream) -> io::Result<()> {
+        conn.set_nodelay(true)?;
+        let Some(t) = self.ctx.node.tls.clone() else {
+            return self.stream(conn).await;
+        };
+        let timeout = super::silence_timeout(&self.ctx.node.config.replication);
+        let acceptor = monoio_rustls::TlsAcceptor::from(t.server);
+        match monoio::time::timeout(timeout, acceptor.accept(conn)).await {
+            Ok(Ok(tls)) => self.stream(tls).await,
+            Ok(Err(e)) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("TLS: {e}"),
+            )),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
+        }
+    }
+
     /// One reader's stream: handshake, then entries until either side stops.
-    async fn stream(self: Rc<Self>, mut conn: TcpStream) -> io::Result<()> {
+    async fn stream<S>(self: Rc<Self>, mut conn: S) -> io::Result<()>
+    where
+        S: AsyncReadRent + AsyncWriteRent + Split + 'static,
+    {
         let cfg = &self.ctx.node.config;
         let r = &cfg.replication;
-        conn.set_nodelay(true)?;
         let nonce = super::nonce()?;
         wire::send(
             &mut conn,
@@ -257,13 +280,16 @@ impl WriterSide {
         result
     }
 
-    async fn send_loop(
+    async fn send_loop<S>(
         self: Rc<Self>,
-        conn: TcpStream,
+        conn: S,
         fb: FrameBuf,
         reader: &str,
         from: WalSeq,
-    ) -> io::Result<()> {
+    ) -> io::Result<()>
+    where
+        S: AsyncReadRent + AsyncWriteRent + Split + 'static,
+    {
         let r = &self.ctx.node.config.replication;
         let (rd, mut wr) = conn.into_split();
         let state = Rc::new(RefCell::new(SendState::new(from)));
@@ -396,9 +422,9 @@ impl WriterSide {
         outcome.and(acks)
     }
 
-    async fn read_acks(
+    async fn read_acks<S: AsyncReadRent + AsyncWriteRent + Split>(
         &self,
-        mut rd: monoio::io::OwnedReadHalf<TcpStream>,
+        mut rd: monoio::io::OwnedReadHalf<S>,
         mut fb: FrameBuf,
         state: &RefCell<SendState>,
         reader: &str,
