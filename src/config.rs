@@ -1043,6 +1043,69 @@ mod tests {
     }
 
     #[test]
+    fn control_core_keys_from_env_and_their_checks() {
+        let base = [
+            ("TIDEMARK_CLUSTER_ROLE", "reader"),
+            ("TIDEMARK_CLUSTER_SECRET", "s"),
+            ("TIDEMARK_CLUSTER_NODE_ID", "3"),
+            ("TIDEMARK_CLUSTER_CONTROL_ADDR", "127.0.0.1:7003"),
+            ("TIDEMARK_CLUSTER_SEEDS", "127.0.0.1:7001, 127.0.0.1:7002"),
+            ("TIDEMARK_CLUSTER_VOTER", "false"),
+        ];
+        let c = Config::load(None, env(&base), &Overrides::default()).unwrap();
+        c.validate().unwrap();
+        assert!(c.in_cluster());
+        assert_eq!(c.raft_id(), 3);
+        assert_eq!(c.cluster.seeds, ["127.0.0.1:7001", "127.0.0.1:7002"]);
+        assert!(!c.cluster.voter);
+        assert_eq!(c.advertised_control_addr(), "127.0.0.1:7003");
+        // A reader in a cluster needs no writer address: it finds the primary.
+        assert!(c.replication.writer_addr.is_empty());
+        // Seeds as a TOML array in a file.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[cluster]\nrole = \"writer\"\nsecret = \"s\"\nnode_id = 1\ncontrol_addr = \"127.0.0.1:7001\"\nseeds = [\"127.0.0.1:7002\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&file), Vec::new(), &Overrides::default()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cluster.seeds, ["127.0.0.1:7002"]);
+        assert_eq!(c.cluster.node_id, "1");
+        let bad = |extra: &[(&str, &str)]| {
+            let mut pairs: Vec<(&str, &str)> = base
+                .iter()
+                .filter(|(k, _)| !extra.iter().any(|(e, _)| e == k))
+                .copied()
+                .collect();
+            pairs.extend_from_slice(extra);
+            Config::load(None, env(&pairs), &Overrides::default())
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad(&[("TIDEMARK_CLUSTER_NODE_ID", "reader-3")]).starts_with("cluster.node_id: "));
+        assert!(bad(&[("TIDEMARK_CLUSTER_NODE_ID", "0")]).starts_with("cluster.node_id: "));
+        assert!(bad(&[("TIDEMARK_CLUSTER_SEEDS", "nowhere")]).starts_with("cluster.seeds: "));
+        assert!(
+            bad(&[("TIDEMARK_CLUSTER_CONTROL_ADDR", "x")]).starts_with("cluster.control_addr: ")
+        );
+        assert!(bad(&[("TIDEMARK_CLUSTER_ROLE", "standalone")]).starts_with("cluster.role: "));
+        assert!(bad(&[("TIDEMARK_CLUSTER_DEAD_AFTER_MS", "1000")])
+            .starts_with("cluster.dead_after_ms: "));
+        let cert = file.display().to_string();
+        assert!(bad(&[("TIDEMARK_TLS_CERT", &cert)]).starts_with("tls.key: TLS needs"));
+        let e = bad(&[
+            ("TIDEMARK_TLS_CERT", "/nonexistent/cert.pem"),
+            ("TIDEMARK_TLS_KEY", "/nonexistent/key.pem"),
+            ("TIDEMARK_TLS_CA", "/nonexistent/ca.pem"),
+        ]);
+        assert_eq!(e, "tls.cert: /nonexistent/cert.pem is not a readable file");
+    }
+
+    #[test]
     fn clear_errors() {
         let e = Config::load(
             None,

@@ -475,6 +475,21 @@ fn wrong_secret_and_wrong_shard_count_are_refused() {
     assert!(!status.success());
     let log = m3.node.log();
     assert!(log.contains("set node.shard_cores = 2"), "{log}");
+    // A node that claims an id another address holds is refused too.
+    let mut twin = Spec::new(1, false, true);
+    twin.seeds = vec![n1.proxy.addr()];
+    let dir2 = dir.path().join("twin");
+    let mut m4 = start(&dir2, &twin, false);
+    let status = m4
+        .node
+        .wait_exit(Duration::from_secs(30))
+        .expect("a node with a taken id exits");
+    assert!(!status.success());
+    let log = m4.node.log();
+    assert!(
+        log.contains("node id 1 is already held by the node at"),
+        "{log}"
+    );
     // Nothing changed: the cluster is still node 1 alone.
     let v = agreed(&[&n1], 1, &[1]);
     assert_eq!(v["nodes"].as_array().unwrap().len(), 1, "{v}");

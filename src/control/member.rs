@@ -193,25 +193,41 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
         Duration::from_millis(config.cluster.heartbeat_ms),
         config.cluster.seeds.clone(),
     ));
+    // Operator changes, each in its own task (a commit may take a while).
+    let api = {
+        let member = member.clone();
+        tokio::spawn(async move {
+            while let Some(ApiRequest { admin, reply }) = requests.recv().await {
+                let m = member.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(m.admin_anywhere(admin).await);
+                });
+            }
+        })
+    };
+    // Raft status reaches the view as it changes; leader duties every tick.
     let tick = Duration::from_millis(100);
     let beat_every = Duration::from_millis(config.cluster.heartbeat_ms);
+    let mut status = raft.metrics();
+    let mut next_tick = tokio::time::Instant::now();
     while !node.is_shutting_down() {
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            req = requests.recv() => {
-                if let Some(ApiRequest { admin, reply }) = req {
-                    let m = member.clone();
-                    tokio::spawn(async move {
-                        let _ = reply.send(m.admin_anywhere(admin).await);
-                    });
+            _ = tokio::time::sleep_until(next_tick) => {
+                next_tick = tokio::time::Instant::now() + tick;
+                member.publish_raft_status();
+                if let Err(e) = member.leader_tick(beat_every).await {
+                    tracing::warn!(error = %e, "leader duties failed this tick");
                 }
             }
-        }
-        member.publish_raft_status();
-        if let Err(e) = member.leader_tick(beat_every).await {
-            tracing::warn!(error = %e, "leader duties failed this tick");
+            changed = status.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                member.publish_raft_status();
+            }
         }
     }
+    api.abort();
     heartbeats.abort();
     server.abort();
     raft.shutdown().await.ok();

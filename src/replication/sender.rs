@@ -103,6 +103,19 @@ impl WriterSide {
         }
     }
 
+    /// Whether `reader_id` names a node of the cluster state.
+    fn is_member(&self, reader_id: &str) -> bool {
+        reader_id.parse::<u64>().is_ok_and(|id| {
+            self.ctx
+                .node
+                .control
+                .view()
+                .state
+                .nodes
+                .contains_key(&crate::control::state::NodeId(id))
+        })
+    }
+
     /// Tells the WAL which entries readers still need.
     fn update_hold(&self) {
         let hold = self.readers.borrow().values().map(|r| r.acked.next()).min();
@@ -239,6 +252,20 @@ impl WriterSide {
             &nonce,
             &view,
         );
+        // In a cluster the writer streams to members only: the reader's id
+        // must be a node of the cluster state (a removed node gets nothing).
+        let handshake = match handshake {
+            Handshake::Stream { ref reader_id, .. }
+            | Handshake::Bootstrap { ref reader_id, .. }
+                if cfg.in_cluster() && !self.is_member(reader_id) =>
+            {
+                Handshake::Refuse {
+                    code: ErrorCode::AuthFailed,
+                    message: format!("node {reader_id} is not a member of the cluster"),
+                }
+            }
+            other => other,
+        };
         wire::send(&mut conn, &handshake.reply(&view, &cfg.http.addr)).await?;
         let (reader, from) = match handshake {
             Handshake::Stream { reader_id, from } => (reader_id, from),
