@@ -809,6 +809,20 @@ impl Config {
                 format!("{:?} is not an IP address and port", c.advertise_addr),
             );
         }
+        if self
+            .advertised_control_addr()
+            .parse::<SocketAddr>()
+            .is_ok_and(|a| a.ip().is_unspecified())
+        {
+            return invalid(
+                if c.advertise_addr.is_empty() {
+                    "cluster.control_addr"
+                } else {
+                    "cluster.advertise_addr"
+                },
+                "other nodes cannot reach 0.0.0.0 or ::; set cluster.advertise_addr to this node's address".into(),
+            );
+        }
         for s in &c.seeds {
             if s.parse::<SocketAddr>().is_err() {
                 return invalid(

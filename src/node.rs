@@ -453,7 +453,10 @@ async fn core_main(
     if let Some(f) = follower {
         f.await;
     }
-    ctx.writer.borrow_mut().take();
+    let writer = ctx.writer.borrow_mut().take();
+    if let Some(w) = writer {
+        w.stop().await;
+    }
     shard.close().await;
     tracing::info!(shard = id, applied_seq = %shard.applied_seq(), "shard closed");
     Ok(())

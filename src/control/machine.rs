@@ -131,8 +131,14 @@ impl StateMachine {
         Ok(sm)
     }
 
-    fn save(dir: &Path, stored: &Stored) -> io::Result<()> {
-        write_atomic(&dir.join("snapshot"), &seal(&stored.bytes))
+    /// Writes a snapshot file on a blocking thread: its syncs must not
+    /// stall the control runtime (Raft's heartbeats run there).
+    async fn save(dir: &Path, stored: &Stored) -> io::Result<()> {
+        let path = dir.join("snapshot");
+        let bytes = seal(&stored.bytes);
+        tokio::task::spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
+            .map_err(io::Error::other)?
     }
 }
 
@@ -152,7 +158,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             meta: self.file.meta.clone(),
             bytes,
         };
-        StateMachine::save(&self.dir, &stored).map_err(|e| {
+        StateMachine::save(&self.dir, &stored).await.map_err(|e| {
             io_err(
                 ErrorSubject::Snapshot(Some(stored.meta.signature())),
                 ErrorVerb::Write,
@@ -245,7 +251,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: meta.clone(),
             bytes,
         };
-        StateMachine::save(&self.dir, &stored).map_err(|e| {
+        StateMachine::save(&self.dir, &stored).await.map_err(|e| {
             io_err(
                 ErrorSubject::Snapshot(Some(meta.signature())),
                 ErrorVerb::Write,

@@ -32,6 +32,18 @@ use super::{Admin, ApiError, ApiRequest, ClusterView, ControlParts};
 use crate::config::{Config, Role};
 use crate::context::NodeShared;
 
+/// How long a commit may take before its caller gives up on it.
+const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why a commit did not happen.
+#[derive(Debug, thiserror::Error)]
+enum CommitError {
+    #[error("this node is no longer the Raft leader")]
+    NotLeader,
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// Wall-clock milliseconds (recorded heartbeat times).
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -70,16 +82,33 @@ impl std::fmt::Debug for Member {
     }
 }
 
+/// `addr` as peers can reach it: a listen address on all interfaces
+/// (`0.0.0.0`, `::`) takes the IP of the advertised control address.
+fn reachable(addr: &str, config: &Config) -> String {
+    let (Ok(mut a), Ok(ctrl)) = (
+        addr.parse::<std::net::SocketAddr>(),
+        config
+            .advertised_control_addr()
+            .parse::<std::net::SocketAddr>(),
+    ) else {
+        return addr.to_string();
+    };
+    if a.ip().is_unspecified() {
+        a.set_ip(ctrl.ip());
+    }
+    a.to_string()
+}
+
 /// This node's spec, from its configuration.
 pub fn own_spec(config: &Config, shard_count: usize) -> NodeSpec {
     NodeSpec {
         id: NodeId(config.raft_id()),
         role: config.cluster.role,
         voter: config.cluster.voter,
-        http_addr: config.http.addr.clone(),
+        http_addr: reachable(&config.http.addr, config),
         control_addr: config.advertised_control_addr().to_string(),
         replication_addr: if config.cluster.role == Role::Writer {
-            config.replication.listen_addr.clone()
+            reachable(&config.replication.listen_addr, config)
         } else {
             String::new()
         },
@@ -210,6 +239,7 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
     let beat_every = Duration::from_millis(config.cluster.heartbeat_ms);
     let mut status = raft.metrics();
     let mut next_tick = tokio::time::Instant::now();
+    let mut fatal_error = None;
     while !node.is_shutting_down() {
         tokio::select! {
             _ = tokio::time::sleep_until(next_tick) => {
@@ -226,6 +256,10 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
                 member.publish_raft_status();
             }
         }
+        if let Err(fatal) = &raft.metrics().borrow().running_state {
+            fatal_error = Some(format!("Raft stopped: {fatal}"));
+            break;
+        }
     }
     api.abort();
     heartbeats.abort();
@@ -233,12 +267,17 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
     raft.shutdown().await.ok();
     // Everything the log store has queued reaches the disk before exit.
     member.log.clone().close().await?;
-    Ok(())
+    match fatal_error {
+        Some(e) => Err(anyhow::anyhow!(e)),
+        None if !node.is_shutting_down() => Err(anyhow::anyhow!("Raft stopped unexpectedly")),
+        None => Ok(()),
+    }
 }
 
 impl Member {
     fn leader_hint(&self) -> LeaderHint {
-        let m = self.raft.metrics().borrow().clone();
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         let addr = m.current_leader.and_then(|l| {
             m.membership_config
                 .membership()
@@ -252,7 +291,8 @@ impl Member {
     }
 
     fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        let rx = self.raft.metrics();
+        let m = rx.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
@@ -300,10 +340,30 @@ impl Member {
     }
 
     /// Commits `cmd` on this node (the leader).
-    async fn commit(&self, cmd: Command) -> Result<super::state::Applied, String> {
-        match self.raft.client_write(cmd).await {
-            Ok(r) => Ok(r.data),
-            Err(e) => Err(e.to_string()),
+    /// Commits `cmd` through Raft (on the leader), waiting at most
+    /// [`COMMIT_TIMEOUT`]: a leader that lost its majority cannot commit,
+    /// and must not hang its caller (or the node's shutdown).
+    async fn commit(&self, cmd: Command) -> Result<super::state::Applied, CommitError> {
+        let write = tokio::time::timeout(COMMIT_TIMEOUT, self.raft.client_write(cmd));
+        let stopping = async {
+            while !self.node.is_shutting_down() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let res = tokio::select! {
+            r = write => r,
+            _ = stopping => return Err(CommitError::Failed("the node is shutting down".into())),
+        };
+        match res {
+            Ok(Ok(r)) => Ok(r.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(CommitError::NotLeader)
+            }
+            Ok(Err(e)) => Err(CommitError::Failed(e.to_string())),
+            Err(_) => Err(CommitError::Failed(format!(
+                "not committed within {} ms (no Raft majority?)",
+                COMMIT_TIMEOUT.as_millis()
+            ))),
         }
     }
 
@@ -333,7 +393,8 @@ impl Member {
         };
         if !beats.is_empty() {
             self.commit(Command::Heartbeats(beats.into_values().collect()))
-                .await?
+                .await
+                .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;
         }
         let actions = {
@@ -347,6 +408,9 @@ impl Member {
             plan::plan(&view.state, &membership, live, self.id, now, self.health)
         };
         for a in actions {
+            if self.node.is_shutting_down() {
+                break;
+            }
             self.act(a).await?;
         }
         Ok(())
@@ -371,7 +435,7 @@ impl Member {
                 return Ok(());
             }
         };
-        match self.commit(cmd).await? {
+        match self.commit(cmd).await.map_err(|e| e.to_string())? {
             Ok(_) => Ok(()),
             Err(rejected) => Err(rejected.to_string()),
         }
@@ -401,22 +465,21 @@ impl Member {
                     .await
                     .map(|_| ()),
                 Action::RemoveMember { id } => {
-                    let m = raft.metrics().borrow().membership_config.clone();
-                    let is_voter = m.membership().voter_ids().any(|v| v == *id);
-                    let r = if is_voter {
-                        raft.change_membership(ChangeMembers::RemoveVoters([*id].into()), false)
-                            .await
-                            .map(|_| ())
+                    // A voter leaves with RemoveVoters (retain = false drops
+                    // it entirely); a learner with RemoveNodes.
+                    let is_voter = raft
+                        .metrics()
+                        .borrow()
+                        .membership_config
+                        .membership()
+                        .voter_ids()
+                        .any(|v| v == *id);
+                    let change = if is_voter {
+                        ChangeMembers::RemoveVoters([*id].into())
                     } else {
-                        Ok(())
+                        ChangeMembers::RemoveNodes([*id].into())
                     };
-                    match r {
-                        Ok(()) => raft
-                            .change_membership(ChangeMembers::RemoveNodes([*id].into()), false)
-                            .await
-                            .map(|_| ()),
-                        Err(e) => Err(e),
-                    }
+                    raft.change_membership(change, false).await.map(|_| ())
                 }
                 _ => Ok(()),
             };
@@ -442,6 +505,9 @@ impl Member {
         loop {
             let mut queue: Vec<String> = seeds.to_vec();
             let mut tried = BTreeSet::new();
+            // Handshake refusals (secret, TLS) by address: fatal only when
+            // every address asked refused this node.
+            let mut refused: Vec<String> = Vec::new();
             while let Some(addr) = queue.pop() {
                 if !tried.insert(addr.clone()) || self.node.is_shutting_down() {
                     continue;
@@ -455,17 +521,22 @@ impl Member {
                     Ok(Response::NotLeader(LeaderHint {
                         addr: Some(leader), ..
                     })) => queue.push(leader),
+                    // The leader's state machine said no: final.
                     Ok(Response::Refused(reason)) => {
                         anyhow::bail!("the cluster refused this node (asked {addr}): {reason}")
                     }
                     Err(e @ CallError::Refused { .. }) => {
-                        anyhow::bail!("cannot join the cluster: {e}")
+                        tracing::warn!(seed = %addr, error = %e, "refused");
+                        refused.push(e.to_string());
                     }
                     Ok(other) => {
                         tracing::info!(seed = %addr, answer = ?other, "join not accepted yet; retrying")
                     }
                     Err(e) => tracing::info!(seed = %addr, error = %e, "seed not reachable"),
                 }
+            }
+            if !refused.is_empty() && refused.len() == tried.len() {
+                anyhow::bail!("cannot join the cluster: {}", refused.join("; "));
             }
             if self.node.is_shutting_down() {
                 anyhow::bail!("shut down before joining the cluster");
@@ -529,20 +600,16 @@ impl Member {
                 spec.id, self.spec.control_addr
             ));
         }
-        match self.raft.client_write(Command::AddNode(spec.clone())).await {
-            Ok(r) => match r.data {
-                Ok(_) => {
-                    let now = self.now_ms();
-                    if let Some(l) = self.leader.lock().expect("leader lock").liveness.as_mut() {
-                        l.heard(spec, now);
-                    }
-                    Response::Joined { leader: self.id }
+        match self.commit(Command::AddNode(spec.clone())).await {
+            Ok(Ok(_)) => {
+                let now = self.now_ms();
+                if let Some(l) = self.leader.lock().expect("leader lock").liveness.as_mut() {
+                    l.heard(spec, now);
                 }
-                Err(rejected) => Response::Refused(rejected.to_string()),
-            },
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                Response::NotLeader(self.leader_hint())
+                Response::Joined { leader: self.id }
             }
+            Ok(Err(rejected)) => Response::Refused(rejected.to_string()),
+            Err(CommitError::NotLeader) => Response::NotLeader(self.leader_hint()),
             Err(e) => Response::Failed(e.to_string()),
         }
     }
@@ -593,7 +660,8 @@ impl Member {
         match self.commit(cmd).await {
             Ok(Ok(_)) => Response::Done,
             Ok(Err(rejected)) => Response::Refused(rejected.to_string()),
-            Err(e) => Response::Failed(e),
+            Err(CommitError::NotLeader) => Response::NotLeader(self.leader_hint()),
+            Err(e) => Response::Failed(e.to_string()),
         }
     }
 
@@ -629,7 +697,17 @@ impl Member {
 }
 
 impl Handler for Member {
-    async fn handle(&self, req: Request) -> Response {
+    async fn handle(&self, peer: NodeId, req: Request) -> Response {
+        // A node speaks for itself only: the id it proved in the handshake.
+        if let Request::Join(spec) | Request::Heartbeat { spec, .. } = &req {
+            if spec.id != peer {
+                tracing::warn!(%peer, claimed = %spec.id, "a peer spoke for another node id");
+                return Response::Refused(format!(
+                    "this connection authenticated as node {peer}, not node {}",
+                    spec.id
+                ));
+            }
+        }
         match req {
             Request::Append(rpc) => Response::Append(self.raft.append_entries(rpc).await),
             Request::Vote(rpc) => Response::Vote(self.raft.vote(rpc).await),

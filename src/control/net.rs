@@ -64,10 +64,24 @@ fn wire_err(e: WireError) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// Handshake frames are small: a peer that has not proved the secret yet
+/// cannot make this node allocate more than this.
+const HANDSHAKE_FRAME: usize = 1024;
+
 async fn read_frame<R: AsyncRead + Unpin + ?Sized>(r: &mut R) -> io::Result<Vec<u8>> {
+    read_frame_max(r, wire::MAX_FRAME).await
+}
+
+async fn read_frame_max<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    max: usize,
+) -> io::Result<Vec<u8>> {
     let mut h = [0u8; 4];
     r.read_exact(&mut h).await?;
     let len = wire::frame_len(h).map_err(wire_err)?;
+    if len > max {
+        return Err(wire_err(WireError::TooLarge(len)));
+    }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
     Ok(body)
@@ -80,7 +94,12 @@ async fn write_frame<W: AsyncWrite + Unpin + ?Sized>(w: &mut W, body: &[u8]) -> 
 
 /// What answers requests on the control port.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, req: Request) -> impl std::future::Future<Output = Response> + Send;
+    /// Answers `req` from `peer`, the node id the peer proved in its Hello.
+    fn handle(
+        &self,
+        peer: NodeId,
+        req: Request,
+    ) -> impl std::future::Future<Output = Response> + Send;
 }
 
 /// Who this node is on the wire, and how it talks.
@@ -131,7 +150,7 @@ async fn serve_conn<H: Handler>(tcp: TcpStream, ep: &Endpoint, handler: &H) -> i
     };
     let sn = nonce()?;
     write_frame(&mut io, &wire::challenge(&sn)).await?;
-    let body = tokio::time::timeout(HANDSHAKE, read_frame(&mut io))
+    let body = tokio::time::timeout(HANDSHAKE, read_frame_max(&mut io, HANDSHAKE_FRAME))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "waiting for Hello"))??;
     let hello = match wire::read_hello(&body, &ep.secret, &sn) {
@@ -158,7 +177,7 @@ async fn serve_conn<H: Handler>(tcp: TcpStream, ep: &Endpoint, handler: &H) -> i
         let payload = rx.open(&body).map_err(wire_err)?;
         let req: Request = serde_json::from_slice(payload)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        let resp = handler.handle(req).await;
+        let resp = handler.handle(NodeId(hello.node_id), req).await;
         let json = serde_json::to_vec(&resp).map_err(io::Error::other)?;
         write_frame(&mut io, &tx.seal(&json)).await?;
     }
@@ -233,19 +252,24 @@ impl Peer {
         };
         let tcp = self.open_tcp().await.map_err(unreachable)?;
         let _ = tcp.set_nodelay(true);
-        let mut io: Box<dyn Io> =
-            match &self.ep.tls {
-                Some(t) => {
-                    let name = crate::tls::server_name(&self.addr).map_err(unreachable)?;
-                    Box::new(t.connector.connect(name, tcp).await.map_err(|e| {
+        let mut io: Box<dyn Io> = match &self.ep.tls {
+            Some(t) => {
+                let name = crate::tls::server_name(&self.addr).map_err(unreachable)?;
+                // A TLS error (bad certificate, alert) is a refusal;
+                // a reset or EOF is only a peer not reachable now.
+                Box::new(t.connector.connect(name, tcp).await.map_err(|e| {
+                    if e.kind() == io::ErrorKind::InvalidData {
                         CallError::Refused {
                             addr: self.addr.clone(),
                             reason: format!("TLS: {e}"),
                         }
-                    })?)
-                }
-                None => Box::new(tcp),
-            };
+                    } else {
+                        unreachable(e)
+                    }
+                })?)
+            }
+            None => Box::new(tcp),
+        };
         let net = |source| CallError::Network {
             addr: self.addr.clone(),
             source,
@@ -261,16 +285,18 @@ impl Peer {
         // client's side of the handshake is done: a rejection arrives as an
         // alert on the first read.
         let tls = self.ep.tls.is_some();
-        let body = read_frame(&mut io).await.map_err(|e| {
-            if tls && e.kind() == io::ErrorKind::InvalidData {
-                CallError::Refused {
-                    addr: self.addr.clone(),
-                    reason: format!("TLS: {e}"),
+        let body = read_frame_max(&mut io, HANDSHAKE_FRAME)
+            .await
+            .map_err(|e| {
+                if tls && e.kind() == io::ErrorKind::InvalidData {
+                    CallError::Refused {
+                        addr: self.addr.clone(),
+                        reason: format!("TLS: {e}"),
+                    }
+                } else {
+                    net(e)
                 }
-            } else {
-                net(e)
-            }
-        })?;
+            })?;
         let sn = wire::read_challenge(&body).map_err(refused)?;
         let cn = nonce().map_err(net)?;
         write_frame(
@@ -279,7 +305,9 @@ impl Peer {
         )
         .await
         .map_err(net)?;
-        let body = read_frame(&mut io).await.map_err(net)?;
+        let body = read_frame_max(&mut io, HANDSHAKE_FRAME)
+            .await
+            .map_err(net)?;
         wire::read_welcome(&body, &self.ep.secret, &sn, &cn).map_err(refused)?;
         let key = wire::session_key(&self.ep.secret, &sn, &cn);
         Ok(Session {

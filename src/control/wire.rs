@@ -86,20 +86,21 @@ pub fn frame(body: &[u8]) -> Vec<u8> {
     out
 }
 
-fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; MAC_LEN] {
+fn hmac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     for p in parts {
         m.update(p);
     }
-    m.finalize().into_bytes().into()
+    m
 }
 
+fn mac(key: &[u8], parts: &[&[u8]]) -> [u8; MAC_LEN] {
+    hmac(key, parts).finalize().into_bytes().into()
+}
+
+/// Checks `tag` in constant time.
 fn verify(key: &[u8], parts: &[&[u8]], tag: &[u8]) -> bool {
-    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-    for p in parts {
-        m.update(p);
-    }
-    m.verify_slice(tag).is_ok()
+    hmac(key, parts).verify_slice(tag).is_ok()
 }
 
 fn tagged<'a>(body: &'a [u8], tag: &[u8; 4], what: &'static str) -> Result<&'a [u8], WireError> {

@@ -20,7 +20,6 @@ use tidemark_shards::shard::Shard;
 use tidemark_shards::WalSeq;
 
 use super::wire::{self, FrameBuf};
-use crate::config::Config;
 use crate::context::CoreCtx;
 use crate::metrics::ShardLabel;
 
@@ -87,8 +86,18 @@ pub async fn follow(ctx: Rc<CoreCtx>, shard: Rc<Shard>) {
                 }
             }
             Err(SessionError::NoPrimary) => {
-                failures = failures.saturating_add(1);
                 tracing::debug!(shard = ctx.id, "no primary writer in the cluster yet");
+                failures = failures.saturating_add(1);
+                let wait = Duration::from_millis(r.reconnect_ms);
+                let drain = ctx.drain_event.listen();
+                if ctx.draining.get() {
+                    return;
+                }
+                monoio::select! {
+                    _ = monoio::time::sleep(wait) => {},
+                    _ = drain => return,
+                }
+                continue;
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -127,7 +136,15 @@ async fn session(
     } else {
         (r.writer_addr.clone(), None)
     };
-    let addr = Config::shard_addr(&base, ctx.id);
+    // The address may come from another node (the cluster state): parse it.
+    let mut addr: std::net::SocketAddr = base.parse().map_err(|_| {
+        SessionError::Protocol(format!(
+            "the writer's replication address {base:?} is not an address"
+        ))
+    })?;
+    addr.set_port(addr.port().checked_add(ctx.id as u16).ok_or_else(|| {
+        SessionError::Protocol(format!("no port for shard {} after {base}", ctx.id))
+    })?);
     let conn = match monoio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(c) => c?,
         Err(_) => {

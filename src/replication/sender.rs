@@ -59,6 +59,9 @@ pub struct WriterSide {
     /// Notified whenever a reader acknowledges entries.
     acked: Event,
     forced_seen: Cell<u64>,
+    /// Tasks of this side running now (accept and gauge loops, reader
+    /// streams); [`WriterSide::stop`] waits for none.
+    tasks: Cell<usize>,
 }
 
 impl WriterSide {
@@ -74,10 +77,29 @@ impl WriterSide {
             readers: RefCell::new(BTreeMap::new()),
             acked: Event::new(),
             forced_seen: Cell::new(0),
+            tasks: Cell::new(0),
         });
-        monoio::spawn(side.clone().accept_loop(listener));
-        monoio::spawn(side.clone().gauge_loop());
+        side.spawn(side.clone().accept_loop(listener));
+        side.spawn(side.clone().gauge_loop());
         Ok(side)
+    }
+
+    /// Spawns a task of this side, counted in `tasks`.
+    fn spawn(self: &Rc<Self>, task: impl std::future::Future<Output = ()> + 'static) {
+        self.tasks.set(self.tasks.get() + 1);
+        let side = self.clone();
+        monoio::spawn(async move {
+            task.await;
+            side.tasks.set(side.tasks.get() - 1);
+        });
+    }
+
+    /// Once the core drains: waits until this side's tasks have ended, so
+    /// none outlives the core's runtime holding the shard.
+    pub async fn stop(&self) {
+        while self.tasks.get() > 0 {
+            monoio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Waits until `n` readers hold entry `seq` durably, or `timeout`.
@@ -184,7 +206,7 @@ impl WriterSide {
             match accepted {
                 Ok((conn, peer)) => {
                     let side = self.clone();
-                    monoio::spawn(async move {
+                    self.spawn(async move {
                         if let Err(e) = side.clone().accept(conn).await {
                             tracing::info!(shard = side.ctx.id, %peer, error = %e, "replication stream ended");
                         }

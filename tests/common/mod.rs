@@ -76,13 +76,6 @@ impl Node {
         None
     }
 
-    /// SIGSTOP or SIGCONT.
-    pub fn signal(&self, sig: i32) {
-        let c = self.child.as_ref().unwrap();
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(c.id() as i32, sig) };
-    }
-
     /// Starts the process again (after kill9 or an exit), without waiting.
     pub fn respawn(&mut self) {
         assert!(self.child.is_none(), "the node is still running");
