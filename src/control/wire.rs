@@ -384,6 +384,40 @@ mod tests {
         assert!(rx.open(&[0; 39]).is_err());
     }
 
+    proptest::proptest! {
+        /// Any bytes, in every decoder: no panic, and nothing accepted that
+        /// the secret did not seal (the fuzz target's checks, in CI).
+        #[test]
+        fn arbitrary_bytes_are_never_accepted_unsealed(body in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            if let Some(h) = body.first_chunk::<4>() {
+                if let Ok(len) = frame_len(*h) {
+                    proptest::prop_assert!(len <= MAX_FRAME);
+                }
+            }
+            let _ = read_challenge(&body);
+            if let Ok(h) = read_hello(&body, S, &SN) {
+                proptest::prop_assert_eq!(hello(S, &SN, &h.client_nonce, h.node_id), body.clone());
+            }
+            if read_welcome(&body, S, &SN, &CN).is_ok() {
+                proptest::prop_assert_eq!(welcome(S, &SN, &CN), body.clone());
+            }
+            let key = session_key(S, &SN, &CN);
+            if let Ok(p) = Sealer::new(key, Direction::ToServer).open(&body) {
+                proptest::prop_assert_eq!(Sealer::new(key, Direction::ToServer).seal(p), body.clone());
+            }
+        }
+
+        /// A sealed message with any one bit flipped does not open.
+        #[test]
+        fn any_flipped_bit_is_caught(payload in proptest::collection::vec(proptest::num::u8::ANY, 0..64), bit in 0usize..1000) {
+            let key = session_key(S, &SN, &CN);
+            let mut m = Sealer::new(key, Direction::ToClient).seal(&payload);
+            let bit = bit % (m.len() * 8);
+            m[bit / 8] ^= 1 << (bit % 8);
+            proptest::prop_assert!(Sealer::new(key, Direction::ToClient).open(&m).is_err());
+        }
+    }
+
     /// The wire format, byte for byte: a change here is a protocol change.
     #[test]
     fn wire_format_snapshot() {
