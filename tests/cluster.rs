@@ -142,6 +142,20 @@ fn start(root: &Path, s: &Spec, wait: bool) -> Member {
     }
 }
 
+/// Node 1 (a writer, voter) starts the cluster; the others (readers,
+/// `(id, voter)`) join through it. Waits until every node is ready.
+fn form(root: &Path, readers: &[(u64, bool)]) -> Vec<Member> {
+    let n1 = start(root, &Spec::new(1, true, true), true);
+    let seed = vec![n1.proxy.addr()];
+    let mut members = vec![n1];
+    for &(id, voter) in readers {
+        let mut s = Spec::new(id, false, voter);
+        s.seeds.clone_from(&seed);
+        members.push(start(root, &s, true));
+    }
+    members
+}
+
 /// Every listed member's view, once they all show `n` nodes, all healthy,
 /// the same leader and the same voters: the agreed view.
 fn agreed(members: &[&Member], n: usize, voters: &[u64]) -> Value {
@@ -227,14 +241,7 @@ fn count(node: &Node) -> Option<i64> {
 #[test]
 fn five_nodes_form_a_cluster_survive_the_leaders_death_and_rejoin() {
     let dir = tempfile::tempdir().unwrap();
-    let n1 = start(dir.path(), &Spec::new(1, true, true), true);
-    let seed = vec![n1.proxy.addr()];
-    let mut members = vec![n1];
-    for (id, voter) in [(2, true), (3, true), (4, false), (5, false)] {
-        let mut s = Spec::new(id, false, voter);
-        s.seeds.clone_from(&seed);
-        members.push(start(dir.path(), &s, true));
-    }
+    let mut members = form(dir.path(), &[(2, true), (3, true), (4, false), (5, false)]);
     let all: Vec<&Member> = members.iter().collect();
     let v = agreed(&all, 5, &[1, 2, 3]);
     assert_eq!(v["primary_writer"], 1, "{v}");
@@ -343,14 +350,7 @@ fn five_nodes_form_a_cluster_survive_the_leaders_death_and_rejoin() {
 #[test]
 fn a_membership_change_survives_the_leaders_death() {
     let dir = tempfile::tempdir().unwrap();
-    let n1 = start(dir.path(), &Spec::new(1, true, true), true);
-    let seed = vec![n1.proxy.addr()];
-    let mut members = vec![n1];
-    for id in [2, 3] {
-        let mut s = Spec::new(id, false, true);
-        s.seeds.clone_from(&seed);
-        members.push(start(dir.path(), &s, true));
-    }
+    let mut members = form(dir.path(), &[(2, true), (3, true)]);
     let all: Vec<&Member> = members.iter().collect();
     agreed(&all, 3, &[1, 2, 3]);
     let leader = leader_of(&all).unwrap();
@@ -393,14 +393,7 @@ fn a_membership_change_survives_the_leaders_death() {
 #[test]
 fn a_cut_off_voter_changes_nothing_and_catches_up() {
     let dir = tempfile::tempdir().unwrap();
-    let n1 = start(dir.path(), &Spec::new(1, true, true), true);
-    let seed = vec![n1.proxy.addr()];
-    let mut members = vec![n1];
-    for (id, voter) in [(2, true), (3, true), (4, false)] {
-        let mut s = Spec::new(id, false, voter);
-        s.seeds.clone_from(&seed);
-        members.push(start(dir.path(), &s, true));
-    }
+    let members = form(dir.path(), &[(2, true), (3, true), (4, false)]);
     let all: Vec<&Member> = members.iter().collect();
     agreed(&all, 4, &[1, 2, 3]);
     let leader = leader_of(&all).unwrap();
@@ -639,14 +632,7 @@ fn tls_members_join_and_a_peer_without_the_cas_certificate_is_refused() {
 #[test]
 fn a_leader_without_a_majority_still_shuts_down() {
     let dir = tempfile::tempdir().unwrap();
-    let n1 = start(dir.path(), &Spec::new(1, true, true), true);
-    let seed = vec![n1.proxy.addr()];
-    let mut members = vec![n1];
-    for id in [2, 3] {
-        let mut s = Spec::new(id, false, true);
-        s.seeds.clone_from(&seed);
-        members.push(start(dir.path(), &s, true));
-    }
+    let mut members = form(dir.path(), &[(2, true), (3, true)]);
     let all: Vec<&Member> = members.iter().collect();
     agreed(&all, 3, &[1, 2, 3]);
     let leader = leader_of(&all).unwrap();

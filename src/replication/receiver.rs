@@ -88,14 +88,8 @@ pub async fn follow(ctx: Rc<CoreCtx>, shard: Rc<Shard>) {
             Err(SessionError::NoPrimary) => {
                 tracing::debug!(shard = ctx.id, "no primary writer in the cluster yet");
                 failures = failures.saturating_add(1);
-                let wait = Duration::from_millis(r.reconnect_ms);
-                let drain = ctx.drain_event.listen();
-                if ctx.draining.get() {
+                if !pause(&ctx, Duration::from_millis(r.reconnect_ms)).await {
                     return;
-                }
-                monoio::select! {
-                    _ = monoio::time::sleep(wait) => {},
-                    _ = drain => return,
                 }
                 continue;
             }
@@ -107,14 +101,21 @@ pub async fn follow(ctx: Rc<CoreCtx>, shard: Rc<Shard>) {
         resyncs.inc();
         // Back off on repeated failures, up to 16x.
         let wait = Duration::from_millis(r.reconnect_ms) * (1 << failures.min(5).saturating_sub(1));
-        let drain = ctx.drain_event.listen();
-        if ctx.draining.get() {
+        if !pause(&ctx, wait).await {
             return;
         }
-        monoio::select! {
-            _ = monoio::time::sleep(wait) => {},
-            _ = drain => return,
-        }
+    }
+}
+
+/// Sleeps `wait`; false when the core starts draining first.
+async fn pause(ctx: &CoreCtx, wait: Duration) -> bool {
+    let drain = ctx.drain_event.listen();
+    if ctx.draining.get() {
+        return false;
+    }
+    monoio::select! {
+        _ = monoio::time::sleep(wait) => true,
+        _ = drain => false,
     }
 }
 
