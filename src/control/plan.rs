@@ -204,29 +204,12 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::state::Command;
+    use crate::control::state::{test_spec as spec, Command};
 
     const H: HealthSettings = HealthSettings {
         unhealthy_after_ms: 1500,
         dead_after_ms: 2500,
     };
-
-    fn spec(id: u64, role: Role, voter: bool) -> NodeSpec {
-        NodeSpec {
-            id: NodeId(id),
-            role,
-            voter,
-            http_addr: format!("127.0.0.1:{}", 8000 + id),
-            control_addr: format!("127.0.0.1:{}", 9000 + id),
-            replication_addr: if role == Role::Writer {
-                format!("127.0.0.1:{}", 10000 + id * 10)
-            } else {
-                String::new()
-            },
-            shard_count: 1,
-            version: "0.1.0".into(),
-        }
-    }
 
     fn state(nodes: &[NodeSpec]) -> ClusterState {
         let mut s = ClusterState::default();

@@ -344,25 +344,32 @@ impl ClusterState {
     }
 }
 
+/// A node spec for tests: HTTP on 8000 + id, control on 9000 + id, a
+/// writer's replication on 10000 + 10 id, two shards.
+#[cfg(test)]
+pub(crate) fn test_spec(id: u64, role: Role, voter: bool) -> NodeSpec {
+    NodeSpec {
+        id: NodeId(id),
+        role,
+        voter,
+        http_addr: format!("127.0.0.1:{}", 8000 + id),
+        control_addr: format!("127.0.0.1:{}", 9000 + id),
+        replication_addr: if role == Role::Writer {
+            format!("127.0.0.1:{}", 10000 + id * 10)
+        } else {
+            String::new()
+        },
+        shard_count: 2,
+        version: "0.1.0".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    pub(crate) fn spec(id: u64, role: Role) -> NodeSpec {
-        NodeSpec {
-            id: NodeId(id),
-            role,
-            voter: true,
-            http_addr: format!("127.0.0.1:{}", 8000 + id),
-            control_addr: format!("127.0.0.1:{}", 9000 + id),
-            replication_addr: if role == Role::Writer {
-                format!("127.0.0.1:{}", 10000 + id * 10)
-            } else {
-                String::new()
-            },
-            shard_count: 2,
-            version: "0.1.0".into(),
-        }
+    fn spec(id: u64, role: Role) -> NodeSpec {
+        test_spec(id, role, true)
     }
 
     #[test]
