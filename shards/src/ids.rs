@@ -80,3 +80,18 @@ mod tests {
         assert_eq!(SegmentId(7).next(), SegmentId(8));
     }
 }
+
+/// The writer epoch that wrote a WAL entry (the cluster's writer epoch when
+/// the entry's primary acted; 0 for entries written outside a cluster).
+/// Stored in every entry's header, so replicated entries keep it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct Epoch(pub u32);
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}

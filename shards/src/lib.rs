@@ -32,5 +32,5 @@ pub mod wal;
 
 pub use batch::WriteBatch;
 pub use catalog::{Catalog, CatalogCache};
-pub use ids::{SegmentId, ShardId, WalSeq};
+pub use ids::{Epoch, SegmentId, ShardId, WalSeq};
 pub use schema::{ColumnKind, FieldType, SchemaError, TableKey, TableSchema};

@@ -81,6 +81,8 @@ pub enum ShardError {
     Flush(#[from] FlushError),
     #[error("WAL entry {seq} cannot be replayed: {reason}")]
     Replay { seq: WalSeq, reason: String },
+    #[error("the log forked after entry {fork}, but entries up to {flushed} are flushed already")]
+    FlushedPastFork { fork: WalSeq, flushed: WalSeq },
 }
 
 /// What [`Shard::open`] recovered.
@@ -121,6 +123,9 @@ pub struct Shard {
     applied: Event,
     flushed_seq: Cell<WalSeq>,
     flush_running: Cell<bool>,
+    /// Starts as `config.visible_before_durable`; a follower promoted to
+    /// primary turns it off ([`Shard::set_visible_before_durable`]).
+    visible_before_durable: Cell<bool>,
     flushes: FlushPool,
     manifest: Arc<Manifest>,
 }
@@ -172,6 +177,7 @@ impl Shard {
             truncated_bytes = recovery.wal.truncated_bytes,
             "shard recovered"
         );
+        let visible_before_durable = config.visible_before_durable;
         Ok((
             Shard {
                 id,
@@ -183,6 +189,7 @@ impl Shard {
                 applied: Event::new(),
                 flushed_seq: Cell::new(flushed_seq),
                 flush_running: Cell::new(false),
+                visible_before_durable: Cell::new(visible_before_durable),
                 flushes,
                 manifest,
             },
@@ -300,7 +307,7 @@ impl Shard {
         self.wal
             .append_raw(first, last, entries, || {
                 pending.borrow_mut().extend(decoded);
-                if self.config.visible_before_durable {
+                if self.visible_before_durable.get() {
                     self.apply_durable();
                 }
             })
@@ -340,7 +347,7 @@ impl Shard {
     /// Moves durable entries from the pending queue into the buffer, in order.
     /// (With `visible_before_durable`, every queued entry.)
     pub fn apply_durable(&self) {
-        let durable = if self.config.visible_before_durable {
+        let durable = if self.visible_before_durable.get() {
             self.wal.next_seq().prev().unwrap_or(WalSeq::ZERO)
         } else {
             self.wal.durable_seq()
@@ -400,12 +407,66 @@ impl Shard {
                 reason: "entries are still being appended".into(),
             });
         }
+        if upto < self.wal.durable_seq() {
+            // A follower whose log forked past `upto`: those entries go.
+            self.wal.truncate_after(upto).await?;
+        }
         self.wal.restart_at(upto.next())?;
         *self.buffer.borrow_mut() = ShardBuffer::new(self.config.buffer.clone(), upto);
         self.flushed_seq.set(upto);
         self.applied.notify(usize::MAX);
         self.wal.remove_segments_through(upto)?;
         Ok(())
+    }
+
+    /// Shows replicated entries before the local sync (a follower) or not
+    /// (a primary).
+    pub fn set_visible_before_durable(&self, on: bool) {
+        self.visible_before_durable.set(on);
+    }
+
+    /// Cuts this shard's log after entry `last` (a follower whose log
+    /// forked from the primary's there): the WAL loses the later entries
+    /// and the buffer is rebuilt from the flushed watermark and the WAL up
+    /// to `last`. Entries already flushed cannot be cut this way:
+    /// [`ShardError::FlushedPastFork`] (the follower must bootstrap).
+    /// Waits for a flush in flight; nothing may be appending. Returns how
+    /// many entries went.
+    pub async fn truncate_after(&self, last: WalSeq) -> Result<u64, ShardError> {
+        while self.flush_running.get() {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let flushed = self.flushed_seq.get();
+        if flushed > last {
+            return Err(ShardError::FlushedPastFork {
+                fork: last,
+                flushed,
+            });
+        }
+        self.apply_durable();
+        if !self.pending.borrow().is_empty() {
+            return Err(ShardError::Replay {
+                seq: last,
+                reason: "entries are still being appended".into(),
+            });
+        }
+        let removed = self.wal.truncate_after(last).await?;
+        if removed == 0 {
+            return Ok(0);
+        }
+        let mut buffer = ShardBuffer::new(self.config.buffer.clone(), flushed);
+        let mut report = ShardRecovery::default();
+        replay(
+            &self.wal.segments(),
+            &self.config,
+            &mut self.catalog.borrow_mut(),
+            &mut buffer,
+            &mut report,
+        )?;
+        buffer.skip_to(last);
+        *self.buffer.borrow_mut() = buffer;
+        self.applied.notify(usize::MAX);
+        Ok(removed)
     }
 
     /// Whether a flush is due now.
@@ -475,7 +536,6 @@ fn recover(
     mut cache: CatalogCache,
     flushed_seq: WalSeq,
 ) -> Result<(Recovered, ShardBuffer, CatalogCache, ShardRecovery), ShardError> {
-    let id = config.wal.shard;
     let recovered = Recovered::scan(&config.wal, flushed_seq.next())?;
     let mut recovery = ShardRecovery {
         wal: recovered.report.clone(),
@@ -483,9 +543,28 @@ fn recover(
         ..ShardRecovery::default()
     };
     let mut buffer = ShardBuffer::new(config.buffer.clone(), flushed_seq);
+    replay(
+        &recovered.segments,
+        config,
+        &mut cache,
+        &mut buffer,
+        &mut recovery,
+    )?;
+    Ok((recovered, buffer, cache, recovery))
+}
+
+/// Replays the entries of `segments` after the buffer's position into it.
+fn replay(
+    segments: &[crate::wal::SegmentMeta],
+    config: &ShardConfig,
+    cache: &mut CatalogCache,
+    buffer: &mut ShardBuffer,
+    recovery: &mut ShardRecovery,
+) -> Result<(), ShardError> {
+    let id = config.wal.shard;
     let mode = config.wal.recovery_mode;
     let mut failure = None;
-    read_segments(&recovered.segments, flushed_seq.next(), mode, |entry| {
+    read_segments(segments, buffer.applied_seq().next(), mode, |entry| {
         let applied = match entry.kind {
             EntryKind::Write => decode_writes(entry.payload)
                 .map_err(|e| e.to_string())
@@ -529,6 +608,6 @@ fn recover(
     })?;
     match failure {
         Some(e) => Err(e),
-        None => Ok((recovered, buffer, cache, recovery)),
+        None => Ok(()),
     }
 }

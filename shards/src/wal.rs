@@ -24,6 +24,7 @@
 //! segments with `memmap2` and may run on the same core or, with a segment
 //! list obtained from [`Wal::segments`], elsewhere.
 
+pub mod epochs;
 pub mod format;
 pub mod payload;
 pub mod scan;
@@ -167,6 +168,8 @@ pub enum WalError {
     OutOfOrder { expected: WalSeq, got: WalSeq },
     #[error("WAL entry could not be encoded: {0}")]
     Encode(String),
+    #[error("WAL epoch history: {0}")]
+    Epoch(String),
 }
 
 impl WalError {

@@ -246,3 +246,66 @@ fn restart_at_jumps_the_log_and_recovery_accepts_the_gap_below_the_floor() {
     .unwrap();
     assert!(matches!(err, WalError::Missing { .. }), "{err}");
 }
+
+#[test]
+fn truncation_cuts_the_forked_tail_and_the_epoch_history_across_restarts() {
+    use tidemark_shards::Epoch;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20);
+    block_on(DriverChoice::Auto, async {
+        let (wal, _) = Wal::open(cfg.clone(), WalSeq(1)).await.unwrap();
+        wal.set_epoch(Epoch(1));
+        for i in 0..60 {
+            wal.append(EntryKind::Write, &payload(i)).await.unwrap();
+        }
+        wal.set_epoch(Epoch(3));
+        // Many segments (64 KiB each): the cut lands inside one of them.
+        for i in 60..120 {
+            wal.append(EntryKind::Write, &payload(i)).await.unwrap();
+        }
+        assert!(wal.segments().len() > 3);
+        let h = wal.history();
+        assert_eq!(h.pairs(), &[(Epoch(1), WalSeq(1)), (Epoch(3), WalSeq(61))]);
+        let kept = stored(&wal, WalSeq(1));
+        assert_eq!(wal.truncate_after(WalSeq(45)).await.unwrap(), 75);
+        assert_eq!(wal.durable_seq(), WalSeq(45));
+        assert_eq!(wal.history().pairs(), &[(Epoch(1), WalSeq(1))]);
+        assert_eq!(stored(&wal, WalSeq(1)), kept[..45].to_vec());
+        // The log goes on from 46, in the epoch now set.
+        wal.set_epoch(Epoch(5));
+        assert_eq!(
+            wal.append(EntryKind::Write, b"after").await.unwrap(),
+            WalSeq(46)
+        );
+        let mut epochs = Vec::new();
+        wal.read_from(WalSeq(44), |e| {
+            epochs.push((e.seq, e.epoch));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        assert_eq!(
+            epochs,
+            vec![
+                (WalSeq(44), Epoch(1)),
+                (WalSeq(45), Epoch(1)),
+                (WalSeq(46), Epoch(5))
+            ]
+        );
+        // Nothing to cut at or past the end.
+        assert_eq!(wal.truncate_after(WalSeq(46)).await.unwrap(), 0);
+        wal.close().await;
+    })
+    .unwrap();
+    block_on(DriverChoice::Auto, async {
+        let (wal, report) = Wal::open(cfg.clone(), WalSeq(1)).await.unwrap();
+        assert_eq!(report.last_seq, Some(WalSeq(46)));
+        assert_eq!(
+            wal.history().pairs(),
+            &[(Epoch(1), WalSeq(1)), (Epoch(5), WalSeq(46))]
+        );
+        assert_eq!(wal.epoch(), Epoch(5));
+        assert_eq!(stored(&wal, WalSeq(1)).len(), 46);
+        wal.close().await;
+    })
+    .unwrap();
+}

@@ -440,10 +440,16 @@ mod tests {
     fn entries(seqs: impl IntoIterator<Item = u64>) -> Vec<u8> {
         let mut out = Vec::new();
         for s in seqs {
-            encode_entry::<()>(&mut out, WalSeq(s), EntryKind::Write, |o| {
-                o.extend_from_slice(&s.to_le_bytes());
-                Ok(())
-            })
+            encode_entry::<()>(
+                &mut out,
+                WalSeq(s),
+                crate::ids::Epoch(0),
+                EntryKind::Write,
+                |o| {
+                    o.extend_from_slice(&s.to_le_bytes());
+                    Ok(())
+                },
+            )
             .unwrap();
         }
         out

@@ -6,18 +6,19 @@
 //!            magic "TDMKWAL\0" | version u16 | reserved u16 | shard u32
 //!            | segment id u64 | first seq u64 | zero padding to byte 60
 //!            | crc32c of bytes 0..60 (u32)
-//! entry    = len u32 | crc u32 | seq u64 | kind u8 | reserved [u8; 7]
-//!            | payload (len bytes) | zero padding to a multiple of 8
+//! entry    = len u32 | crc u32 | seq u64 | kind u8 | reserved [u8; 3]
+//!            | epoch u32 | payload (len bytes) | zero padding to a multiple of 8
 //! ```
 //!
 //! All integers are little-endian. An entry's `crc` is the CRC32C of `len`
 //! followed by every byte from `seq` to the end of the payload, so a torn or
 //! corrupted length, sequence number, kind or payload is detected. Entries
 //! start at 8-byte aligned offsets so that an Arrow IPC payload read from a
-//! memory map is aligned. A header whose `len` and `crc` are both zero marks
+//! memory map is aligned. `epoch` is the writer epoch whose primary wrote
+//! the entry (0 outside a cluster); replication copies it with the entry. A header whose `len` and `crc` are both zero marks
 //! the end of the written part of a segment (zero-filled space).
 
-use crate::ids::{SegmentId, ShardId, WalSeq};
+use crate::ids::{Epoch, SegmentId, ShardId, WalSeq};
 
 /// The first eight bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"TDMKWAL\0";
@@ -129,6 +130,7 @@ pub fn entry_len(payload_len: usize) -> usize {
 pub fn encode_entry<E>(
     out: &mut Vec<u8>,
     seq: WalSeq,
+    epoch: Epoch,
     kind: EntryKind,
     write_payload: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
 ) -> Result<usize, EncodeError<E>> {
@@ -149,6 +151,7 @@ pub fn encode_entry<E>(
     h[0..4].copy_from_slice(&len.to_le_bytes());
     h[8..16].copy_from_slice(&seq.0.to_le_bytes());
     h[16] = kind as u8;
+    h[20..24].copy_from_slice(&epoch.0.to_le_bytes());
     let crc = crc32c::crc32c_append(
         crc32c::crc32c(&len.to_le_bytes()),
         &out[start + 8..start + ENTRY_HEADER_LEN + payload_len],
@@ -171,6 +174,8 @@ pub enum EncodeError<E> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryRef<'a> {
     pub seq: WalSeq,
+    /// The writer epoch that wrote the entry.
+    pub epoch: Epoch,
     pub kind: EntryKind,
     pub payload: &'a [u8],
     /// The whole framed entry as stored, header and padding included: what
@@ -189,6 +194,24 @@ pub enum Decoded<'a> {
     Truncated,
     /// Bytes that are not a valid entry.
     Corrupt(&'static str),
+}
+
+/// The sequence number and epoch of each entry in `b`, a run of whole
+/// entries already checked (headers only: no checksum).
+pub fn entry_epochs(b: &[u8]) -> impl Iterator<Item = (WalSeq, Epoch)> + '_ {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at + ENTRY_HEADER_LEN > b.len() {
+            return None;
+        }
+        let h = &b[at..];
+        let len = u32_at(h, 0) as usize;
+        if len == 0 && u32_at(h, 4) == 0 {
+            return None;
+        }
+        at += entry_len(len);
+        Some((WalSeq(u64_at(h, 8)), Epoch(u32_at(h, 20))))
+    })
 }
 
 /// Decodes the entry at the start of `b`.
@@ -224,6 +247,7 @@ pub fn decode_entry(b: &[u8]) -> Decoded<'_> {
     };
     Decoded::Entry(EntryRef {
         seq: WalSeq(u64_at(b, 8)),
+        epoch: Epoch(u32_at(b, 20)),
         kind,
         payload: &b[ENTRY_HEADER_LEN..ENTRY_HEADER_LEN + len],
         raw: &b[..total],
@@ -236,7 +260,7 @@ mod tests {
 
     fn encode(seq: u64, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        encode_entry::<()>(&mut out, WalSeq(seq), EntryKind::Write, |o| {
+        encode_entry::<()>(&mut out, WalSeq(seq), Epoch(0), EntryKind::Write, |o| {
             o.extend_from_slice(payload);
             Ok(())
         })

@@ -153,10 +153,16 @@ mod tests {
         let mut offsets = Vec::new();
         for s in first..first + n {
             offsets.push(data.len());
-            encode_entry::<()>(&mut data, WalSeq(s), EntryKind::Write, |o| {
-                o.extend(std::iter::repeat_n(s as u8, 10 + s as usize));
-                Ok(())
-            })
+            encode_entry::<()>(
+                &mut data,
+                WalSeq(s),
+                crate::ids::Epoch(0),
+                EntryKind::Write,
+                |o| {
+                    o.extend(std::iter::repeat_n(s as u8, 10 + s as usize));
+                    Ok(())
+                },
+            )
             .unwrap();
         }
         (data, offsets)

@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fs;
 use std::ops::ControlFlow;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -13,12 +13,13 @@ use bytes::Bytes;
 use event_listener::{Event, EventListener};
 use monoio::fs::{File, OpenOptions};
 
+use super::epochs::EpochHistory;
 use super::format::{self, EntryKind, EntryRef, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::{
     map_segment, read_segments, recover, segment_path, RecoveryReport, SegmentMeta, SyncMode,
     WalConfig, WalError, WalIo,
 };
-use crate::ids::{SegmentId, WalSeq};
+use crate::ids::{Epoch, SegmentId, WalSeq};
 
 /// How long the committer waits before retrying a write that found the disk full.
 const DISK_FULL_RETRY: Duration = Duration::from_millis(200);
@@ -64,6 +65,10 @@ pub type CommitObserver = Box<dyn Fn(&CommitInfo)>;
 
 struct Inner {
     config: WalConfig,
+    /// The epoch local appends are written with ([`Wal::set_epoch`]).
+    epoch: Cell<Epoch>,
+    /// Which epoch wrote which entries (saved in `<dir>/epochs`).
+    history: RefCell<EpochHistory>,
     observer: RefCell<Option<CommitObserver>>,
     state: RefCell<WriterState>,
     /// The most recent committed groups, as written (replication reads them).
@@ -115,6 +120,9 @@ struct WriterState {
     disk_full: bool,
     closing: bool,
     committer_done: bool,
+    /// The active segment was replaced under the committer (a truncation):
+    /// it must open the active segment's file before the next write.
+    reopen: bool,
 }
 
 impl Wal {
@@ -144,6 +152,16 @@ impl Wal {
         } = recovered;
         let last_seq = report.last_seq.unwrap_or(WalSeq::ZERO);
         let next_seq = last_seq.next().max(floor);
+        // Pairs past the end of the log name entries that never became
+        // durable (a crash right after the file was saved).
+        let mut history = EpochHistory::load(&config.dir)
+            .map_err(|e| WalError::io("read", &config.dir.join(super::epochs::FILE), e))?;
+        if history.truncate_after(next_seq.prev().unwrap_or(WalSeq::ZERO)) {
+            history
+                .save(&config.dir)
+                .map_err(|e| WalError::io("write", &config.dir.join(super::epochs::FILE), e))?;
+        }
+        let epoch = history.last_epoch();
         // Append to the last segment only if it continues the numbering;
         // otherwise (no segment, or the floor moved past it) start a new one.
         let reuse_last = segments
@@ -166,10 +184,13 @@ impl Wal {
                     failed: None,
                     disk_full: false,
                     closing: false,
+                    reopen: false,
                     committer_done: false,
                 }),
                 ring: RefCell::new(Ring::new(config.ring_bytes)),
                 forced_removals: Cell::new(0),
+                epoch: Cell::new(epoch),
+                history: RefCell::new(history),
                 config,
                 observer: RefCell::new(None),
                 work: Event::new(),
@@ -230,9 +251,11 @@ impl Wal {
         let inner = &self.inner;
         self.wait_room().await?;
         let seq = {
+            let epoch = inner.epoch.get();
+            self.note_epoch(epoch, inner.state.borrow().next_seq)?;
             let mut st = inner.state.borrow_mut();
             let seq = st.next_seq;
-            format::encode_entry(&mut st.pending, seq, kind, write_payload)
+            format::encode_entry(&mut st.pending, seq, epoch, kind, write_payload)
                 .map_err(|e| WalError::Encode(e.to_string()))?;
             st.next_seq = seq.next();
             seq
@@ -259,13 +282,19 @@ impl Wal {
         let inner = &self.inner;
         self.wait_room().await?;
         {
-            let mut st = inner.state.borrow_mut();
+            let st = inner.state.borrow();
             if st.next_seq != first || last < first {
                 return Err(WalError::OutOfOrder {
                     expected: st.next_seq,
                     got: first,
                 });
             }
+        }
+        for (seq, epoch) in format::entry_epochs(entries) {
+            self.note_epoch(epoch, seq)?;
+        }
+        {
+            let mut st = inner.state.borrow_mut();
             st.pending.extend_from_slice(entries);
             st.next_seq = last.next();
         }
@@ -334,6 +363,143 @@ impl Wal {
         st.durable_seq = next.prev().unwrap_or(WalSeq::ZERO);
         self.inner.ring.borrow_mut().clear();
         Ok(())
+    }
+
+    /// Sets the epoch that local appends are written with. The first entry
+    /// of a newer epoch starts a pair of the epoch history.
+    pub fn set_epoch(&self, epoch: Epoch) {
+        self.inner.epoch.set(epoch);
+    }
+
+    /// The epoch local appends are written with.
+    pub fn epoch(&self) -> Epoch {
+        self.inner.epoch.get()
+    }
+
+    /// Which epoch wrote which entries of this log.
+    pub fn history(&self) -> EpochHistory {
+        self.inner.history.borrow().clone()
+    }
+
+    /// Records that entry `seq` is of `epoch`, saving the history file when
+    /// that starts a new epoch (before the entry is queued).
+    fn note_epoch(&self, epoch: Epoch, seq: WalSeq) -> Result<(), WalError> {
+        let dir = &self.inner.config.dir;
+        let mut h = self.inner.history.borrow_mut();
+        let mut next = h.clone();
+        match next.observe(epoch, seq) {
+            Ok(false) => Ok(()),
+            Ok(true) => {
+                next.save(dir)
+                    .map_err(|e| WalError::io("write", &dir.join(super::epochs::FILE), e))?;
+                *h = next;
+                if epoch > self.inner.epoch.get() {
+                    self.inner.epoch.set(epoch);
+                }
+                Ok(())
+            }
+            Err(e) => Err(WalError::Epoch(e.to_string())),
+        }
+    }
+
+    /// After a bootstrap up to `upto`: this log's history of entries up to
+    /// `upto` is the writer's.
+    pub fn adopt_history(&self, writer: &EpochHistory, upto: WalSeq) -> Result<(), WalError> {
+        let dir = &self.inner.config.dir;
+        let mut h = self.inner.history.borrow_mut();
+        let mut next = h.clone();
+        next.adopt_through(writer, upto);
+        next.save(dir)
+            .map_err(|e| WalError::io("write", &dir.join(super::epochs::FILE), e))?;
+        *h = next;
+        Ok(())
+    }
+
+    /// Cuts the log after entry `last`: the segments past it are deleted,
+    /// the one holding it is cut right after it, and the epoch history
+    /// forgets what came later; the next entry is `last + 1`, in a new
+    /// segment. For a replication follower whose log forked from the
+    /// primary's. Nothing may be queued. Returns how many entries went.
+    pub async fn truncate_after(&self, last: WalSeq) -> Result<u64, WalError> {
+        let inner = &self.inner;
+        let dir = &inner.config.dir;
+        let (doomed, cut, removed, next_id) = {
+            let st = inner.state.borrow();
+            st.check_accepting(dir)?;
+            if !st.pending.is_empty() || st.durable_seq.next() != st.next_seq {
+                return Err(WalError::OutOfOrder {
+                    expected: st.next_seq,
+                    got: last.next(),
+                });
+            }
+            if last >= st.durable_seq {
+                return Ok(0);
+            }
+            let doomed: Vec<SegmentMeta> = st
+                .segments
+                .iter()
+                .filter(|s| s.first_seq > last)
+                .cloned()
+                .collect();
+            let cut = st
+                .segments
+                .iter()
+                .find(|s| s.first_seq <= last && s.last_seq.is_some_and(|l| l > last))
+                .cloned();
+            let next_id = st.segments.last().map_or(SegmentId(1), |s| s.id.next());
+            (doomed, cut, st.durable_seq.0 - last.0, next_id)
+        };
+        // Newest first, so a crash leaves a log without a gap.
+        for s in doomed.iter().rev() {
+            fs::remove_file(&s.path).map_err(|e| WalError::io("remove", &s.path, e))?;
+        }
+        let mut cut_len = None;
+        if let Some(seg) = &cut {
+            let mut len = SEGMENT_HEADER_LEN as u64;
+            read_segments(
+                std::slice::from_ref(seg),
+                seg.first_seq,
+                inner.config.recovery_mode,
+                |e| {
+                    if e.seq > last {
+                        return ControlFlow::Break(());
+                    }
+                    len += e.raw.len() as u64;
+                    ControlFlow::Continue(())
+                },
+            )?;
+            let f = fs::OpenOptions::new()
+                .write(true)
+                .open(&seg.path)
+                .map_err(|e| WalError::io("open", &seg.path, e))?;
+            f.set_len(len)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| WalError::io("truncate", &seg.path, e))?;
+            cut_len = Some(len);
+        }
+        let fresh = create_segment(&inner.config, next_id, last.next()).await?;
+        {
+            let mut st = inner.state.borrow_mut();
+            st.segments.retain(|s| s.first_seq <= last);
+            if let (Some(seg), Some(len)) = (&cut, cut_len) {
+                if let Some(m) = st.segments.iter_mut().find(|m| m.id == seg.id) {
+                    m.last_seq = Some(last);
+                    m.len = len;
+                }
+            }
+            st.segments.push(fresh);
+            st.next_seq = last.next();
+            st.pending_first = last.next();
+            st.durable_seq = last;
+            st.reopen = true;
+        }
+        inner.ring.borrow_mut().clear();
+        let mut h = inner.history.borrow_mut();
+        if h.truncate_after(last) {
+            h.save(dir)
+                .map_err(|e| WalError::io("write", &dir.join(super::epochs::FILE), e))?;
+        }
+        Ok(removed)
     }
 
     /// Whether the WAL has stopped committing (closed or failed).
@@ -590,6 +756,7 @@ async fn committer(inner: Rc<Inner>, mut file: File) {
     let mut spare: Vec<u8> = Vec::with_capacity(1 << 20);
     // With `WalIo::Blocking`, a std handle of the active segment.
     let mut blocking: Option<(SegmentId, fs::File)> = None;
+    let mut reopen: Option<PathBuf> = None;
     loop {
         let listener = {
             let mut st = inner.state.borrow_mut();
@@ -616,8 +783,29 @@ async fn committer(inner: Rc<Inner>, mut file: File) {
             let last = st.next_seq.prev().expect("pending entries have seqs");
             st.pending_first = st.next_seq;
             let active = st.segments.last().expect("active segment").clone();
+            if std::mem::take(&mut st.reopen) {
+                reopen = Some(active.path.clone());
+            }
             (group, first, last, active)
         };
+        if let Some(path) = reopen.take() {
+            blocking = None;
+            match OpenOptions::new().write(true).open(&path).await {
+                Ok(f) => {
+                    let old = std::mem::replace(&mut file, f);
+                    let _ = old.close().await;
+                }
+                Err(e) => {
+                    tracing::error!(path = %path.display(), error = %e, "WAL segment cannot be opened after a truncation; refusing further writes");
+                    let mut st = inner.state.borrow_mut();
+                    st.failed = Some(format!("open {}: {e}", path.display()));
+                    st.committer_done = true;
+                    drop(st);
+                    inner.wake_all();
+                    return;
+                }
+            }
+        }
         // Room for the next group to queue up while this one is written.
         inner.room.notify(usize::MAX);
         match commit_group(&inner, &mut file, &mut blocking, group, first, last, active).await {
