@@ -3,11 +3,12 @@
 //! ```text
 //! frame     = len u32 (bytes of type + body) | type u8 | body
 //! Challenge = 0x01: version u16 | shard_count u32 | nonce [16]          writer -> reader
-//! Hello     = 0x02: version u16 | shard u32 | last_seq u64 | mac [32]
-//!                   | id_len u16 | reader id (UTF-8)                     reader -> writer
-//! Welcome   = 0x03: mode u8 (0 stream, 1 bootstrap) | start_seq u64
-//!                   | durable_seq u64 | flushed_seq u64
-//!                   | http_len u16 | writer's HTTP address (UTF-8)      writer -> reader
+//! Hello     = 0x02: version u16 | shard u32 | last_seq u64 | epoch u64
+//!                   | mac [32] | id_len u16 | reader id (UTF-8)         reader -> writer
+//! Welcome   = 0x03: mode u8 (0 stream, 1 bootstrap, 2 diverged)
+//!                   | start_seq u64 | durable_seq u64 | flushed_seq u64
+//!                   | epoch u64 | http_len u16 | writer's HTTP address
+//!                   | pairs u16 | (epoch u32 | first_seq u64)*         writer -> reader
 //! Entries   = 0x10: first_seq u64 | last_seq u64 | compression u8
 //!                   | raw_len u32 | data                                 writer -> reader
 //! Ack       = 0x11: durable_seq u64                                      reader -> writer
@@ -22,11 +23,16 @@
 //! 0; `raw_len` is their length uncompressed. The writer sends those bytes
 //! from its ring or its memory-mapped segments without copying them, and the
 //! reader writes them to its own WAL as they are.
+//!
+//! `epoch` is the cluster's writer epoch as each side knows it (0 outside a
+//! cluster): a stream runs only when both agree. The Welcome carries the
+//! writer's epoch history (see [`crate::wal::epochs`]), from which the
+//! reader finds where its log forks from the writer's.
 
-use crate::ids::{ShardId, WalSeq};
+use crate::ids::{Epoch, ShardId, WalSeq};
 
 /// The protocol version both sides must speak.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes before a frame's body: `len u32 | type u8`.
 pub const FRAME_HEADER_LEN: usize = 5;
 /// Bytes of an `Entries` frame before its data (frame header included).
@@ -98,6 +104,10 @@ pub enum WelcomeMode {
     /// The entries the reader needs are gone from the writer's WAL: fetch the
     /// writer's flushed files, then reconnect from `flushed_seq`.
     Bootstrap,
+    /// The reader holds entries past the writer's end: its log forked
+    /// from the writer's; it must cut it at the fork point (found from the
+    /// epoch histories) and reconnect.
+    Diverged,
 }
 
 /// Machine-readable reasons carried by an `Error` frame.
@@ -120,6 +130,8 @@ pub enum ErrorCode {
     ShuttingDown,
     /// A failure on the sending side (I/O, WAL).
     Internal,
+    /// The two sides know different writer epochs: one of them is stale.
+    Epoch,
 }
 
 impl ErrorCode {
@@ -133,6 +145,7 @@ impl ErrorCode {
             ErrorCode::Gap => 6,
             ErrorCode::ShuttingDown => 7,
             ErrorCode::Internal => 8,
+            ErrorCode::Epoch => 9,
         }
     }
 
@@ -145,6 +158,7 @@ impl ErrorCode {
             5 => ErrorCode::Protocol,
             6 => ErrorCode::Gap,
             7 => ErrorCode::ShuttingDown,
+            9 => ErrorCode::Epoch,
             _ => ErrorCode::Internal,
         }
     }
@@ -160,6 +174,7 @@ impl ErrorCode {
             ErrorCode::Gap => "GAP",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Epoch => "EPOCH",
         }
     }
 }
@@ -182,6 +197,8 @@ pub enum Frame<'a> {
         version: u16,
         shard: ShardId,
         last_seq: WalSeq,
+        /// The writer epoch the reader follows.
+        epoch: u64,
         mac: [u8; MAC_LEN],
         reader_id: &'a str,
     },
@@ -190,8 +207,12 @@ pub enum Frame<'a> {
         start_seq: WalSeq,
         durable_seq: WalSeq,
         flushed_seq: WalSeq,
+        /// The writer epoch the writer knows.
+        epoch: u64,
         /// Where the writer serves its files for a bootstrap.
         http_addr: &'a str,
+        /// The writer's epoch history.
+        history: Vec<(Epoch, WalSeq)>,
     },
     Entries {
         first_seq: WalSeq,
@@ -258,12 +279,14 @@ impl Frame<'_> {
                 version,
                 shard,
                 last_seq,
+                epoch,
                 mac,
                 reader_id,
             } => {
                 out.extend_from_slice(&version.to_le_bytes());
                 out.extend_from_slice(&shard.0.to_le_bytes());
                 out.extend_from_slice(&last_seq.0.to_le_bytes());
+                out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(mac);
                 put_str16(out, reader_id);
                 T_HELLO
@@ -273,16 +296,27 @@ impl Frame<'_> {
                 start_seq,
                 durable_seq,
                 flushed_seq,
+                epoch,
                 http_addr,
+                history,
             } => {
                 out.push(match mode {
                     WelcomeMode::Stream => 0,
                     WelcomeMode::Bootstrap => 1,
+                    WelcomeMode::Diverged => 2,
                 });
                 out.extend_from_slice(&start_seq.0.to_le_bytes());
                 out.extend_from_slice(&durable_seq.0.to_le_bytes());
                 out.extend_from_slice(&flushed_seq.0.to_le_bytes());
+                out.extend_from_slice(&epoch.to_le_bytes());
                 put_str16(out, http_addr);
+                // The newest pairs, if there were ever more than fit.
+                let skip = history.len().saturating_sub(u16::MAX as usize);
+                out.extend_from_slice(&((history.len() - skip) as u16).to_le_bytes());
+                for (e, q) in &history[skip..] {
+                    out.extend_from_slice(&e.0.to_le_bytes());
+                    out.extend_from_slice(&q.0.to_le_bytes());
+                }
                 T_WELCOME
             }
             Frame::Entries {
@@ -448,12 +482,14 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
             let version = c.u16()?;
             let shard = ShardId(c.u32()?);
             let last_seq = c.seq()?;
+            let epoch = c.u64()?;
             let mac = c.take(MAC_LEN)?.try_into().expect("mac length");
             let n = c.u16()? as usize;
             Frame::Hello {
                 version,
                 shard,
                 last_seq,
+                epoch,
                 mac,
                 reader_id: c.str(n)?,
             }
@@ -462,18 +498,28 @@ pub fn decode_body(body: &[u8]) -> Result<Frame<'_>, FrameError> {
             let mode = match c.u8()? {
                 0 => WelcomeMode::Stream,
                 1 => WelcomeMode::Bootstrap,
+                2 => WelcomeMode::Diverged,
                 m => return Err(FrameError::Mode(m)),
             };
             let start_seq = c.seq()?;
             let durable_seq = c.seq()?;
             let flushed_seq = c.seq()?;
+            let epoch = c.u64()?;
             let n = c.u16()? as usize;
+            let http_addr = c.str(n)?;
+            let pairs = c.u16()? as usize;
+            let mut history = Vec::with_capacity(pairs);
+            for _ in 0..pairs {
+                history.push((Epoch(c.u32()?), c.seq()?));
+            }
             Frame::Welcome {
                 mode,
                 start_seq,
                 durable_seq,
                 flushed_seq,
-                http_addr: c.str(n)?,
+                epoch,
+                http_addr,
+                history,
             }
         }
         T_ENTRIES => {
@@ -549,6 +595,7 @@ mod tests {
                     version: VERSION,
                     shard: ShardId(1),
                     last_seq: WalSeq(42),
+                    epoch: 3,
                     mac: [0xab; MAC_LEN],
                     reader_id: "reader-a",
                 },
@@ -560,7 +607,9 @@ mod tests {
                     start_seq: WalSeq(43),
                     durable_seq: WalSeq(99),
                     flushed_seq: WalSeq(80),
+                    epoch: 3,
                     http_addr: "127.0.0.1:8000",
+                    history: vec![(Epoch(1), WalSeq(1)), (Epoch(3), WalSeq(70))],
                 },
             ),
             (
@@ -666,6 +715,7 @@ mod tests {
             version: VERSION,
             shard: ShardId(0),
             last_seq: WalSeq(0),
+            epoch: 0,
             mac: [0; MAC_LEN],
             reader_id: "ab",
         }

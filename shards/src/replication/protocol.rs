@@ -12,6 +12,7 @@ use sha2::Sha256;
 
 use super::frame::{ErrorCode, Frame, WelcomeMode, MAC_LEN, NONCE_LEN, VERSION};
 use crate::ids::{ShardId, WalSeq};
+use crate::wal::epochs::{fork_point, EpochHistory};
 use crate::wal::format::{decode_entry, Decoded};
 
 type HmacSha256 = Hmac<Sha256>;
@@ -22,13 +23,15 @@ fn hello_hmac(
     nonce: &[u8; NONCE_LEN],
     shard: ShardId,
     last_seq: WalSeq,
+    epoch: u64,
     reader_id: &str,
 ) -> HmacSha256 {
     let mut m = HmacSha256::new_from_slice(secret).expect("HMAC takes any key length");
-    m.update(b"tidemark-replication-v1");
+    m.update(b"tidemark-replication-v2");
     m.update(nonce);
     m.update(&shard.0.to_le_bytes());
     m.update(&last_seq.0.to_le_bytes());
+    m.update(&epoch.to_le_bytes());
     m.update(reader_id.as_bytes());
     m
 }
@@ -41,9 +44,10 @@ pub fn hello_mac(
     nonce: &[u8; NONCE_LEN],
     shard: ShardId,
     last_seq: WalSeq,
+    epoch: u64,
     reader_id: &str,
 ) -> [u8; MAC_LEN] {
-    hello_hmac(secret, nonce, shard, last_seq, reader_id)
+    hello_hmac(secret, nonce, shard, last_seq, epoch, reader_id)
         .finalize()
         .into_bytes()
         .into()
@@ -93,6 +97,9 @@ pub struct WriterView {
     /// The shard's flushed watermark: every entry up to it is in Parquet
     /// files listed in the manifest.
     pub flushed_seq: WalSeq,
+    /// The cluster's writer epoch as the writer knows it (0 outside a
+    /// cluster).
+    pub epoch: u64,
 }
 
 /// The writer's answer to a Hello.
@@ -105,29 +112,41 @@ pub enum Handshake {
         reader_id: String,
         flushed_seq: WalSeq,
     },
+    /// The reader holds entries past the writer's end: it must cut its log
+    /// at the fork point and come back.
+    Diverged { reader_id: String },
     /// Refuse the reader with an `Error` frame and close.
     Refuse { code: ErrorCode, message: String },
 }
 
 impl Handshake {
     /// The frame that tells the reader; `http_addr` is where the writer
-    /// serves its files.
-    pub fn reply<'a>(&'a self, view: &WriterView, http_addr: &'a str) -> Frame<'a> {
+    /// serves its files, `history` the writer's epoch history.
+    pub fn reply<'a>(
+        &'a self,
+        view: &WriterView,
+        http_addr: &'a str,
+        history: &EpochHistory,
+    ) -> Frame<'a> {
+        let welcome = |mode, start_seq, flushed_seq| Frame::Welcome {
+            mode,
+            start_seq,
+            durable_seq: view.durable_seq,
+            flushed_seq,
+            epoch: view.epoch,
+            http_addr,
+            history: history.pairs().to_vec(),
+        };
         match self {
-            Handshake::Stream { from, .. } => Frame::Welcome {
-                mode: WelcomeMode::Stream,
-                start_seq: *from,
-                durable_seq: view.durable_seq,
-                flushed_seq: view.flushed_seq,
-                http_addr,
-            },
-            Handshake::Bootstrap { flushed_seq, .. } => Frame::Welcome {
-                mode: WelcomeMode::Bootstrap,
-                start_seq: flushed_seq.next(),
-                durable_seq: view.durable_seq,
-                flushed_seq: *flushed_seq,
-                http_addr,
-            },
+            Handshake::Stream { from, .. } => welcome(WelcomeMode::Stream, *from, view.flushed_seq),
+            Handshake::Bootstrap { flushed_seq, .. } => {
+                welcome(WelcomeMode::Bootstrap, flushed_seq.next(), *flushed_seq)
+            }
+            Handshake::Diverged { .. } => welcome(
+                WelcomeMode::Diverged,
+                view.durable_seq.next(),
+                view.flushed_seq,
+            ),
             Handshake::Refuse { code, message } => Frame::Error {
                 code: *code,
                 message,
@@ -149,6 +168,7 @@ pub fn writer_handshake(
         version,
         shard,
         last_seq,
+        epoch,
         mac,
         reader_id,
     } = frame
@@ -161,7 +181,7 @@ pub fn writer_handshake(
             format!("protocol version {version} is not supported (this writer speaks {VERSION})"),
         );
     }
-    let m = hello_hmac(secret, nonce, *shard, *last_seq, reader_id);
+    let m = hello_hmac(secret, nonce, *shard, *last_seq, *epoch, reader_id);
     if m.verify_slice(mac).is_err() {
         return refuse(
             ErrorCode::AuthFailed,
@@ -176,6 +196,22 @@ pub fn writer_handshake(
                 view.shard, view.shard_count
             ),
         );
+    }
+    if *epoch != view.epoch {
+        return refuse(
+            ErrorCode::Epoch,
+            format!(
+                "reader {reader_id:?} follows writer epoch {epoch}, this writer knows epoch {}: one of them has not seen the last failover yet",
+                view.epoch
+            ),
+        );
+    }
+    if *last_seq > view.durable_seq && view.epoch > 0 {
+        // In a cluster a reader ahead of the primary holds entries of a
+        // deposed primary: it cuts them (the epoch histories say where).
+        return Handshake::Diverged {
+            reader_id: reader_id.to_string(),
+        };
     }
     if *last_seq > view.durable_seq {
         return refuse(
@@ -211,6 +247,11 @@ pub enum ProtocolError {
     WelcomeStart { start: WalSeq, expected: WalSeq },
     #[error("unexpected {0} frame")]
     Unexpected(&'static str),
+    #[error("the writer says this log (up to {last}) forked from its own (up to {writer_durable}), but the epoch histories agree")]
+    NoFork {
+        last: WalSeq,
+        writer_durable: WalSeq,
+    },
 }
 
 /// The writer's side of one stream to one reader.
@@ -311,6 +352,10 @@ pub enum ReaderAction {
     Bootstrap {
         flushed_seq: WalSeq,
     },
+    /// Cut the log after `to` (it forked from the writer's), then reconnect.
+    Truncate {
+        to: WalSeq,
+    },
 }
 
 /// The reader's side of one stream: which entry must come next.
@@ -332,12 +377,14 @@ impl ReceiveState {
         self.expected.prev().unwrap_or(WalSeq::ZERO)
     }
 
-    /// The Hello to send in answer to a Challenge.
+    /// The Hello to send in answer to a Challenge; `epoch` is the writer
+    /// epoch this reader follows.
     pub fn hello<'a>(
         &self,
         secret: &[u8],
         nonce: &[u8; NONCE_LEN],
         shard: ShardId,
+        epoch: u64,
         reader_id: &'a str,
     ) -> Frame<'a> {
         let last_seq = self.last_seq();
@@ -345,24 +392,38 @@ impl ReceiveState {
             version: VERSION,
             shard,
             last_seq,
-            mac: hello_mac(secret, nonce, shard, last_seq, reader_id),
+            epoch,
+            mac: hello_mac(secret, nonce, shard, last_seq, epoch, reader_id),
             reader_id,
         }
     }
 
-    /// Checks the writer's Welcome.
+    /// Checks the writer's Welcome. `own` is this reader's epoch history;
+    /// `writer` and `writer_durable` the Welcome's. A reader whose log
+    /// forked from the writer's (it holds entries of a deposed primary)
+    /// must cut it first: [`ReaderAction::Truncate`].
     pub fn on_welcome(
         &self,
         mode: WelcomeMode,
         start_seq: WalSeq,
         flushed_seq: WalSeq,
+        own: &EpochHistory,
+        writer: &EpochHistory,
+        writer_durable: WalSeq,
     ) -> Result<ReaderAction, ProtocolError> {
+        let last = self.last_seq();
+        let fork = fork_point(own, last, writer, writer_durable);
         match mode {
             WelcomeMode::Bootstrap => Ok(ReaderAction::Bootstrap { flushed_seq }),
+            _ if fork < last => Ok(ReaderAction::Truncate { to: fork }),
             WelcomeMode::Stream if start_seq == self.expected => Ok(ReaderAction::Stream),
             WelcomeMode::Stream => Err(ProtocolError::WelcomeStart {
                 start: start_seq,
                 expected: self.expected,
+            }),
+            WelcomeMode::Diverged => Err(ProtocolError::NoFork {
+                last,
+                writer_durable,
             }),
         }
     }
@@ -430,11 +491,22 @@ mod tests {
             oldest_seq: WalSeq(50),
             durable_seq: WalSeq(100),
             flushed_seq: WalSeq(60),
+            epoch: 0,
         }
     }
 
     fn hello(secret: &[u8], shard: u32, last: u64) -> Frame<'static> {
-        ReceiveState::new(WalSeq(last)).hello(secret, &NONCE, ShardId(shard), "r1")
+        ReceiveState::new(WalSeq(last)).hello(secret, &NONCE, ShardId(shard), 0, "r1")
+    }
+
+    fn h(pairs: &[(u32, u64)]) -> EpochHistory {
+        EpochHistory::from_pairs(
+            pairs
+                .iter()
+                .map(|&(e, s)| (crate::ids::Epoch(e), WalSeq(s)))
+                .collect(),
+        )
+        .unwrap()
     }
 
     fn entries(seqs: impl IntoIterator<Item = u64>) -> Vec<u8> {
@@ -485,7 +557,7 @@ mod tests {
             flushed_seq: WalSeq(60),
         };
         let v = view();
-        let reply = hs.reply(&v, "127.0.0.1:8000");
+        let reply = hs.reply(&v, "127.0.0.1:8000", &EpochHistory::default());
         let action = ReceiveState::new(WalSeq(10));
         let Frame::Welcome {
             mode,
@@ -497,7 +569,16 @@ mod tests {
             panic!("{reply:?}")
         };
         assert_eq!(
-            action.on_welcome(mode, start_seq, flushed_seq).unwrap(),
+            action
+                .on_welcome(
+                    mode,
+                    start_seq,
+                    flushed_seq,
+                    &EpochHistory::default(),
+                    &EpochHistory::default(),
+                    WalSeq(100)
+                )
+                .unwrap(),
             ReaderAction::Bootstrap {
                 flushed_seq: WalSeq(60)
             }
@@ -520,7 +601,8 @@ mod tests {
             ErrorCode::AuthFailed
         );
         // A Hello made for another nonce (a replay) fails too.
-        let replay = ReceiveState::new(WalSeq(60)).hello(SECRET, &[1; NONCE_LEN], ShardId(1), "r1");
+        let replay =
+            ReceiveState::new(WalSeq(60)).hello(SECRET, &[1; NONCE_LEN], ShardId(1), 0, "r1");
         assert_eq!(
             code(writer_handshake(&replay, SECRET, &NONCE, &view())),
             ErrorCode::AuthFailed
@@ -564,6 +646,7 @@ mod tests {
             version: VERSION + 1,
             shard,
             last_seq,
+            epoch: 0,
             mac,
             reader_id,
         };
@@ -677,12 +760,107 @@ mod tests {
     #[test]
     fn welcome_must_start_where_the_reader_is() {
         let r = ReceiveState::new(WalSeq(4));
+        let none = EpochHistory::default();
         assert_eq!(
-            r.on_welcome(WelcomeMode::Stream, WalSeq(5), WalSeq(0)),
+            r.on_welcome(
+                WelcomeMode::Stream,
+                WalSeq(5),
+                WalSeq(0),
+                &none,
+                &none,
+                WalSeq(9)
+            ),
             Ok(ReaderAction::Stream)
         );
         assert!(r
-            .on_welcome(WelcomeMode::Stream, WalSeq(6), WalSeq(0))
+            .on_welcome(
+                WelcomeMode::Stream,
+                WalSeq(6),
+                WalSeq(0),
+                &none,
+                &none,
+                WalSeq(9)
+            )
             .is_err());
+        // The writer says the logs forked, the histories do not: refused.
+        assert!(r
+            .on_welcome(
+                WelcomeMode::Diverged,
+                WalSeq(4),
+                WalSeq(0),
+                &none,
+                &none,
+                WalSeq(9)
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn a_reader_holding_a_deposed_primarys_entries_is_told_to_cut_them() {
+        // The deposed primary wrote epoch 1 up to 70; the new primary
+        // (epoch 3) holds epoch 1 up to 49 and wrote from 50 to 60.
+        let mut w = view();
+        w.epoch = 3;
+        w.durable_seq = WalSeq(60);
+        let old = ReceiveState::new(WalSeq(70));
+        // Ahead of the writer's end: Diverged, then Truncate to 49.
+        let hs = writer_handshake(
+            &old.hello(SECRET, &NONCE, ShardId(1), 3, "r1"),
+            SECRET,
+            &NONCE,
+            &w,
+        );
+        assert_eq!(
+            hs,
+            Handshake::Diverged {
+                reader_id: "r1".into()
+            }
+        );
+        let Frame::Welcome {
+            mode,
+            start_seq,
+            flushed_seq,
+            history,
+            durable_seq,
+            ..
+        } = hs.reply(&w, "x", &h(&[(1, 1), (3, 50)]))
+        else {
+            panic!()
+        };
+        let writer = EpochHistory::from_pairs(history).unwrap();
+        assert_eq!(
+            old.on_welcome(
+                mode,
+                start_seq,
+                flushed_seq,
+                &h(&[(1, 1)]),
+                &writer,
+                durable_seq
+            ),
+            Ok(ReaderAction::Truncate { to: WalSeq(49) })
+        );
+        // Behind the writer's end but forked: the Stream welcome still cuts.
+        let behind = ReceiveState::new(WalSeq(55));
+        assert_eq!(
+            behind.on_welcome(
+                WelcomeMode::Stream,
+                WalSeq(56),
+                WalSeq(0),
+                &h(&[(1, 1)]),
+                &writer,
+                WalSeq(60)
+            ),
+            Ok(ReaderAction::Truncate { to: WalSeq(49) })
+        );
+        // A reader of another epoch is refused; outside a cluster a reader
+        // ahead is refused as before.
+        let stale = old.hello(SECRET, &NONCE, ShardId(1), 1, "r1");
+        assert!(matches!(
+            writer_handshake(&stale, SECRET, &NONCE, &w),
+            Handshake::Refuse {
+                code: ErrorCode::Epoch,
+                ..
+            }
+        ));
     }
 }
