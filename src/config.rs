@@ -142,6 +142,18 @@ pub struct ClusterConfig {
     /// Default 500. Raft's own heartbeat is a fifth of it; a voter refuses
     /// to vote while it heard a leader within twice this (the leader lease).
     pub election_timeout_ms: u64,
+    /// The primary writer acknowledges writes only while its lease, renewed
+    /// by each heartbeat the Raft leader answers after confirming its own
+    /// leadership, is younger than this (ms); the leader promotes no one
+    /// until the old primary has been silent this long. Default 2,000.
+    pub primary_lease_ms: u64,
+    /// After a failover, the next one (of a dead primary) waits until this
+    /// long after it (ms), so that a flapping node does not bounce the
+    /// primary role. An operator's hand-over is not held back. Default 5,000.
+    pub failover_cooldown_ms: u64,
+    /// Readers with `replication.listen_addr` may be promoted to primary
+    /// when no standby writer holds as much. Default true.
+    pub promote_readers: bool,
 }
 
 impl Default for ClusterConfig {
@@ -158,6 +170,9 @@ impl Default for ClusterConfig {
             unhealthy_after_ms: 1_500,
             dead_after_ms: 2_500,
             election_timeout_ms: 500,
+            primary_lease_ms: 2_000,
+            failover_cooldown_ms: 5_000,
+            promote_readers: true,
         }
     }
 }
@@ -166,7 +181,10 @@ impl Default for ClusterConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ReplicationSettings {
     /// Writer: where shard 0's replication stream listens; shard `i` listens
-    /// on the same IP at port + `i`. Default `127.0.0.1:8100`.
+    /// on the same IP at port + `i`. Default `127.0.0.1:8100` for a writer.
+    /// In a cluster a reader that sets it streams its WAL too (to a node
+    /// catching up in a failover) and may be promoted to primary
+    /// (`cluster.promote_readers`); a reader without it only follows.
     pub listen_addr: String,
     /// Reader: the writer's `replication.listen_addr`.
     pub writer_addr: String,
@@ -198,7 +216,7 @@ pub struct ReplicationSettings {
 impl Default for ReplicationSettings {
     fn default() -> Self {
         ReplicationSettings {
-            listen_addr: "127.0.0.1:8100".into(),
+            listen_addr: String::new(),
             writer_addr: String::new(),
             min_acks: 0,
             ack_timeout_ms: 10_000,
@@ -679,7 +697,12 @@ impl Config {
                 format!("a {role:?} needs the cluster's shared secret").to_lowercase(),
             );
         }
-        if role == Role::Writer && r.listen_addr.parse::<SocketAddr>().is_err() {
+        if self.serves_replication()
+            && self
+                .replication_listen_addr()
+                .parse::<SocketAddr>()
+                .is_err()
+        {
             return invalid(
                 "replication.listen_addr",
                 format!("{:?} is not an IP address and port", r.listen_addr),
@@ -700,8 +723,8 @@ impl Config {
         for (key, addr, used) in [
             (
                 "replication.listen_addr",
-                &r.listen_addr,
-                role == Role::Writer,
+                self.replication_listen_addr(),
+                self.serves_replication(),
             ),
             (
                 "replication.writer_addr",
@@ -720,7 +743,9 @@ impl Config {
                 );
             }
         }
-        if r.min_acks > 0 && role != Role::Writer {
+        // In a cluster min_acks applies to whichever node is primary, so it
+        // is set on every node.
+        if r.min_acks > 0 && role != Role::Writer && !self.in_cluster() {
             return invalid(
                 "replication.min_acks",
                 "only a writer waits for readers' acks".into(),
@@ -831,7 +856,12 @@ impl Config {
                 );
             }
         }
-        if c.role == Role::Writer && self.replication.listen_addr.parse::<SocketAddr>().is_err() {
+        if self.serves_replication()
+            && self
+                .replication_listen_addr()
+                .parse::<SocketAddr>()
+                .is_err()
+        {
             return invalid(
                 "replication.listen_addr",
                 format!(
@@ -845,6 +875,7 @@ impl Config {
             ("cluster.unhealthy_after_ms", c.unhealthy_after_ms),
             ("cluster.dead_after_ms", c.dead_after_ms),
             ("cluster.election_timeout_ms", c.election_timeout_ms),
+            ("cluster.primary_lease_ms", c.primary_lease_ms),
         ] {
             if v == 0 {
                 return invalid(key, "must be more than 0".into());
@@ -859,6 +890,15 @@ impl Config {
                 ),
             );
         }
+        if c.primary_lease_ms <= c.heartbeat_ms {
+            return invalid(
+                "cluster.primary_lease_ms",
+                format!(
+                    "{} must be more than cluster.heartbeat_ms ({}): the lease is renewed by heartbeats",
+                    c.primary_lease_ms, c.heartbeat_ms
+                ),
+            );
+        }
         if c.dead_after_ms <= c.unhealthy_after_ms {
             return invalid(
                 "cluster.dead_after_ms",
@@ -869,6 +909,24 @@ impl Config {
             );
         }
         Ok(())
+    }
+
+    /// Whether this node streams its WAL: a writer; in a cluster also a
+    /// reader with `replication.listen_addr` set.
+    pub fn serves_replication(&self) -> bool {
+        self.cluster.role == Role::Writer
+            || (self.in_cluster()
+                && self.cluster.role == Role::Reader
+                && !self.replication.listen_addr.is_empty())
+    }
+
+    /// `replication.listen_addr`, or a writer's default `127.0.0.1:8100`.
+    pub fn replication_listen_addr(&self) -> &str {
+        if self.replication.listen_addr.is_empty() && self.cluster.role == Role::Writer {
+            "127.0.0.1:8100"
+        } else {
+            &self.replication.listen_addr
+        }
     }
 
     /// This node's id in the cluster: `cluster.node_id`, else `node-<port>`.

@@ -38,6 +38,13 @@ pub struct NodeShared {
     /// Per shard: the last durable and applied WAL sequence numbers,
     /// refreshed by each core's housekeeping (heartbeats carry them).
     pub positions: Vec<[AtomicU64; 2]>,
+    /// The primary's write lease (in a cluster).
+    pub lease: crate::control::PrimaryLease,
+    /// Per shard: the writer epoch of the replication stream it follows
+    /// now (0: none). Heartbeats derive `fenced_epoch` from it.
+    pub following: Vec<AtomicU64>,
+    /// Wakes the heartbeat loop: this node's fencing or role changed.
+    pub report: Event,
     /// Set when something outside the shard cores must stop the node
     /// (the cluster refused this node): the reason, reported at exit.
     pub fatal: Mutex<Option<String>>,
@@ -99,6 +106,23 @@ impl NodeShared {
             .collect()
     }
 
+    /// The newest writer epoch this node is fenced for: every shard follows
+    /// no stream of an older one. (As the old primary it takes no writes
+    /// once the view has moved on, so the view's epoch counts.)
+    pub fn fenced_epoch(&self) -> crate::control::state::WriterEpoch {
+        let epoch = self.control.view().state.writer_epoch;
+        let oldest = self
+            .following
+            .iter()
+            .map(|f| f.load(Ordering::SeqCst))
+            .filter(|f| *f != 0)
+            .min();
+        match oldest {
+            Some(f) if f < epoch.0 => crate::control::state::WriterEpoch(f),
+            _ => epoch,
+        }
+    }
+
     pub(crate) fn update_ready_gauge(&self) {
         self.metrics.ready.set(i64::from(self.is_ready()));
     }
@@ -124,6 +148,18 @@ pub struct CoreCtx {
 impl CoreCtx {
     pub fn shard(&self) -> Option<Rc<Shard>> {
         self.shard.borrow().clone()
+    }
+
+    /// Before the first write of a primary's `epoch` on this shard: local
+    /// entries are written with that epoch (its first one starts a pair of
+    /// the epoch history), and rows are visible only once durable.
+    pub fn become_primary(&self, shard: &Shard, epoch: crate::control::state::WriterEpoch) {
+        let e = tidemark_shards::Epoch(u32::try_from(epoch.0).unwrap_or(u32::MAX));
+        if shard.wal().epoch() != e {
+            tracing::info!(shard = self.id, epoch = %epoch, next_seq = %shard.wal().next_seq(), "writing as the primary");
+            shard.wal().set_epoch(e);
+            shard.set_visible_before_durable(false);
+        }
     }
 
     /// Copies the shard's buffer size into its gauges, and its positions

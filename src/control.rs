@@ -16,6 +16,7 @@
 //! (the control loop of a cluster member), [`api`] (`/api/v1/cluster`).
 
 pub mod api;
+pub mod failover;
 pub mod machine;
 pub mod member;
 pub mod net;
@@ -94,6 +95,69 @@ impl ClusterView {
     pub fn is_primary(&self) -> bool {
         self.node_id.is_some() && self.state.primary == self.node_id
     }
+
+    /// Where this node's shard `shard` copies entries from now: the primary
+    /// (unless this node is it); during a failover nobody, except for the
+    /// chosen candidate catching up, which copies from the node its plan
+    /// names for that shard.
+    pub fn replication_source(&self, shard: usize) -> Option<(NodeId, String)> {
+        let me = self.node_id?;
+        let st = &self.state;
+        let id = match &st.failover {
+            None => st.primary.filter(|p| *p != me)?,
+            Some(f) => {
+                let c = f.catch_up.as_ref().filter(|c| c.target == me)?;
+                (*c.sources.get(shard)?)?
+            }
+        };
+        let n = st.nodes.get(&id)?;
+        (!n.spec.replication_addr.is_empty()).then(|| (id, n.spec.replication_addr.clone()))
+    }
+}
+
+/// The primary's write lease: it acknowledges writes of `epoch` only until
+/// `until` (monotonic), which moves on each time the Raft leader, having
+/// confirmed its own leadership with a quorum, answers a heartbeat saying
+/// this node is still the primary of that epoch. The lease runs from when
+/// the heartbeat was *sent*, so it ends no later than the leader thinks.
+#[derive(Debug)]
+pub struct PrimaryLease {
+    base: std::time::Instant,
+    /// Nanoseconds after `base`; 0: no lease.
+    until_ns: std::sync::atomic::AtomicU64,
+    epoch: std::sync::atomic::AtomicU64,
+}
+
+impl Default for PrimaryLease {
+    fn default() -> PrimaryLease {
+        PrimaryLease {
+            base: std::time::Instant::now(),
+            until_ns: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+}
+
+impl PrimaryLease {
+    /// Extends the lease of `epoch` to `sent + duration`.
+    pub fn grant(&self, epoch: state::WriterEpoch, sent: std::time::Instant, duration: Duration) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let until = (sent + duration)
+            .saturating_duration_since(self.base)
+            .as_nanos() as u64;
+        if self.epoch.load(SeqCst) != epoch.0 {
+            self.until_ns.store(0, SeqCst);
+            self.epoch.store(epoch.0, SeqCst);
+        }
+        self.until_ns.fetch_max(until, SeqCst);
+    }
+
+    /// Whether writes of `epoch` may be acknowledged now.
+    pub fn holds(&self, epoch: state::WriterEpoch) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.base.elapsed().as_nanos() as u64;
+        self.epoch.load(SeqCst) == epoch.0 && now < self.until_ns.load(SeqCst)
+    }
 }
 
 /// A change an operator asks for through the API; carried out by the
@@ -104,6 +168,9 @@ pub enum Admin {
     RemoveNode(NodeId),
     /// `PUT /api/v1/cluster/compactor`: who holds the compactor lease.
     AssignCompactor(Option<NodeId>),
+    /// `POST /api/v1/cluster/failover`: a planned hand-over to `target`
+    /// (or to the best candidate).
+    Failover { target: Option<NodeId> },
 }
 
 /// An API write for the control core, with where to send the answer.
@@ -139,12 +206,15 @@ impl ApiError {
 pub struct ControlHandle {
     view: Arc<ArcSwap<ClusterView>>,
     requests: mpsc::Sender<ApiRequest>,
+    /// Notified after every published change of the view.
+    pub changed: Arc<event_listener::Event>,
 }
 
 /// The control core's side, handed to its thread.
 #[derive(Debug)]
 pub struct ControlParts {
     pub view: Arc<ArcSwap<ClusterView>>,
+    pub changed: Arc<event_listener::Event>,
     pub requests: mpsc::Receiver<ApiRequest>,
     /// The control port, bound at start so a taken port fails the start.
     pub listener: Option<std::net::TcpListener>,
@@ -165,13 +235,16 @@ impl ControlHandle {
         } else {
             None
         };
+        let changed = Arc::new(event_listener::Event::new());
         Ok((
             ControlHandle {
                 view: view.clone(),
                 requests: tx,
+                changed: changed.clone(),
             },
             ControlParts {
                 view,
+                changed,
                 requests: rx,
                 listener,
             },

@@ -99,6 +99,11 @@ pub struct ControlFamilies {
     pub nodes: Family<StateLabel, Gauge>,
     pub heartbeat_failures: Counter,
     pub rpc_seconds: HistogramFamily<RpcLabel>,
+    pub writer_epoch: Gauge,
+    pub failovers_started: Counter,
+    pub failovers_completed: Counter,
+    pub failovers_aborted: Counter,
+    pub failover_seconds: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl Default for ControlFamilies {
@@ -112,6 +117,13 @@ impl Default for ControlFamilies {
             nodes: Family::default(),
             heartbeat_failures: Counter::default(),
             rpc_seconds: Family::new_with_constructor(latency_histogram),
+            writer_epoch: Gauge::default(),
+            failovers_started: Counter::default(),
+            failovers_completed: Counter::default(),
+            failovers_aborted: Counter::default(),
+            failover_seconds: prometheus_client::metrics::histogram::Histogram::new([
+                0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 7.5, 10.0, 20.0, 40.0, 60.0,
+            ]),
         }
     }
 }
@@ -153,6 +165,32 @@ impl ControlFamilies {
             "Cluster: heartbeats to the leader that failed (unreachable, timed out, refused)",
             self.heartbeat_failures.clone(),
         );
+        r.register(
+            "cluster_writer_epoch",
+            "Cluster: the writer epoch (moves on at every change of primary writer)",
+            self.writer_epoch.clone(),
+        );
+        r.register(
+            "cluster_failovers_started",
+            "Cluster (leader): failovers of the primary writer begun by this node (dead primary, or an operator's hand-over)",
+            self.failovers_started.clone(),
+        );
+        r.register(
+            "cluster_failovers_completed",
+            "Cluster (leader): failovers this node ended by promoting a new primary",
+            self.failovers_completed.clone(),
+        );
+        r.register(
+            "cluster_failovers_aborted",
+            "Cluster (leader): failover steps this node gave up (a newer decision came first, or the chosen node could not be promoted)",
+            self.failovers_aborted.clone(),
+        );
+        r.register_with_unit(
+            "cluster_failover_duration",
+            "Cluster (leader): from the start of a failover to the promotion of the new primary",
+            Unit::Seconds,
+            self.failover_seconds.clone(),
+        );
         r.register_with_unit(
             "control_rpc_duration",
             "Cluster: duration of Raft RPCs this node sent, by RPC and result",
@@ -186,6 +224,7 @@ impl ControlFamilies {
         self.raft_commit_index.set(committed as i64);
         self.raft_applied_index.set(applied as i64);
         self.raft_is_leader.set(i64::from(is_leader));
+        self.writer_epoch.set(state.writer_epoch.0 as i64);
         for st in [
             crate::control::state::NodeState::Healthy,
             crate::control::state::NodeState::Unhealthy,
@@ -216,6 +255,7 @@ pub struct ReplicationFamilies {
     pub connected: Family<ShardLabel, Gauge>,
     pub reader_resyncs: Family<ShardLabel, Counter>,
     pub reader_bootstraps: Family<ShardLabel, Counter>,
+    pub truncated_entries: Family<ShardLabel, Counter>,
 }
 
 impl ReplicationFamilies {
@@ -281,6 +321,11 @@ impl ReplicationFamilies {
             "replication_reader_bootstraps",
             "Reader: times the writer said this shard must bootstrap from Parquet files, by shard",
             self.reader_bootstraps.clone(),
+        );
+        r.register(
+            "wal_truncated_entries",
+            "WAL entries removed because a deposed primary wrote them and the new primary does not have them (the log forked), by shard",
+            self.truncated_entries.clone(),
         );
     }
 }

@@ -90,7 +90,8 @@ fn shard_config(config: &Config, data: &Path, i: usize) -> ShardConfig {
     wal.max_pending_bytes = config.wal.max_pending_bytes as usize;
     wal.recovery_mode = config.wal.recovery_mode;
     wal.io = config.wal.io;
-    if config.cluster.role == Role::Writer {
+    // Any node that may stream its WAL keeps recent groups in memory.
+    if config.serves_replication() {
         wal.ring_bytes = config.replication.ring_bytes;
         wal.max_retained_bytes = config.replication.max_retained_bytes;
     }
@@ -102,8 +103,10 @@ fn shard_config(config: &Config, data: &Path, i: usize) -> ShardConfig {
         ..BufferConfig::default()
     };
     sc.max_buffer_bytes = config.buffer.max_bytes as usize;
-    // A reader's rows are durable on the writer: show them before the local sync.
-    sc.visible_before_durable = config.cluster.role == Role::Reader;
+    // A reader's rows are durable on the writer: show them before the local
+    // sync. In a cluster every node starts as a follower; the primary turns
+    // this off at its first write.
+    sc.visible_before_durable = config.cluster.role == Role::Reader || config.in_cluster();
     sc
 }
 
@@ -177,6 +180,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         positions: (0..shard_count)
             .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
             .collect(),
+        lease: crate::control::PrimaryLease::default(),
+        following: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
+        report: event_listener::Event::new(),
         fatal: Mutex::new(None),
         recovered: AtomicUsize::new(0),
         shutting_down: AtomicBool::new(false),
@@ -345,7 +351,11 @@ async fn core_main(
     let shard = Rc::new(shard);
     {
         let m = ctx.metrics.clone();
+        let node = node.clone();
         shard.wal().set_commit_observer(Box::new(move |c| {
+            // Before any writer of these entries is answered: a failover's
+            // report of this node's positions includes every acknowledged one.
+            node.positions[id][0].store(c.last.0, Ordering::SeqCst);
             m.wal_appends.inc_by(c.entries);
             m.wal_bytes.inc_by(c.bytes);
             if let Some(d) = c.sync {
@@ -381,24 +391,25 @@ async fn core_main(
             }
         })
     };
-    let follower = match node.config.cluster.role {
-        Role::Standalone => None,
-        Role::Writer => {
-            let side = crate::replication::sender::WriterSide::start(ctx.clone(), shard.clone())
-                .with_context(|| {
-                    format!(
-                        "binding the replication listener {}",
-                        Config::shard_addr(&node.config.replication.listen_addr, id)
-                    )
-                })?;
-            *ctx.writer.borrow_mut() = Some(side);
-            None
-        }
-        Role::Reader => Some(monoio::spawn(crate::replication::receiver::follow(
+    let cluster = node.config.in_cluster();
+    if node.config.serves_replication() {
+        let side = crate::replication::sender::WriterSide::start(ctx.clone(), shard.clone())
+            .with_context(|| {
+                format!(
+                    "binding the replication listener {}",
+                    Config::shard_addr(node.config.replication_listen_addr(), id)
+                )
+            })?;
+        *ctx.writer.borrow_mut() = Some(side);
+    }
+    // In a cluster every node follows whoever the view names (nobody while
+    // it is the primary itself).
+    let follower = (node.config.cluster.role == Role::Reader || cluster).then(|| {
+        monoio::spawn(crate::replication::receiver::follow(
             ctx.clone(),
             shard.clone(),
-        ))),
-    };
+        ))
+    });
     node.recovered.fetch_add(1, Ordering::AcqRel);
     node.update_ready_gauge();
 

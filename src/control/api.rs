@@ -46,6 +46,7 @@ pub fn cluster_json(v: &ClusterView) -> Value {
                 "replication_addr": n.spec.replication_addr,
                 "version": n.spec.version,
                 "last_heartbeat_ms": n.last_heartbeat_ms,
+                "fenced_epoch": n.fenced_epoch.0,
                 "shards": n.shards.iter().enumerate().map(|(i, s)| json!({
                     "shard": i,
                     "durable_seq": s.durable_seq.0,
@@ -64,6 +65,20 @@ pub fn cluster_json(v: &ClusterView) -> Value {
         "applied_index": v.applied_index,
         "primary_writer": id(v.state.primary),
         "writer_epoch": v.state.writer_epoch.0,
+        "primary_start": v.state.primary_start.iter().map(|s| s.0).collect::<Vec<_>>(),
+        "failover": v.state.failover.as_ref().map(|f| json!({
+            "epoch": f.epoch.0,
+            "from": id(f.from),
+            "target": id(f.target),
+            "planned": f.planned,
+            "started_ms": f.started_ms,
+            "catch_up": f.catch_up.as_ref().map(|c| json!({
+                "target": c.target.0,
+                "sources": c.sources.iter().map(|s| id(*s)).collect::<Vec<_>>(),
+                "goal": c.goal.iter().map(|g| g.0).collect::<Vec<_>>(),
+            })),
+        })),
+        "last_failover_ms": v.state.last_failover_ms,
         "compactor": id(v.state.compactor),
         "nodes": nodes,
     })
@@ -110,6 +125,45 @@ pub async fn put_compactor(control: &ControlHandle, body: &[u8]) -> Response {
         .await
     {
         Ok(()) => Response::json(200, &json!({"compactor": b.node_id})),
+        Err(e) => Response::error(e.status(), e.to_string()),
+    }
+}
+
+/// `POST /api/v1/cluster/failover`, optionally with `{"target": id}`: a
+/// planned hand-over of the primary role.
+pub async fn post_failover(control: &ControlHandle, body: &[u8]) -> Response {
+    if control.view().mode != Mode::Cluster {
+        return Response::error(404, "this node is not in a cluster");
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        target: Option<u64>,
+    }
+    let b = if body.iter().all(u8::is_ascii_whitespace) {
+        Body { target: None }
+    } else {
+        match serde_json::from_slice(body) {
+            Ok(b) => b,
+            Err(e) => {
+                return Response::error(
+                    400,
+                    format!("expected an empty body or {{\"target\": <node id>}}: {e}"),
+                )
+            }
+        }
+    };
+    let before = control.view().state.writer_epoch.0;
+    match control
+        .admin(Admin::Failover {
+            target: b.target.map(NodeId),
+        })
+        .await
+    {
+        Ok(()) => Response::json(
+            202,
+            &json!({"failover": "started", "from_epoch": before, "target": b.target}),
+        ),
         Err(e) => Response::error(e.status(), e.to_string()),
     }
 }

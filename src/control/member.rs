@@ -21,15 +21,18 @@ use arc_swap::ArcSwap;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 
+use super::failover::{self, FailoverSettings, Step};
 use super::machine::StateMachine;
 use super::net::{CallError, Endpoint, Handler, Network, Peer, Tls};
 use super::plan::{self, Action, HealthSettings, Liveness, Membership};
 use super::rpc::{LeaderHint, Request, Response};
-use super::state::{Command, Effect, HeartbeatRecord, NodeId, NodeSpec, ShardPosition};
+use super::state::{
+    Command, Effect, HeartbeatRecord, NodeId, NodeSpec, NodeState, ShardPosition, WriterEpoch,
+};
 use super::store::LogStore;
 use super::types::{BasicNode, Raft, TypeConfig};
 use super::{Admin, ApiError, ApiRequest, ClusterView, ControlParts};
-use crate::config::{Config, Role};
+use crate::config::Config;
 use crate::context::NodeShared;
 
 /// How long a commit may take before its caller gives up on it.
@@ -65,6 +68,8 @@ pub struct Member {
     leader: Mutex<LeaderMemory>,
     membership_busy: Arc<AtomicBool>,
     log: LogStore<TypeConfig>,
+    failover: FailoverSettings,
+    lease: Duration,
 }
 
 #[derive(Default)]
@@ -74,6 +79,39 @@ struct LeaderMemory {
     /// Heartbeats not yet committed, by node.
     pending: BTreeMap<NodeId, HeartbeatRecord>,
     last_commit: Option<Instant>,
+    /// The latest a primary's lease granted by this leader can run, by
+    /// node (liveness ms): no one is deposed before.
+    lease_until: BTreeMap<NodeId, u64>,
+    /// Set while this leader commits a failover step: no lease is granted
+    /// meanwhile (the step may depose the primary).
+    deposing: bool,
+}
+
+/// The leader's liveness memory, with lease grants counted as "heard".
+struct LeaderAlive<'a> {
+    live: &'a Liveness,
+    lease_until: &'a BTreeMap<NodeId, u64>,
+    now_ms: u64,
+    health: HealthSettings,
+    lease_ms: u64,
+}
+
+impl failover::Alive for LeaderAlive<'_> {
+    fn healthy(&self, id: NodeId) -> bool {
+        self.health
+            .state_after(self.live.silent_ms(id, self.now_ms))
+            == NodeState::Healthy
+    }
+
+    fn silent_ms(&self, id: NodeId) -> u64 {
+        let silent = self.live.silent_ms(id, self.now_ms);
+        // A lease granted later than the last heartbeat heard counts as
+        // heard then (a lease runs at most `lease_ms` from its grant).
+        match self.lease_until.get(&id) {
+            Some(until) => silent.min((self.now_ms + self.lease_ms).saturating_sub(*until)),
+            None => silent,
+        }
+    }
 }
 
 impl std::fmt::Debug for Member {
@@ -107,8 +145,8 @@ pub fn own_spec(config: &Config, shard_count: usize) -> NodeSpec {
         voter: config.cluster.voter,
         http_addr: reachable(&config.http.addr, config),
         control_addr: config.advertised_control_addr().to_string(),
-        replication_addr: if config.cluster.role == Role::Writer {
-            reachable(&config.replication.listen_addr, config)
+        replication_addr: if config.serves_replication() {
+            reachable(config.replication_listen_addr(), config)
         } else {
             String::new()
         },
@@ -137,6 +175,7 @@ fn raft_config(config: &Config) -> anyhow::Result<openraft::Config> {
 pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> anyhow::Result<()> {
     let ControlParts {
         view,
+        changed,
         mut requests,
         listener,
     } = parts;
@@ -159,6 +198,7 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
     });
     let metrics = node.metrics.clone();
     let publish_view = view.clone();
+    let publish_node = node.clone();
     let publish: super::machine::Publish = Arc::new(move |state, effects: &[Effect]| {
         for e in effects {
             tracing::info!(effect = ?e, "cluster state changed");
@@ -168,6 +208,10 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
             v.state = state.clone();
             v
         });
+        changed.notify(usize::MAX);
+        if !effects.is_empty() {
+            publish_node.report.notify(usize::MAX);
+        }
     });
     let log = LogStore::<TypeConfig>::open(&dir.join("log"))?;
     let log_handle = log.clone();
@@ -193,6 +237,15 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
         leader: Mutex::new(LeaderMemory::default()),
         membership_busy: Arc::new(AtomicBool::new(false)),
         log: log_handle,
+        failover: FailoverSettings {
+            lease_ms: config.cluster.primary_lease_ms,
+            cooldown_ms: config.cluster.failover_cooldown_ms,
+            promote_readers: config.cluster.promote_readers,
+            // Candidates fence within a replication heartbeat and report
+            // at once; a slow one is not waited for past this.
+            report_timeout_ms: config.cluster.heartbeat_ms * 3,
+        },
+        lease: Duration::from_millis(config.cluster.primary_lease_ms),
     });
     let listener = tokio::net::TcpListener::from_std(listener.expect("bound in a cluster"))?;
     tracing::info!(node_id = %id, addr = %config.cluster.control_addr, tls = ep.tls.is_some(), "control port listening");
@@ -377,11 +430,14 @@ impl Member {
             let mut l = self.leader.lock().expect("leader lock");
             let live = l.liveness.get_or_insert_with(|| Liveness::new(now));
             live.heard(self.spec.clone(), now);
-            let due = l.last_commit.is_none_or(|t| t.elapsed() >= beat_every);
+            // During a failover, reports are committed at every tick.
+            let due = l.last_commit.is_none_or(|t| t.elapsed() >= beat_every)
+                || self.view.load().state.failover.is_some();
             let own = HeartbeatRecord {
                 id: self.id,
                 at_ms: wall_ms(),
                 shards: self.positions(),
+                fenced_epoch: self.node.fenced_epoch(),
             };
             l.pending.insert(self.id, own);
             if due {
@@ -413,7 +469,149 @@ impl Member {
             }
             self.act(a).await?;
         }
-        Ok(())
+        self.renew_own_lease().await;
+        self.failover_tick(now).await
+    }
+
+    /// Whether a quorum still follows this leader (one heartbeat round),
+    /// within half a lease.
+    async fn confirm_leadership(&self) -> bool {
+        matches!(
+            tokio::time::timeout(self.lease / 2, self.raft.ensure_linearizable()).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// The leader that is also the primary renews its own lease, once a
+    /// quorum confirms it still leads.
+    async fn renew_own_lease(&self) {
+        let view = self.view.load_full();
+        if !view.is_primary() || view.state.failover.is_some() {
+            return;
+        }
+        let sent = Instant::now();
+        let now = self.now_ms();
+        {
+            let mut l = self.leader.lock().expect("leader lock");
+            if l.deposing {
+                return;
+            }
+            let until = now + self.failover.lease_ms;
+            let e = l.lease_until.entry(self.id).or_default();
+            *e = (*e).max(until);
+        }
+        if self.confirm_leadership().await {
+            let v = self.view.load();
+            if v.state.primary == Some(self.id) && v.state.writer_epoch == view.state.writer_epoch {
+                self.node
+                    .lease
+                    .grant(view.state.writer_epoch, sent, self.lease);
+            }
+        }
+    }
+
+    /// Plans and commits the next failover step, if any.
+    async fn failover_tick(&self, now: u64) -> Result<(), String> {
+        let view = self.view.load_full();
+        let step = {
+            let l = self.leader.lock().expect("leader lock");
+            let Some(live) = l.liveness.as_ref() else {
+                return Ok(());
+            };
+            let alive = LeaderAlive {
+                live,
+                lease_until: &l.lease_until,
+                now_ms: now,
+                health: self.health,
+                lease_ms: self.failover.lease_ms,
+            };
+            failover::next_step(&view.state, &alive, wall_ms(), &self.failover)
+        };
+        let Some(step) = step else {
+            return Ok(());
+        };
+        let m = &self.node.metrics.control;
+        let cmd = match &step {
+            Step::Begin => {
+                let from = view.state.primary;
+                tracing::warn!(primary = ?from.map(|p| p.0), epoch = %view.state.writer_epoch, "the primary writer is dead and its lease is over: failover begins");
+                m.failovers_started.inc();
+                Command::BeginFailover {
+                    target: None,
+                    planned: false,
+                    at_ms: wall_ms(),
+                }
+            }
+            Step::CatchUp(plan) => {
+                let f = view
+                    .state
+                    .failover
+                    .as_ref()
+                    .expect("a step needs a failover");
+                tracing::info!(target = %plan.target, sources = ?plan.sources, goal = ?plan.goal, epoch = %f.epoch, "failover: the chosen node first copies the entries others hold beyond it");
+                Command::CatchUp {
+                    epoch: f.epoch,
+                    plan: plan.clone(),
+                }
+            }
+            Step::Promote {
+                id,
+                start,
+                choice,
+                candidates,
+            } => {
+                let f = view
+                    .state
+                    .failover
+                    .as_ref()
+                    .expect("a step needs a failover");
+                let positions: Vec<String> = candidates
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{}:{:?}",
+                            c.id,
+                            c.positions.iter().map(|p| p.0).collect::<Vec<_>>()
+                        )
+                    })
+                    .collect();
+                let took_ms = wall_ms().saturating_sub(f.started_ms);
+                tracing::warn!(
+                    node_id = %id,
+                    from = ?f.from.map(|p| p.0),
+                    epoch = %f.epoch.next(),
+                    start = ?start.iter().map(|s| s.0).collect::<Vec<_>>(),
+                    candidates = %positions.join(" "),
+                    why = %choice.reason,
+                    planned = f.planned,
+                    took_ms,
+                    "failover: promoting the candidate holding the most"
+                );
+                Command::Promote {
+                    epoch: f.epoch,
+                    id: *id,
+                    start: start.clone(),
+                    at_ms: wall_ms(),
+                }
+            }
+        };
+        self.leader.lock().expect("leader lock").deposing = matches!(step, Step::Begin);
+        let res = self.commit(cmd).await;
+        self.leader.lock().expect("leader lock").deposing = false;
+        match res.map_err(|e| e.to_string())? {
+            Ok(_) => {
+                if let (Step::Promote { .. }, Some(f)) = (&step, &view.state.failover) {
+                    m.failovers_completed.inc();
+                    m.failover_seconds
+                        .observe(wall_ms().saturating_sub(f.started_ms) as f64 / 1000.0);
+                }
+                Ok(())
+            }
+            Err(rejected) => {
+                m.failovers_aborted.inc();
+                Err(format!("failover step refused: {rejected}"))
+            }
+        }
     }
 
     async fn act(&self, a: Action) -> Result<(), String> {
@@ -553,7 +751,13 @@ impl Member {
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            // Every `every`, and at once when this node's fencing or role
+            // changes (a failover waits for the reports).
+            let report = self.node.report.listen();
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = report => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
             if self.is_leader() {
                 continue;
             }
@@ -565,12 +769,18 @@ impl Member {
                 peer = Some(Peer::new(addr, self.ep.clone()));
             }
             let p = peer.as_mut().expect("set above");
+            let sent = Instant::now();
             let req = Request::Heartbeat {
                 spec: self.spec.clone(),
                 shards: self.positions(),
+                fenced_epoch: self.node.fenced_epoch(),
             };
             match p.call(&req, every * 2).await {
                 Ok(Response::HeartbeatOk) => warned_removed = false,
+                Ok(Response::HeartbeatLease { epoch }) => {
+                    warned_removed = false;
+                    self.node.lease.grant(epoch, sent, self.lease);
+                }
                 Ok(Response::NotAMember) => {
                     if !warned_removed {
                         tracing::warn!(node_id = %self.id, "the leader says this node is not a member of the cluster (removed?)");
@@ -614,11 +824,16 @@ impl Member {
         }
     }
 
-    fn handle_heartbeat(&self, spec: NodeSpec, shards: Vec<ShardPosition>) -> Response {
+    async fn handle_heartbeat(
+        &self,
+        spec: NodeSpec,
+        shards: Vec<ShardPosition>,
+        fenced_epoch: WriterEpoch,
+    ) -> Response {
         if !self.is_leader() {
             return Response::NotLeader(self.leader_hint());
         }
-        let view = self.view.load();
+        let view = self.view.load_full();
         let member = view.state.nodes.get(&spec.id);
         if member.is_none() && !view.voters.contains(&spec.id) && !view.learners.contains(&spec.id)
         {
@@ -628,19 +843,45 @@ impl Member {
             return Response::NotAMember;
         }
         let now = self.now_ms();
-        let mut l = self.leader.lock().expect("leader lock");
-        if let Some(live) = l.liveness.as_mut() {
-            live.heard(spec.clone(), now);
+        let is_primary = view.state.primary == Some(spec.id) && view.state.failover.is_none();
+        {
+            let mut l = self.leader.lock().expect("leader lock");
+            if let Some(live) = l.liveness.as_mut() {
+                live.heard(spec.clone(), now);
+            }
+            l.pending.insert(
+                spec.id,
+                HeartbeatRecord {
+                    id: spec.id,
+                    at_ms: wall_ms(),
+                    shards,
+                    fenced_epoch,
+                },
+            );
+            if !is_primary || l.deposing {
+                return Response::HeartbeatOk;
+            }
+            // Counted before the grant: no failover step begins until it
+            // has run out.
+            let until = now + self.failover.lease_ms;
+            let e = l.lease_until.entry(spec.id).or_default();
+            *e = (*e).max(until);
         }
-        l.pending.insert(
-            spec.id,
-            HeartbeatRecord {
-                id: spec.id,
-                at_ms: wall_ms(),
-                shards,
-            },
-        );
-        Response::HeartbeatOk
+        // The lease is granted only by a leader a quorum still follows.
+        if !self.confirm_leadership().await {
+            return Response::HeartbeatOk;
+        }
+        let v = self.view.load();
+        if v.state.primary == Some(spec.id)
+            && v.state.failover.is_none()
+            && v.state.writer_epoch == view.state.writer_epoch
+        {
+            Response::HeartbeatLease {
+                epoch: view.state.writer_epoch,
+            }
+        } else {
+            Response::HeartbeatOk
+        }
     }
 
     /// Carries out an operator's change on the leader.
@@ -656,6 +897,19 @@ impl Member {
             }
             Admin::RemoveNode(id) => Command::RemoveNode { id },
             Admin::AssignCompactor(id) => Command::AssignCompactor { id },
+            Admin::Failover { target } => {
+                let state = &self.view.load().state;
+                if let Some(t) = target.filter(|t| Some(*t) == state.primary) {
+                    return Response::Refused(format!("node {t} is the primary writer already"));
+                }
+                tracing::warn!(target = ?target.map(|t| t.0), primary = ?state.primary.map(|p| p.0), "an operator asked for a hand-over of the primary writer");
+                self.node.metrics.control.failovers_started.inc();
+                Command::BeginFailover {
+                    target,
+                    planned: true,
+                    at_ms: wall_ms(),
+                }
+            }
         };
         match self.commit(cmd).await {
             Ok(Ok(_)) => Response::Done,
@@ -713,7 +967,11 @@ impl Handler for Member {
             Request::Vote(rpc) => Response::Vote(self.raft.vote(rpc).await),
             Request::Snapshot(rpc) => Response::Snapshot(self.raft.install_snapshot(rpc).await),
             Request::Join(spec) => self.handle_join(spec).await,
-            Request::Heartbeat { spec, shards } => self.handle_heartbeat(spec, shards),
+            Request::Heartbeat {
+                spec,
+                shards,
+                fenced_epoch,
+            } => self.handle_heartbeat(spec, shards, fenced_epoch).await,
             Request::Admin(admin) => self.admin_here(admin).await,
         }
     }

@@ -151,8 +151,9 @@ pub fn plan(
             }
         }
     }
-    if state.primary.is_none() {
-        // The first healthy writer (#12 decides failover of a dead one).
+    if state.primary.is_none() && state.failover.is_none() && state.writer_epoch.0 == 0 {
+        // The cluster's first primary: the first healthy writer. Every
+        // later one comes from a failover (see `failover`).
         let healthy = |id: &NodeId| {
             *id == leader
                 || health.state_after(liveness.silent_ms(*id, now_ms)) == NodeState::Healthy

@@ -10,7 +10,7 @@ use openraft::raft::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::state::{NodeId, NodeSpec, ShardPosition};
+use super::state::{NodeId, NodeSpec, ShardPosition, WriterEpoch};
 use super::types::TypeConfig;
 
 /// A request to a node's control port.
@@ -25,6 +25,9 @@ pub enum Request {
     Heartbeat {
         spec: NodeSpec,
         shards: Vec<ShardPosition>,
+        /// The newest writer epoch this node is fenced for.
+        #[serde(default)]
+        fenced_epoch: WriterEpoch,
     },
     /// An operator's change, forwarded by a follower to the leader.
     Admin(super::Admin),
@@ -52,6 +55,12 @@ pub enum Response {
         leader: NodeId,
     },
     HeartbeatOk,
+    /// The heartbeat's sender is the primary of `epoch`, and the leader
+    /// confirmed its own leadership with a quorum after receiving it: the
+    /// primary's lease runs from when it sent the heartbeat.
+    HeartbeatLease {
+        epoch: WriterEpoch,
+    },
     /// The node is not (or no longer) a member: it must not act as one.
     NotAMember,
     /// The operator's change is committed.
@@ -88,6 +97,7 @@ mod tests {
                     durable_seq: WalSeq(9),
                     applied_seq: WalSeq(8),
                 }],
+                fenced_epoch: WriterEpoch(4),
             })
             .unwrap(),
             serde_json::to_string(&Request::Admin(crate::control::Admin::RemoveNode(NodeId(
@@ -105,6 +115,10 @@ mod tests {
             }))
             .unwrap(),
             serde_json::to_string(&Response::Joined { leader: NodeId(1) }).unwrap(),
+            serde_json::to_string(&Response::HeartbeatLease {
+                epoch: WriterEpoch(4),
+            })
+            .unwrap(),
             serde_json::to_string(&Response::Refused("no".into())).unwrap(),
         ];
         insta::assert_snapshot!("control_messages", reqs.join("\n"));

@@ -11,7 +11,10 @@
 //! * every node of the cluster has the same shard count;
 //! * `primary` and `compactor`, when set, name nodes of `nodes`;
 //! * `writer_epoch` grows by one on every change of `primary` (including
-//!   to and from none), and never otherwise.
+//!   to and from none), and never otherwise;
+//! * while a failover runs, `primary` is none: no node takes writes; a
+//!   failover ends only by promoting a node (`Promote`), which names the
+//!   epoch it was started for, so a stale decision changes nothing.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -116,6 +119,11 @@ pub struct NodeInfo {
     pub last_heartbeat_ms: u64,
     /// Per shard, in shard order; empty until the first heartbeat.
     pub shards: Vec<ShardPosition>,
+    /// The newest writer epoch the node has fenced itself for: it follows
+    /// no stream of an older epoch (and, as primary, takes no writes of
+    /// one), so its positions no longer move for an older primary.
+    #[serde(default)]
+    pub fenced_epoch: WriterEpoch,
 }
 
 /// One node's heartbeat, as recorded by the leader.
@@ -124,6 +132,36 @@ pub struct HeartbeatRecord {
     pub id: NodeId,
     pub at_ms: u64,
     pub shards: Vec<ShardPosition>,
+    #[serde(default)]
+    pub fenced_epoch: WriterEpoch,
+}
+
+/// A failover in progress: no primary until a candidate is promoted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failover {
+    /// The epoch committed when the failover began (primary none).
+    pub epoch: WriterEpoch,
+    /// The deposed primary.
+    pub from: Option<NodeId>,
+    /// The operator's choice of the next primary, if any.
+    pub target: Option<NodeId>,
+    /// An operator's hand-over (the old primary is alive and fenced).
+    pub planned: bool,
+    /// Wall-clock ms (the leader's) when it began.
+    pub started_ms: u64,
+    /// Set once a candidate is chosen and must first copy what others hold.
+    pub catch_up: Option<CatchUp>,
+}
+
+/// The chosen candidate copies, per shard, the entries another node holds
+/// beyond its own, before it is promoted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatchUp {
+    pub target: NodeId,
+    /// Per shard: the node to copy from (none: the target has the most).
+    pub sources: Vec<Option<NodeId>>,
+    /// Per shard: the position the target must reach.
+    pub goal: Vec<WalSeq>,
 }
 
 /// A change to the cluster state, decided through Raft.
@@ -149,6 +187,25 @@ pub enum Command {
     AssignCompactor {
         id: Option<NodeId>,
     },
+    /// Deposes the primary (if any): the epoch moves on with no primary.
+    BeginFailover {
+        target: Option<NodeId>,
+        planned: bool,
+        at_ms: u64,
+    },
+    /// The chosen candidate must first copy entries from other nodes.
+    CatchUp {
+        epoch: WriterEpoch,
+        plan: CatchUp,
+    },
+    /// Ends the failover begun at `epoch`: `id` becomes the primary, its
+    /// shards continuing at `start` (one past what it holds).
+    Promote {
+        epoch: WriterEpoch,
+        id: NodeId,
+        start: Vec<WalSeq>,
+        at_ms: u64,
+    },
 }
 
 /// Why a command changed nothing.
@@ -162,6 +219,14 @@ pub enum Rejection {
     UnknownNode(NodeId),
     #[error("node {id} is a {role:?}, which cannot be the primary writer")]
     CannotBePrimary { id: NodeId, role: Role },
+    #[error("a failover is already in progress (epoch {0})")]
+    FailoverInProgress(WriterEpoch),
+    #[error("no failover of epoch {0} is in progress (a newer decision came first)")]
+    StaleFailover(WriterEpoch),
+    #[error(
+        "the last failover ended {ago_ms} ms ago; cluster.failover_cooldown_ms is {cooldown_ms}"
+    )]
+    Cooldown { ago_ms: u64, cooldown_ms: u64 },
 }
 
 /// What a command did.
@@ -184,6 +249,20 @@ pub enum Effect {
         from: Option<NodeId>,
         to: Option<NodeId>,
     },
+    FailoverBegun {
+        from: Option<NodeId>,
+        epoch: WriterEpoch,
+        planned: bool,
+    },
+    CatchUpStarted {
+        target: NodeId,
+        epoch: WriterEpoch,
+    },
+    Promoted {
+        id: NodeId,
+        epoch: WriterEpoch,
+        start: Vec<WalSeq>,
+    },
 }
 
 /// The result of applying one command, as the Raft response.
@@ -196,6 +275,14 @@ pub struct ClusterState {
     pub primary: Option<NodeId>,
     pub writer_epoch: WriterEpoch,
     pub compactor: Option<NodeId>,
+    #[serde(default)]
+    pub failover: Option<Failover>,
+    /// Wall-clock ms (the leader's) when the last failover ended.
+    #[serde(default)]
+    pub last_failover_ms: u64,
+    /// Per shard, the first entry the current primary wrote as primary.
+    #[serde(default)]
+    pub primary_start: Vec<WalSeq>,
 }
 
 impl ClusterState {
@@ -231,6 +318,7 @@ impl ClusterState {
                                 state: NodeState::Healthy,
                                 last_heartbeat_ms: 0,
                                 shards: Vec::new(),
+                                fenced_epoch: WriterEpoch::default(),
                             },
                         );
                         Ok(vec![Effect::NodeAdded(spec.id)])
@@ -281,26 +369,95 @@ impl ClusterState {
             Command::Heartbeats(beats) => {
                 for b in beats {
                     if let Some(n) = self.nodes.get_mut(&b.id) {
-                        n.last_heartbeat_ms = n.last_heartbeat_ms.max(b.at_ms);
-                        n.shards.clone_from(&b.shards);
+                        if b.at_ms >= n.last_heartbeat_ms {
+                            n.last_heartbeat_ms = b.at_ms;
+                            n.shards.clone_from(&b.shards);
+                            n.fenced_epoch = b.fenced_epoch;
+                        }
                     }
                 }
                 Ok(Vec::new())
             }
             Command::AssignPrimary { id } => {
+                if let Some(f) = &self.failover {
+                    return Err(Rejection::FailoverInProgress(f.epoch));
+                }
                 if let Some(id) = id {
-                    let n = self.nodes.get(id).ok_or(Rejection::UnknownNode(*id))?;
-                    if n.spec.role == Role::Standalone || n.spec.replication_addr.is_empty() {
-                        return Err(Rejection::CannotBePrimary {
-                            id: *id,
-                            role: n.spec.role,
-                        });
-                    }
+                    self.check_can_be_primary(*id)?;
                 }
                 if self.primary == *id {
                     return Ok(Vec::new());
                 }
                 Ok(vec![self.set_primary(*id)])
+            }
+            Command::BeginFailover {
+                target,
+                planned,
+                at_ms,
+            } => {
+                if let Some(f) = &self.failover {
+                    return Err(Rejection::FailoverInProgress(f.epoch));
+                }
+                if let Some(t) = target {
+                    self.check_can_be_primary(*t)?;
+                }
+                let from = self.primary;
+                let mut effects = Vec::new();
+                if from.is_some() {
+                    effects.push(self.set_primary(None));
+                } else {
+                    // No primary to depose: the epoch still moves on, so
+                    // every stream of the last one ends.
+                    self.writer_epoch = self.writer_epoch.next();
+                }
+                self.failover = Some(Failover {
+                    epoch: self.writer_epoch,
+                    from,
+                    target: *target,
+                    planned: *planned,
+                    started_ms: *at_ms,
+                    catch_up: None,
+                });
+                effects.push(Effect::FailoverBegun {
+                    from,
+                    epoch: self.writer_epoch,
+                    planned: *planned,
+                });
+                Ok(effects)
+            }
+            Command::CatchUp { epoch, plan } => {
+                self.check_failover(*epoch)?;
+                self.check_can_be_primary(plan.target)?;
+                for src in plan.sources.iter().flatten() {
+                    if !self.nodes.contains_key(src) {
+                        return Err(Rejection::UnknownNode(*src));
+                    }
+                }
+                let f = self.failover.as_mut().expect("checked above");
+                f.catch_up = Some(plan.clone());
+                Ok(vec![Effect::CatchUpStarted {
+                    target: plan.target,
+                    epoch: *epoch,
+                }])
+            }
+            Command::Promote {
+                epoch,
+                id,
+                start,
+                at_ms,
+            } => {
+                self.check_failover(*epoch)?;
+                self.check_can_be_primary(*id)?;
+                let mut effects = vec![self.set_primary(Some(*id))];
+                self.failover = None;
+                self.last_failover_ms = *at_ms;
+                self.primary_start.clone_from(start);
+                effects.push(Effect::Promoted {
+                    id: *id,
+                    epoch: self.writer_epoch,
+                    start: start.clone(),
+                });
+                Ok(effects)
             }
             Command::AssignCompactor { id } => {
                 if let Some(id) = id {
@@ -330,6 +487,24 @@ impl ClusterState {
                 node: spec.shard_count,
             }),
             _ => Ok(()),
+        }
+    }
+
+    fn check_can_be_primary(&self, id: NodeId) -> Result<(), Rejection> {
+        let n = self.nodes.get(&id).ok_or(Rejection::UnknownNode(id))?;
+        if n.spec.role == Role::Standalone || n.spec.replication_addr.is_empty() {
+            return Err(Rejection::CannotBePrimary {
+                id,
+                role: n.spec.role,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_failover(&self, epoch: WriterEpoch) -> Result<(), Rejection> {
+        match &self.failover {
+            Some(f) if f.epoch == epoch => Ok(()),
+            _ => Err(Rejection::StaleFailover(epoch)),
         }
     }
 
@@ -527,12 +702,14 @@ mod tests {
                 id: NodeId(1),
                 at_ms: 100,
                 shards: pos.clone(),
+                fenced_epoch: WriterEpoch::default(),
             },
             // A removed node's late heartbeat is ignored.
             HeartbeatRecord {
                 id: NodeId(7),
                 at_ms: 100,
                 shards: pos.clone(),
+                fenced_epoch: WriterEpoch::default(),
             },
         ]))
         .unwrap();
@@ -544,6 +721,7 @@ mod tests {
             id: NodeId(1),
             at_ms: 50,
             shards: pos,
+            fenced_epoch: WriterEpoch::default(),
         }]))
         .unwrap();
         assert_eq!(s.nodes[&NodeId(1)].last_heartbeat_ms, 100);

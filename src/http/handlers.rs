@@ -122,6 +122,9 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
         }
         ("GET", "/api/v1/measurements") => measurements(ctx, &req),
         ("GET", "/api/v1/cluster") => crate::control::api::get(&node.control),
+        ("POST", "/api/v1/cluster/failover") => {
+            crate::control::api::post_failover(&node.control, &req.body).await
+        }
         ("PUT", "/api/v1/cluster/compactor") => {
             crate::control::api::put_compactor(&node.control, &req.body).await
         }
@@ -205,22 +208,15 @@ async fn write(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response {
 
 async fn write_inner(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response {
     let node = &ctx.node;
+    // In a cluster, the epoch this write is taken for (checked again
+    // before the answer).
+    let mut epoch = None;
     if node.config.in_cluster() {
         let view = node.control.view();
-        if !view.is_primary() {
-            let primary = view.state.primary_node().map(|p| p.spec.http_addr.clone());
-            let msg = match &primary {
-                Some(addr) => format!(
-                    "this node is not the primary writer; send writes to the primary at {addr}"
-                ),
-                None => "the cluster has no primary writer right now; retry shortly".to_string(),
-            };
-            let resp = Response::error(503, msg);
-            return match primary {
-                Some(addr) => resp.with_header("x-tidemark-primary", addr),
-                None => resp,
-            };
+        if let Some(resp) = not_primary(ctx, &view) {
+            return resp;
         }
+        epoch = Some(view.state.writer_epoch);
     } else if node.config.cluster.role == Role::Reader {
         return Response::error(
             503,
@@ -277,6 +273,9 @@ async fn write_inner(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response
         return Response::no_content();
     }
     let rows = decoded.num_rows() as u64;
+    if let Some(e) = epoch {
+        ctx.become_primary(&shard, e);
+    }
     match shard.write_all(decoded.batches.clone()).await {
         Ok(seq) => {
             ctx.metrics.ingest_rows[format].inc_by(rows);
@@ -294,6 +293,21 @@ async fn write_inner(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response
                     );
                 }
             }
+            // Deposed (or the lease ran out) while the write was in flight:
+            // it is durable here, but not acknowledged.
+            if let Some(e) = epoch {
+                let view = node.control.view();
+                if view.state.writer_epoch != e {
+                    return Response::error(
+                        503,
+                        format!("this node stopped being the primary writer (epoch {e} ended) while the write was in flight; it may or may not be kept: retry at the new primary"),
+                    )
+                    .with_header("Retry-After", "1");
+                }
+                if let Some(resp) = not_primary(ctx, &view) {
+                    return resp;
+                }
+            }
             Response::no_content()
         }
         Err(ShardError::Schema(e)) => {
@@ -305,6 +319,40 @@ async fn write_inner(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response
             Response::error(500, format!("write failed: {e}"))
         }
     }
+}
+
+/// In a cluster: the answer to a write when this node may not take it
+/// now (not the primary, or its lease is not confirmed), with the primary's
+/// HTTP address in `x-tidemark-primary` when there is one.
+fn not_primary(ctx: &CoreCtx, view: &crate::control::ClusterView) -> Option<Response> {
+    if view.is_primary() {
+        if ctx.node.lease.holds(view.state.writer_epoch) {
+            return None;
+        }
+        return Some(
+            Response::error(
+                503,
+                "this node is the primary writer but its lease is not confirmed by the cluster (cut off, or just promoted); retry shortly",
+            )
+            .with_header("Retry-After", "1"),
+        );
+    }
+    let primary = view.state.primary_node().map(|p| p.spec.http_addr.clone());
+    let msg = match &primary {
+        Some(addr) => {
+            format!("this node is not the primary writer; send writes to the primary at {addr}")
+        }
+        None if view.state.failover.is_some() => {
+            "a failover is in progress: the cluster has no primary writer right now; retry shortly"
+                .to_string()
+        }
+        None => "the cluster has no primary writer right now; retry shortly".to_string(),
+    };
+    let resp = Response::error(503, msg).with_header("Retry-After", "1");
+    Some(match primary {
+        Some(addr) => resp.with_header("x-tidemark-primary", addr),
+        None => resp,
+    })
 }
 
 /// Flushes this core's shard and counts it.

@@ -39,11 +39,18 @@ enum SessionError {
         held: WalSeq,
         flushed: WalSeq,
         http_addr: String,
+        history: tidemark_shards::wal::epochs::EpochHistory,
     },
     #[error("{0}")]
     Protocol(String),
-    #[error("the cluster has no primary writer yet")]
+    #[error("nothing to follow now (this node is the primary, or a failover is in progress)")]
     NoPrimary,
+    #[error("this shard's log forked from the writer's after entry {to}: cutting it there")]
+    Truncate {
+        to: tidemark_shards::WalSeq,
+        http_addr: String,
+        history: tidemark_shards::wal::epochs::EpochHistory,
+    },
     #[error(transparent)]
     Apply(#[from] tidemark_shards::shard::ShardError),
 }
@@ -62,20 +69,41 @@ pub async fn follow(ctx: Rc<CoreCtx>, shard: Rc<Shard>) {
     loop {
         let res = session(&ctx, &shard, &connected).await;
         connected.set(0);
+        // No stream now: this shard is fenced for any newer epoch.
+        ctx.node.following[ctx.id].store(0, std::sync::atomic::Ordering::SeqCst);
+        ctx.node.report.notify(usize::MAX);
         if ctx.draining.get() {
             return;
         }
         match res {
             Ok(()) => failures = 0,
+            Err(SessionError::Truncate {
+                to,
+                http_addr,
+                history,
+            }) => match truncate(&ctx, &shard, to, &http_addr, &history).await {
+                Ok(()) => {
+                    failures = 0;
+                    continue;
+                }
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    tracing::error!(shard = ctx.id, error = %e, "cutting the forked log failed; retrying");
+                }
+            },
             Err(SessionError::Bootstrap {
                 held,
                 flushed,
                 http_addr,
+                history,
             }) => {
                 bootstraps.inc();
                 tracing::warn!(shard = ctx.id, %held, writer_flushed = %flushed, "the writer no longer has the entries this shard needs: bootstrapping from its files");
                 match super::bootstrap::run(&ctx, &shard, &http_addr).await {
-                    Ok(_) => {
+                    Ok(upto) => {
+                        if let Err(e) = shard.wal().adopt_history(&history, upto) {
+                            tracing::error!(shard = ctx.id, error = %e, "saving the epoch history after a bootstrap failed");
+                        }
                         failures = 0;
                         continue;
                     }
@@ -86,11 +114,21 @@ pub async fn follow(ctx: Rc<CoreCtx>, shard: Rc<Shard>) {
                 }
             }
             Err(SessionError::NoPrimary) => {
-                tracing::debug!(shard = ctx.id, "no primary writer in the cluster yet");
-                failures = failures.saturating_add(1);
-                if !pause(&ctx, Duration::from_millis(r.reconnect_ms)).await {
-                    return;
+                tracing::debug!(shard = ctx.id, "nothing to follow now");
+                // Until the view changes (or a while, to look again).
+                let changed = ctx.node.control.changed.listen();
+                if ctx.node.control.view().replication_source(ctx.id).is_none() {
+                    let drain = ctx.drain_event.listen();
+                    if ctx.draining.get() {
+                        return;
+                    }
+                    monoio::select! {
+                        _ = changed => {},
+                        _ = drain => return,
+                        _ = monoio::time::sleep(Duration::from_millis(r.reconnect_ms.max(100))) => {},
+                    }
                 }
+                failures = 0;
                 continue;
             }
             Err(e) => {
@@ -104,6 +142,57 @@ pub async fn follow(ctx: Rc<CoreCtx>, shard: Rc<Shard>) {
         if !pause(&ctx, wait).await {
             return;
         }
+    }
+}
+
+/// Cuts this shard's log after `to` (it forked from the writer's there):
+/// in place when nothing past `to` is flushed, else by fetching the
+/// writer's files (a bootstrap, which replaces this shard's files).
+async fn truncate(
+    ctx: &Rc<CoreCtx>,
+    shard: &Shard,
+    to: WalSeq,
+    http_addr: &str,
+    history: &tidemark_shards::wal::epochs::EpochHistory,
+) -> Result<(), String> {
+    let from = to.next();
+    let last = shard.wal().durable_seq();
+    let counter = ctx
+        .node
+        .metrics
+        .replication
+        .truncated_entries
+        .get_or_create(&ShardLabel {
+            shard: ctx.id.to_string(),
+        })
+        .clone();
+    match shard.truncate_after(to).await {
+        Ok(n) => {
+            tracing::warn!(shard = ctx.id, first = %from, %last, entries = n, "removed entries a deposed primary wrote that the new primary does not have (the log forked after {to})");
+            counter.inc_by(n);
+            Ok(())
+        }
+        Err(tidemark_shards::shard::ShardError::FlushedPastFork { flushed, .. }) => {
+            tracing::warn!(shard = ctx.id, first = %from, %last, %flushed, "the forked entries are flushed already: fetching the writer's files instead");
+            let upto = super::bootstrap::run(ctx, shard, http_addr)
+                .await
+                .map_err(|e| e.to_string())?;
+            shard
+                .wal()
+                .adopt_history(history, upto)
+                .map_err(|e| e.to_string())?;
+            counter.inc_by(last.0.saturating_sub(to.0));
+            ctx.node
+                .metrics
+                .replication
+                .reader_bootstraps
+                .get_or_create(&ShardLabel {
+                    shard: ctx.id.to_string(),
+                })
+                .inc();
+            Ok(())
+        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -129,13 +218,14 @@ async fn session(
     let timeout = super::silence_timeout(r);
     // In a cluster the writer is the primary the control core names;
     // otherwise the one configured.
-    let (base, primary) = if cfg.in_cluster() {
-        match ctx.node.control.view().primary_replication() {
-            Some((id, addr)) => (addr, Some(id)),
+    let (base, source, epoch) = if cfg.in_cluster() {
+        let view = ctx.node.control.view();
+        match view.replication_source(ctx.id) {
+            Some((id, addr)) => (addr, Some(id), view.state.writer_epoch.0),
             None => return Err(SessionError::NoPrimary),
         }
     } else {
-        (r.writer_addr.clone(), None)
+        (r.writer_addr.clone(), None, 0)
     };
     // The address may come from another node (the cluster state): parse it.
     let mut addr: std::net::SocketAddr = base.parse().map_err(|_| {
@@ -170,9 +260,9 @@ async fn session(
                     .into())
                 }
             };
-            stream_from(ctx, shard, connected, conn, addr, primary).await
+            stream_from(ctx, shard, connected, conn, addr, source, epoch).await
         }
-        None => stream_from(ctx, shard, connected, conn, addr, primary).await,
+        None => stream_from(ctx, shard, connected, conn, addr, source, epoch).await,
     }
 }
 
@@ -183,7 +273,8 @@ async fn stream_from<S: AsyncReadRent + AsyncWriteRent>(
     connected: &prometheus_client::metrics::gauge::Gauge,
     mut conn: S,
     addr: std::net::SocketAddr,
-    primary: Option<crate::control::state::NodeId>,
+    source: Option<crate::control::state::NodeId>,
+    epoch: u64,
 ) -> Result<(), SessionError> {
     let cfg = &ctx.node.config;
     let timeout = super::silence_timeout(&cfg.replication);
@@ -215,7 +306,7 @@ async fn stream_from<S: AsyncReadRent + AsyncWriteRent>(
     let secret = cfg.cluster.secret.as_bytes();
     wire::send(
         &mut conn,
-        &state.hello(secret, &nonce, shard.id(), &reader_id),
+        &state.hello(secret, &nonce, shard.id(), epoch, &reader_id),
     )
     .await?;
     let body = fb.read_frame(&mut conn, timeout).await?;
@@ -226,21 +317,42 @@ async fn stream_from<S: AsyncReadRent + AsyncWriteRent>(
             flushed_seq,
             durable_seq,
             http_addr,
-        } => match state
-            .on_welcome(mode, start_seq, flushed_seq)
-            .map_err(|e| SessionError::Protocol(e.to_string()))?
-        {
-            ReaderAction::Stream => {
-                tracing::info!(shard = ctx.id, %addr, from = %start_seq, writer_durable = %durable_seq, "streaming from the writer");
+            history,
+            ..
+        } => {
+            let writer = tidemark_shards::wal::epochs::EpochHistory::from_pairs(history)
+                .map_err(|e| SessionError::Protocol(format!("the writer's epoch history: {e}")))?;
+            match state
+                .on_welcome(
+                    mode,
+                    start_seq,
+                    flushed_seq,
+                    &shard.wal().history(),
+                    &writer,
+                    durable_seq,
+                )
+                .map_err(|e| SessionError::Protocol(e.to_string()))?
+            {
+                ReaderAction::Stream => {
+                    tracing::info!(shard = ctx.id, %addr, from = %start_seq, writer_durable = %durable_seq, epoch, "streaming from the writer");
+                }
+                ReaderAction::Bootstrap { flushed_seq } => {
+                    return Err(SessionError::Bootstrap {
+                        held: state.last_seq(),
+                        flushed: flushed_seq,
+                        http_addr: http_addr.to_string(),
+                        history: writer,
+                    })
+                }
+                ReaderAction::Truncate { to } => {
+                    return Err(SessionError::Truncate {
+                        to,
+                        http_addr: http_addr.to_string(),
+                        history: writer,
+                    })
+                }
             }
-            ReaderAction::Bootstrap { flushed_seq } => {
-                return Err(SessionError::Bootstrap {
-                    held: state.last_seq(),
-                    flushed: flushed_seq,
-                    http_addr: http_addr.to_string(),
-                })
-            }
-        },
+        }
         Frame::Error { code, message } => {
             return Err(SessionError::Refused {
                 code: code.to_string(),
@@ -250,6 +362,7 @@ async fn stream_from<S: AsyncReadRent + AsyncWriteRent>(
         other => return Err(unexpected(&other)),
     }
     connected.set(1);
+    ctx.node.following[ctx.id].store(epoch, std::sync::atomic::Ordering::SeqCst);
     let m = &ctx.node.metrics.replication;
     let label = ShardLabel {
         shard: ctx.id.to_string(),
@@ -258,20 +371,38 @@ async fn stream_from<S: AsyncReadRent + AsyncWriteRent>(
     let applied_rows = m.applied_rows.get_or_create(&label).clone();
     let applied_seq = m.applied_seq.get_or_create(&label).clone();
     applied_seq.set(state.last_seq().0 as i64);
+    // Whether the view has moved on from this stream (a new epoch, or
+    // another source): then it ends, and this shard is fenced.
+    let stale = || {
+        source.is_some() && {
+            let view = ctx.node.control.view();
+            view.state.writer_epoch.0 != epoch
+                || view.replication_source(ctx.id).map(|p| p.0) != source
+        }
+    };
     loop {
         let drain = ctx.drain_event.listen();
         if ctx.draining.get() {
             return Ok(());
         }
-        if primary.is_some()
-            && ctx.node.control.view().primary_replication().map(|p| p.0) != primary
-        {
-            tracing::info!(shard = ctx.id, "the primary writer changed: re-pointing");
-            return Ok(());
-        }
-        let first = monoio::select! {
-            b = fb.read_frame(&mut conn, timeout) => b?,
-            _ = drain => return Ok(()),
+        let first = {
+            // The same read across view changes (a read is not cancelled
+            // unless the stream ends).
+            let read = fb.read_frame(&mut conn, timeout);
+            futures::pin_mut!(read);
+            let mut drain = std::pin::pin!(drain);
+            loop {
+                let changed = ctx.node.control.changed.listen();
+                if stale() {
+                    tracing::info!(shard = ctx.id, old_epoch = epoch, epoch = %ctx.node.control.view().state.writer_epoch, "the writer epoch or the source changed: this stream ends");
+                    return Ok(());
+                }
+                monoio::select! {
+                    b = &mut read => break b?,
+                    _ = &mut drain => return Ok(()),
+                    _ = changed => continue,
+                }
+            }
         };
         // Take every whole frame already here: their entries become one group.
         let mut bodies = vec![first];

@@ -68,7 +68,7 @@ impl WriterSide {
     /// Starts listening for readers of `shard` on this core. The tasks end
     /// when the core drains.
     pub fn start(ctx: Rc<CoreCtx>, shard: Rc<Shard>) -> io::Result<Rc<WriterSide>> {
-        let addr = Config::shard_addr(&ctx.node.config.replication.listen_addr, ctx.id);
+        let addr = Config::shard_addr(ctx.node.config.replication_listen_addr(), ctx.id);
         let listener = TcpListener::bind(addr)?;
         tracing::info!(shard = ctx.id, %addr, "replication listening");
         let side = Rc::new(WriterSide {
@@ -267,6 +267,11 @@ impl WriterSide {
             oldest_seq: wal.oldest_seq(),
             durable_seq: wal.durable_seq(),
             flushed_seq: self.shard.flushed_seq(),
+            epoch: if cfg.in_cluster() {
+                self.ctx.node.control.view().state.writer_epoch.0
+            } else {
+                0
+            },
         };
         let handshake = writer_handshake(
             &fb.frame(body)?,
@@ -279,6 +284,7 @@ impl WriterSide {
         let handshake = match handshake {
             Handshake::Stream { ref reader_id, .. }
             | Handshake::Bootstrap { ref reader_id, .. }
+            | Handshake::Diverged { ref reader_id }
                 if cfg.in_cluster() && !self.is_member(reader_id) =>
             {
                 Handshake::Refuse {
@@ -288,7 +294,11 @@ impl WriterSide {
             }
             other => other,
         };
-        wire::send(&mut conn, &handshake.reply(&view, &cfg.http.addr)).await?;
+        wire::send(
+            &mut conn,
+            &handshake.reply(&view, &cfg.http.addr, &wal.history()),
+        )
+        .await?;
         let (reader, from) = match handshake {
             Handshake::Stream { reader_id, from } => (reader_id, from),
             Handshake::Bootstrap {
@@ -301,6 +311,10 @@ impl WriterSide {
                     .entry(reader_id.clone())
                     .or_insert_with(|| self.slot_metrics(&reader_id));
                 slot.bootstraps.inc();
+                return Ok(());
+            }
+            Handshake::Diverged { reader_id } => {
+                tracing::warn!(shard = self.ctx.id, reader = %reader_id, durable = %view.durable_seq, "the reader holds entries past this log's end (a deposed primary's): it must cut them");
                 return Ok(());
             }
             Handshake::Refuse { code, message } => {
@@ -322,7 +336,10 @@ impl WriterSide {
         }
         self.update_hold();
         tracing::info!(shard = self.ctx.id, %reader, %from, durable = %view.durable_seq, "reader streaming");
-        let result = self.clone().send_loop(conn, fb, &reader, from).await;
+        let result = self
+            .clone()
+            .send_loop(conn, fb, &reader, from, view.epoch)
+            .await;
         if let Some(slot) = self.readers.borrow_mut().get_mut(&reader) {
             slot.streams -= 1;
         }
@@ -335,6 +352,7 @@ impl WriterSide {
         fb: FrameBuf,
         reader: &str,
         from: WalSeq,
+        epoch: u64,
     ) -> io::Result<()>
     where
         S: AsyncReadRent + AsyncWriteRent + Split + 'static,
@@ -369,11 +387,19 @@ impl WriterSide {
             .unwrap_or_default();
         let mut cursor = ReadCursor::default();
         let mut last_send = Instant::now();
+        let cluster = self.ctx.node.config.in_cluster();
         let outcome: io::Result<()> = loop {
             let durable_changed = wal.listen_durable();
             let stop = closed.listen();
             let drain = self.ctx.drain_event.listen();
+            let view_changed = self.ctx.node.control.changed.listen();
             if ended.get() || self.ctx.draining.get() || wal.is_stopped() {
+                break Ok(());
+            }
+            // A stream lives within one writer epoch: a deposed primary
+            // sends nothing more.
+            if cluster && self.ctx.node.control.view().state.writer_epoch.0 != epoch {
+                tracing::info!(shard = self.ctx.id, %reader, epoch, "the writer epoch moved on: this stream ends");
                 break Ok(());
             }
             let wants = state.borrow().wants(wal.durable_seq());
@@ -452,6 +478,7 @@ impl WriterSide {
                 _ = durable_changed => {},
                 _ = stop => {},
                 _ = drain => {},
+                _ = view_changed => {},
                 _ = monoio::time::sleep(idle) => {},
             }
         };

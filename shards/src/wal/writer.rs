@@ -54,6 +54,8 @@ pub struct Wal {
 pub struct CommitInfo {
     /// Entries in the group.
     pub entries: u64,
+    /// The group's last entry (durable once the observer returns).
+    pub last: WalSeq,
     /// Bytes written.
     pub bytes: u64,
     /// Time spent in `fdatasync`/`fsync` (`None` with sync mode `none`).
@@ -813,6 +815,7 @@ async fn committer(inner: Rc<Inner>, mut file: File) {
                 if let Some(observe) = inner.observer.borrow().as_ref() {
                     observe(&CommitInfo {
                         entries: last.0 - first.0 + 1,
+                        last,
                         bytes: group.len() as u64,
                         sync,
                     });
