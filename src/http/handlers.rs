@@ -307,6 +307,8 @@ async fn write_inner(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response
                 if let Some(resp) = not_primary(ctx, &view) {
                     return resp;
                 }
+                return Response::no_content()
+                    .with_header("x-tidemark-writer-epoch", e.to_string());
             }
             Response::no_content()
         }

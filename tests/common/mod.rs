@@ -2,6 +2,7 @@
 //! port and a temporary data directory, and speaks raw HTTP/1.1 to it.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod cluster;
 pub mod proxy;
 
 use std::collections::BTreeMap;
@@ -138,6 +139,20 @@ impl Node {
         }
     }
 
+    /// SIGSTOP: the process stops, its sockets stay open.
+    pub fn pause(&self) {
+        let c = self.child.as_ref().unwrap();
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+    }
+
+    /// SIGCONT after [`Node::pause`].
+    pub fn resume(&self) {
+        let c = self.child.as_ref().unwrap();
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
+    }
+
     /// SIGTERM, and waits for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let c = self.child.as_mut().unwrap();
@@ -235,8 +250,22 @@ pub fn try_request(
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> std::io::Result<Resp> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    try_request_within(port, method, path, headers, body, Duration::from_secs(60))
+}
+
+/// [`try_request`] that gives up after `timeout` (connect, and each read).
+pub fn try_request_within(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Resp> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     let chunked = headers
         .iter()

@@ -1,0 +1,209 @@
+//! Cluster test harness: members on 127.0.0.(10 + id), each control port
+//! behind its own proxy (its advertised address), outgoing control
+//! connections from the member's own IP, so a proxy can cut a node off in
+//! both directions.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::proxy::Proxy;
+use super::*;
+
+pub const SECRET: &str = "cluster-test-secret";
+
+pub fn node_ip(id: u64) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + id as u8))
+}
+
+pub fn free_port_on(ip: IpAddr) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two consecutive free ports (replication: shard i listens on port + i).
+pub fn free_pair() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Member {
+    pub id: u64,
+    pub node: Node,
+    pub proxy: Proxy,
+}
+
+impl Member {
+    pub fn view(&self) -> Option<Value> {
+        let r = try_request(self.node.port, "GET", "/api/v1/cluster", &[], b"").ok()?;
+        (r.status == 200).then(|| r.json())
+    }
+}
+
+#[derive(Clone)]
+pub struct Spec {
+    pub id: u64,
+    pub writer: bool,
+    pub voter: bool,
+    pub seeds: Vec<String>,
+    /// More `--set` values.
+    pub extra: Vec<String>,
+    /// Raw flags.
+    pub flags: Vec<String>,
+}
+
+impl Spec {
+    pub fn new(id: u64, writer: bool, voter: bool) -> Spec {
+        Spec {
+            id,
+            writer,
+            voter,
+            seeds: Vec::new(),
+            extra: Vec::new(),
+            flags: Vec::new(),
+        }
+    }
+}
+
+/// Starts a member behind a new proxy; waits for /ready unless `wait` is false.
+pub fn start(root: &Path, s: &Spec, wait: bool) -> Member {
+    let ip = node_ip(s.id);
+    let ctrl = SocketAddr::new(ip, free_port_on(ip));
+    let proxy = Proxy::start(ctrl);
+    let dir: PathBuf = root.join(format!("n{}", s.id));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut args: Vec<String> = vec![
+        format!(
+            "cluster.role={}",
+            if s.writer { "writer" } else { "reader" }
+        ),
+        format!("cluster.secret={SECRET}"),
+        format!("cluster.node_id={}", s.id),
+        format!("cluster.control_addr={ctrl}"),
+        format!("cluster.advertise_addr={}", proxy.addr()),
+        format!("cluster.voter={}", s.voter),
+        "replication.heartbeat_ms=200".into(),
+        // Tests run in parallel on two cores: a longer election timeout
+        // than the default keeps a starved leader from being deposed.
+        "cluster.election_timeout_ms=1000".into(),
+    ];
+    if s.writer {
+        args.push(format!("replication.listen_addr=127.0.0.1:{}", free_pair()));
+    }
+    if !s.seeds.is_empty() {
+        args.push(format!("cluster.seeds={}", s.seeds.join(",")));
+    }
+    args.extend(s.extra.iter().cloned());
+    let mut flags: Vec<String> = args
+        .iter()
+        .flat_map(|a| ["--set".into(), a.clone()])
+        .collect();
+    flags.extend(s.flags.iter().cloned());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let node = if wait {
+        Node::start(&dir, &flags)
+    } else {
+        Node::launch(&dir, &flags, &[])
+    };
+    Member {
+        id: s.id,
+        node,
+        proxy,
+    }
+}
+
+/// Node 1 (a writer, voter) starts the cluster; the others (readers,
+/// `(id, voter)`) join through it. Waits until every node is ready.
+pub fn form(root: &Path, readers: &[(u64, bool)]) -> Vec<Member> {
+    let n1 = start(root, &Spec::new(1, true, true), true);
+    let seed = vec![n1.proxy.addr()];
+    let mut members = vec![n1];
+    for &(id, voter) in readers {
+        let mut s = Spec::new(id, false, voter);
+        s.seeds.clone_from(&seed);
+        members.push(start(root, &s, true));
+    }
+    members
+}
+
+/// Every listed member's view, once they all show `n` nodes, all healthy,
+/// the same leader and the same voters: the agreed view.
+pub fn agreed(members: &[&Member], n: usize, voters: &[u64]) -> Value {
+    wait_for(
+        &format!(
+            "{} members to agree on {n} healthy nodes, voters {voters:?}",
+            members.len()
+        ),
+        Duration::from_secs(60),
+        || {
+            let views: Vec<Value> = members.iter().map(|m| m.view()).collect::<Option<_>>()?;
+            let first = &views[0];
+            let leader = first["leader_id"].as_u64()?;
+            for v in &views {
+                let nodes = v["nodes"].as_array()?;
+                if nodes.len() != n || v["leader_id"].as_u64() != Some(leader) {
+                    return None;
+                }
+                if nodes.iter().any(|x| x["state"] != "healthy") {
+                    return None;
+                }
+                let vs: Vec<u64> = nodes
+                    .iter()
+                    .filter(|x| x["raft_member"] == "voter")
+                    .map(|x| x["id"].as_u64().unwrap())
+                    .collect();
+                if vs != voters {
+                    return None;
+                }
+                if v["primary_writer"] != first["primary_writer"]
+                    || v["writer_epoch"] != first["writer_epoch"]
+                {
+                    return None;
+                }
+            }
+            Some(first.clone())
+        },
+    )
+}
+
+pub fn node_state(v: &Value, id: u64) -> Option<String> {
+    v["nodes"]
+        .as_array()?
+        .iter()
+        .find(|n| n["id"] == id)
+        .map(|n| n["state"].as_str().unwrap().to_string())
+}
+
+pub fn leader_of(members: &[&Member]) -> Option<u64> {
+    let mut leader = None;
+    for m in members {
+        let l = m.view()?["leader_id"].as_u64()?;
+        if leader.is_some_and(|x| x != l) {
+            return None;
+        }
+        leader = Some(l);
+    }
+    leader
+}
