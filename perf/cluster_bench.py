@@ -29,7 +29,7 @@ import time
 
 from hdrh.histogram import HdrHistogram
 
-BIN = sys.argv[1]
+BIN = sys.argv[1] if len(sys.argv) > 1 else "tidemark"
 COMMITS = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
 ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 20
 SECRET = "bench-secret"

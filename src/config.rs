@@ -1167,6 +1167,33 @@ mod tests {
         assert!(bad(&[("TIDEMARK_CLUSTER_ROLE", "standalone")]).starts_with("cluster.role: "));
         assert!(bad(&[("TIDEMARK_CLUSTER_DEAD_AFTER_MS", "1000")])
             .starts_with("cluster.dead_after_ms: "));
+        assert!(bad(&[("TIDEMARK_CLUSTER_PRIMARY_LEASE_MS", "500")])
+            .starts_with("cluster.primary_lease_ms: "));
+        // Failover keys; in a cluster a reader may stream (and be promoted)
+        // and takes min_acks, which applies whenever it is primary.
+        let mut pairs = base.to_vec();
+        pairs.extend([
+            ("TIDEMARK_CLUSTER_PRIMARY_LEASE_MS", "3000"),
+            ("TIDEMARK_CLUSTER_FAILOVER_COOLDOWN_MS", "0"),
+            ("TIDEMARK_CLUSTER_PROMOTE_READERS", "false"),
+            ("TIDEMARK_REPLICATION_MIN_ACKS", "1"),
+            ("TIDEMARK_REPLICATION_LISTEN_ADDR", "127.0.0.1:7300"),
+        ]);
+        let c = Config::load(None, env(&pairs), &Overrides::default()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.cluster.primary_lease_ms, 3000);
+        assert_eq!(c.cluster.failover_cooldown_ms, 0);
+        assert!(!c.cluster.promote_readers);
+        assert!(c.serves_replication());
+        assert_eq!(c.replication_listen_addr(), "127.0.0.1:7300");
+        // Without a listen address a reader only follows; a writer has the
+        // default one.
+        let c = Config::load(None, env(&base), &Overrides::default()).unwrap();
+        assert!(!c.serves_replication());
+        let mut w = base.to_vec();
+        w[0] = ("TIDEMARK_CLUSTER_ROLE", "writer");
+        let c = Config::load(None, env(&w), &Overrides::default()).unwrap();
+        assert_eq!(c.replication_listen_addr(), "127.0.0.1:8100");
         let cert = file.display().to_string();
         assert!(bad(&[("TIDEMARK_TLS_CERT", &cert)]).starts_with("tls.key: TLS needs"));
         let e = bad(&[

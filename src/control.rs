@@ -5,11 +5,13 @@
 //!
 //! Shard cores never wait on it. They read [`ClusterView`], an immutable
 //! snapshot the control core publishes (`ArcSwap`) after every change, and
-//! send the rare API write (`DELETE /api/v1/cluster/nodes/{id}`) on a
-//! bounded channel.
+//! send the rare API write (`DELETE /api/v1/cluster/nodes/{id}`,
+//! `POST /api/v1/cluster/failover`) on a bounded channel. The primary's
+//! write lease ([`PrimaryLease`]) is an atomic the shard cores check.
 //!
 //! Rooms: [`state`] (the replicated state machine, pure), [`plan`] (the
-//! leader's decisions, pure), [`types`] (openraft's type config),
+//! leader's decisions, pure), [`failover`] (the writer failover's
+//! decisions, pure), [`types`] (openraft's type config),
 //! [`store`] (durable Raft log and vote), [`machine`] (state machine
 //! storage and snapshots), [`wire`] (the control port's bytes), [`rpc`]
 //! (its messages), [`net`] (sockets, TLS, openraft's network), [`member`]
