@@ -106,6 +106,15 @@ pub struct FlushOutcome {
     pub segments_removed: usize,
 }
 
+/// Keeps flushes from starting while it lives (see `Shard::hold_flushes`).
+struct FlushHold<'a>(&'a Cell<bool>);
+
+impl Drop for FlushHold<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
 /// The tables of one WAL entry, ready for the buffer.
 type PendingEntry = Vec<(TableKey, TableSchema, RecordBatch)>;
 
@@ -397,9 +406,7 @@ impl Shard {
     /// segments are removed. Waits for a flush in flight; nothing may be
     /// appending.
     pub async fn restart_at(&self, upto: WalSeq) -> Result<(), ShardError> {
-        while self.flush_running.get() {
-            monoio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let _flushes = self.hold_flushes().await;
         self.apply_durable();
         if !self.pending.borrow().is_empty() {
             return Err(ShardError::Replay {
@@ -433,9 +440,7 @@ impl Shard {
     /// Waits for a flush in flight; nothing may be appending. Returns how
     /// many entries went.
     pub async fn truncate_after(&self, last: WalSeq) -> Result<u64, ShardError> {
-        while self.flush_running.get() {
-            monoio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let _flushes = self.hold_flushes().await;
         let flushed = self.flushed_seq.get();
         if flushed > last {
             return Err(ShardError::FlushedPastFork {
@@ -467,6 +472,16 @@ impl Shard {
         *self.buffer.borrow_mut() = buffer;
         self.applied.notify(usize::MAX);
         Ok(removed)
+    }
+
+    /// Waits for a flush in flight, then keeps any other from starting
+    /// until the guard is dropped.
+    async fn hold_flushes(&self) -> FlushHold<'_> {
+        while self.flush_running.get() {
+            monoio::time::sleep(Duration::from_millis(1)).await;
+        }
+        self.flush_running.set(true);
+        FlushHold(&self.flush_running)
     }
 
     /// Whether a flush is due now.

@@ -30,14 +30,12 @@ use super::state::{CatchUp, ClusterState, NodeId, NodeInfo, NodeState};
 use crate::config::Role;
 
 /// `cluster.primary_lease_ms`, `cluster.failover_cooldown_ms`,
-/// `cluster.promote_readers`, and how long to wait for candidates to report.
+/// `cluster.promote_readers`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FailoverSettings {
     pub lease_ms: u64,
     pub cooldown_ms: u64,
     pub promote_readers: bool,
-    /// After this long, choose among the candidates that did report.
-    pub report_timeout_ms: u64,
 }
 
 /// A node that may be promoted (or copied from), with its positions.
@@ -215,15 +213,10 @@ pub fn next_step(
         .filter(|n| serves(n))
         .map(|n| (n.spec.id, n))
         .collect();
-    let all_reported = serving.values().all(|n| reported(n));
-    let waited = now_ms.saturating_sub(f.started_ms) >= s.report_timeout_ms;
-    // The old primary of a planned hand-over holds the newest entries:
-    // wait for it (while it is alive) whatever the timeout.
-    let old_pending = f.planned
-        && f.from
-            .and_then(|id| serving.get(&id))
-            .is_some_and(|n| !reported(n));
-    if old_pending || (!all_reported && !waited) {
+    // Every healthy node that may hold acknowledged entries is waited for
+    // (a node that stops heartbeating turns unhealthy and is not): with
+    // min_acks >= 1 the one that acknowledged a write may be any of them.
+    if !serving.values().all(|n| reported(n)) {
         return None;
     }
     let (ready, sources): (Vec<&NodeInfo>, Vec<&NodeInfo>) = serving
@@ -339,7 +332,6 @@ mod tests {
         lease_ms: 2000,
         cooldown_ms: 5000,
         promote_readers: true,
-        report_timeout_ms: 1000,
     };
 
     fn cluster() -> ClusterState {
@@ -442,7 +434,7 @@ mod tests {
     }
 
     #[test]
-    fn a_silent_candidate_is_waited_for_only_until_the_report_timeout() {
+    fn a_healthy_candidate_is_waited_for_until_it_reports_or_turns_unhealthy() {
         let mut s = cluster();
         s.apply(&Command::BeginFailover {
             target: None,
@@ -455,8 +447,11 @@ mod tests {
         let live = Live(vec![2, 3], 5000);
         beat(&mut s, 2, 10_100, e, [4, 4]);
         assert_eq!(next_step(&s, &live, 10_500, &S), None);
+        assert_eq!(next_step(&s, &live, 60_000, &S), None, "no timeout");
+        // Node 3 went silent: no longer healthy, no longer waited for.
+        let live = Live(vec![2], 5000);
         assert!(matches!(
-            next_step(&s, &live, 11_100, &S),
+            next_step(&s, &live, 60_000, &S),
             Some(Step::Promote { id: NodeId(2), .. })
         ));
     }

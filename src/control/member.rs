@@ -241,9 +241,6 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
             lease_ms: config.cluster.primary_lease_ms,
             cooldown_ms: config.cluster.failover_cooldown_ms,
             promote_readers: config.cluster.promote_readers,
-            // Candidates fence within a replication heartbeat and report
-            // at once; a slow one is not waited for past this.
-            report_timeout_ms: config.cluster.heartbeat_ms * 3,
         },
         lease: Duration::from_millis(config.cluster.primary_lease_ms),
     });

@@ -39,6 +39,12 @@ use crate::metrics::ReaderLabels;
 struct ReaderSlot {
     /// The last entry the reader holds durably.
     acked: WalSeq,
+    /// The writer epoch of the stream that brought `acked` (0 outside a
+    /// cluster): acks of an older epoch count for nothing now.
+    epoch: u64,
+    /// Whether the reader can stream its WAL in turn (in a cluster: it has
+    /// a replication address, so a failover can copy from it).
+    serves: bool,
     /// Streams of this reader open now (0 or 1, briefly 2 on a reconnect).
     streams: usize,
     /// When the reader last went from caught up to behind.
@@ -103,16 +109,20 @@ impl WriterSide {
     }
 
     /// Waits until `n` readers hold entry `seq` durably, or `timeout`.
-    /// Returns how many readers held it when it stopped waiting.
+    /// Returns how many readers held it when it stopped waiting. In a
+    /// cluster only readers of the current epoch count, and only those a
+    /// failover could copy from (they have a replication address): an
+    /// acknowledged write must survive the loss of this node.
     pub async fn wait_acks(&self, seq: WalSeq, n: usize, timeout: Duration) -> Result<(), usize> {
         let deadline = Instant::now() + timeout;
+        let epoch = self.current_epoch();
         loop {
             let listener = self.acked.listen();
             let have = self
                 .readers
                 .borrow()
                 .values()
-                .filter(|r| r.acked >= seq)
+                .filter(|r| r.acked >= seq && r.epoch == epoch && r.serves)
                 .count();
             if have >= n {
                 return Ok(());
@@ -123,6 +133,33 @@ impl WriterSide {
             }
             let _ = monoio::time::timeout(left, listener).await;
         }
+    }
+
+    /// The writer epoch streams run in now (0 outside a cluster).
+    fn current_epoch(&self) -> u64 {
+        if self.ctx.node.config.in_cluster() {
+            self.ctx.node.control.view().state.writer_epoch.0
+        } else {
+            0
+        }
+    }
+
+    /// Whether `reader_id` is a node a failover could copy from (in a
+    /// cluster: it has a replication address; outside one: any reader).
+    fn serves(&self, reader_id: &str) -> bool {
+        if !self.ctx.node.config.in_cluster() {
+            return true;
+        }
+        reader_id.parse::<u64>().is_ok_and(|id| {
+            self.ctx
+                .node
+                .control
+                .view()
+                .state
+                .nodes
+                .get(&crate::control::state::NodeId(id))
+                .is_some_and(|n| !n.spec.replication_addr.is_empty())
+        })
     }
 
     /// Whether `reader_id` names a node of the cluster state.
@@ -152,6 +189,8 @@ impl WriterSide {
         };
         ReaderSlot {
             acked: WalSeq::ZERO,
+            epoch: 0,
+            serves: true,
             streams: 0,
             behind_since: None,
             lag_entries: f.lag_entries.get_or_create(&l).clone(),
@@ -332,6 +371,8 @@ impl WriterSide {
                 slot.resyncs.inc();
             }
             slot.acked = from.prev().unwrap_or(WalSeq::ZERO);
+            slot.epoch = view.epoch;
+            slot.serves = self.serves(&reader);
             slot.streams += 1;
         }
         self.update_hold();
