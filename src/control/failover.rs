@@ -157,11 +157,14 @@ pub enum Step {
     },
 }
 
-/// What the leader knows of liveness: whether a node is healthy now, and
-/// how long it has been silent (ms).
+/// What the leader knows of liveness: whether a node is healthy now; how
+/// long any lease it may hold has been unrenewed (ms); and whether it is
+/// the Raft leader this leader replaced, unheard since (a quorum stopped
+/// hearing it: Raft's own failure detection).
 pub trait Alive {
     fn healthy(&self, id: NodeId) -> bool;
     fn silent_ms(&self, id: NodeId) -> u64;
+    fn replaced_leader(&self, id: NodeId) -> bool;
 }
 
 /// Decides the next failover step, if any. `now_ms` is the leader's wall
@@ -179,9 +182,11 @@ pub fn next_step(
                 let cooled = state.last_failover_ms == 0
                     || now_ms.saturating_sub(state.last_failover_ms) >= s.cooldown_ms;
                 // Its lease is over once it has been silent that long: it
-                // renews only through a heartbeat this leader answered.
-                (n.state == NodeState::Dead && alive.silent_ms(p) >= s.lease_ms && cooled)
-                    .then_some(Step::Begin)
+                // renews only through a heartbeat a leader answered. It has
+                // failed when it is dead, or when it was the Raft leader
+                // and lost that role (and has not been heard since).
+                let failed = n.state == NodeState::Dead || alive.replaced_leader(p);
+                (failed && alive.silent_ms(p) >= s.lease_ms && cooled).then_some(Step::Begin)
             }
             // A cluster that had a primary and lost it (removed).
             None if state.writer_epoch.0 > 0 => Some(Step::Begin),
@@ -316,6 +321,9 @@ mod tests {
 
     struct Live(Vec<u64>, u64);
     impl Alive for Live {
+        fn replaced_leader(&self, _: NodeId) -> bool {
+            false
+        }
         fn healthy(&self, id: NodeId) -> bool {
             self.0.contains(&id.0)
         }
@@ -383,6 +391,33 @@ mod tests {
         s.last_failover_ms = 8_000;
         assert_eq!(next_step(&s, &live, 10_000, &S), None);
         assert_eq!(next_step(&s, &live, 13_000, &S), Some(Step::Begin));
+    }
+
+    #[test]
+    fn a_primary_that_lost_the_raft_leadership_is_deposed_after_its_lease() {
+        struct Replaced(u64);
+        impl Alive for Replaced {
+            fn healthy(&self, id: NodeId) -> bool {
+                id != NodeId(1)
+            }
+            fn silent_ms(&self, id: NodeId) -> u64 {
+                if id == NodeId(1) {
+                    self.0
+                } else {
+                    0
+                }
+            }
+            fn replaced_leader(&self, id: NodeId) -> bool {
+                id == NodeId(1)
+            }
+        }
+        // Still `healthy` in the state (the new leader's grace period).
+        let s = cluster();
+        assert_eq!(next_step(&s, &Replaced(1500), 10_000, &S), None, "lease");
+        assert_eq!(
+            next_step(&s, &Replaced(2000), 10_000, &S),
+            Some(Step::Begin)
+        );
     }
 
     #[test]

@@ -70,6 +70,10 @@ pub struct Member {
     log: LogStore<TypeConfig>,
     failover: FailoverSettings,
     lease: Duration,
+    /// openraft's leader lease in ms (`election_timeout_max`).
+    raft_lease_ms: u64,
+    /// The last Raft leader other than this node that this node knew of.
+    last_other_leader: Mutex<Option<NodeId>>,
 }
 
 #[derive(Default)]
@@ -85,15 +89,21 @@ struct LeaderMemory {
     /// Set while this leader commits a failover step: no lease is granted
     /// meanwhile (the step may depose the primary).
     deposing: bool,
+    /// The Raft leader this node replaced (known when it became leader).
+    replaced: Option<NodeId>,
 }
 
 /// The leader's liveness memory, with lease grants counted as "heard".
 struct LeaderAlive<'a> {
     live: &'a Liveness,
     lease_until: &'a BTreeMap<NodeId, u64>,
+    replaced: Option<NodeId>,
     now_ms: u64,
     health: HealthSettings,
     lease_ms: u64,
+    /// openraft's leader lease (`election_timeout_max`): a voter grants no
+    /// vote until it has not heard the old leader for this long.
+    raft_lease_ms: u64,
 }
 
 impl failover::Alive for LeaderAlive<'_> {
@@ -103,8 +113,20 @@ impl failover::Alive for LeaderAlive<'_> {
             == NodeState::Healthy
     }
 
+    fn replaced_leader(&self, id: NodeId) -> bool {
+        self.replaced == Some(id) && !self.live.heard_since_start(id)
+    }
+
     fn silent_ms(&self, id: NodeId) -> u64 {
-        let silent = self.live.silent_ms(id, self.now_ms);
+        let mut silent = self.live.silent_ms(id, self.now_ms);
+        if !self.live.heard_since_start(id) {
+            // This leader was elected by a quorum of voters that had not
+            // heard the old leader for `raft_lease_ms`; one of them was in
+            // the quorum that last confirmed any lease the old leader
+            // granted. So that lease was granted at least this long before
+            // this leadership began.
+            silent += self.raft_lease_ms;
+        }
         // A lease granted later than the last heartbeat heard counts as
         // heard then (a lease runs at most `lease_ms` from its grant).
         match self.lease_until.get(&id) {
@@ -243,6 +265,8 @@ pub async fn run(config: Config, parts: ControlParts, node: Arc<NodeShared>) -> 
             promote_readers: config.cluster.promote_readers,
         },
         lease: Duration::from_millis(config.cluster.primary_lease_ms),
+        raft_lease_ms: config.cluster.election_timeout_ms * 2,
+        last_other_leader: Mutex::new(None),
     });
     let listener = tokio::net::TcpListener::from_std(listener.expect("bound in a cluster"))?;
     tracing::info!(node_id = %id, addr = %config.cluster.control_addr, tls = ep.tls.is_some(), "control port listening");
@@ -353,6 +377,9 @@ impl Member {
     /// Copies Raft's metrics into the view and the metric families.
     fn publish_raft_status(&self) {
         let m = self.raft.metrics().borrow().clone();
+        if let Some(l) = m.current_leader.filter(|l| *l != self.id) {
+            *self.last_other_leader.lock().expect("leader lock") = Some(l);
+        }
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let learners: Vec<NodeId> = membership.learner_ids().collect();
@@ -425,7 +452,12 @@ impl Member {
         let now = self.now_ms();
         let beats = {
             let mut l = self.leader.lock().expect("leader lock");
-            let live = l.liveness.get_or_insert_with(|| Liveness::new(now));
+            if l.liveness.is_none() {
+                l.liveness = Some(Liveness::new(now));
+                l.replaced = *self.last_other_leader.lock().expect("leader lock");
+                tracing::info!(replaced = ?l.replaced.map(|r| r.0), "leading the cluster");
+            }
+            let live = l.liveness.as_mut().expect("set above");
             live.heard(self.spec.clone(), now);
             // During a failover, reports are committed at every tick.
             let due = l.last_commit.is_none_or(|t| t.elapsed() >= beat_every)
@@ -518,6 +550,8 @@ impl Member {
             let alive = LeaderAlive {
                 live,
                 lease_until: &l.lease_until,
+                replaced: l.replaced,
+                raft_lease_ms: self.raft_lease_ms,
                 now_ms: now,
                 health: self.health,
                 lease_ms: self.failover.lease_ms,

@@ -69,6 +69,11 @@ impl Liveness {
         );
     }
 
+    /// Whether `id` was heard since leadership began.
+    pub fn heard_since_start(&self, id: NodeId) -> bool {
+        self.seen.contains_key(&id)
+    }
+
     /// Milliseconds since `id` was last heard (or since leadership began).
     pub fn silent_ms(&self, id: NodeId, now_ms: u64) -> u64 {
         let last = self.seen.get(&id).map_or(self.since_ms, |h| h.at_ms);
