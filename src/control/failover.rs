@@ -358,6 +358,17 @@ mod tests {
         s
     }
 
+    /// Begins a failover at 10,000 ms; returns its epoch.
+    fn begin(s: &mut ClusterState, target: Option<u64>, planned: bool) -> u64 {
+        s.apply(&Command::BeginFailover {
+            target: target.map(NodeId),
+            planned,
+            at_ms: 10_000,
+        })
+        .unwrap();
+        s.writer_epoch.0
+    }
+
     fn beat(s: &mut ClusterState, id: u64, at: u64, fenced: u64, pos: [u64; 2]) {
         s.apply(&Command::Heartbeats(vec![HeartbeatRecord {
             id: NodeId(id),
@@ -423,13 +434,7 @@ mod tests {
     #[test]
     fn the_leader_waits_for_reports_then_promotes_the_best() {
         let mut s = cluster();
-        s.apply(&Command::BeginFailover {
-            target: None,
-            planned: false,
-            at_ms: 10_000,
-        })
-        .unwrap();
-        let e = s.writer_epoch.0;
+        let e = begin(&mut s, None, false);
         let live = Live(vec![2, 3], 5000);
         // Positions from before the failover do not count.
         beat(&mut s, 2, 9_900, e - 1, [5, 5]);
@@ -471,13 +476,7 @@ mod tests {
     #[test]
     fn a_healthy_candidate_is_waited_for_until_it_reports_or_turns_unhealthy() {
         let mut s = cluster();
-        s.apply(&Command::BeginFailover {
-            target: None,
-            planned: false,
-            at_ms: 10_000,
-        })
-        .unwrap();
-        let e = s.writer_epoch.0;
+        let e = begin(&mut s, None, false);
         // Node 3 is healthy but has not reported (its stream still ending).
         let live = Live(vec![2, 3], 5000);
         beat(&mut s, 2, 10_100, e, [4, 4]);
@@ -494,13 +493,7 @@ mod tests {
     #[test]
     fn a_planned_hand_over_catches_up_with_the_old_primary_first() {
         let mut s = cluster();
-        s.apply(&Command::BeginFailover {
-            target: Some(NodeId(3)),
-            planned: true,
-            at_ms: 10_000,
-        })
-        .unwrap();
-        let e = s.writer_epoch.0;
+        let e = begin(&mut s, Some(3), true);
         let live = Live(vec![1, 2, 3], 0);
         beat(&mut s, 2, 10_100, e, [8, 8]);
         beat(&mut s, 3, 10_100, e, [8, 7]);

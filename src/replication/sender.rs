@@ -144,35 +144,24 @@ impl WriterSide {
         }
     }
 
+    /// What the cluster state says of node `reader_id`, if it is one.
+    fn cluster_node(&self, reader_id: &str) -> Option<crate::control::state::NodeInfo> {
+        let id = crate::control::state::NodeId(reader_id.parse().ok()?);
+        self.ctx.node.control.view().state.nodes.get(&id).cloned()
+    }
+
     /// Whether `reader_id` is a node a failover could copy from (in a
     /// cluster: it has a replication address; outside one: any reader).
     fn serves(&self, reader_id: &str) -> bool {
-        if !self.ctx.node.config.in_cluster() {
-            return true;
-        }
-        reader_id.parse::<u64>().is_ok_and(|id| {
-            self.ctx
-                .node
-                .control
-                .view()
-                .state
-                .nodes
-                .get(&crate::control::state::NodeId(id))
+        !self.ctx.node.config.in_cluster()
+            || self
+                .cluster_node(reader_id)
                 .is_some_and(|n| !n.spec.replication_addr.is_empty())
-        })
     }
 
     /// Whether `reader_id` names a node of the cluster state.
     fn is_member(&self, reader_id: &str) -> bool {
-        reader_id.parse::<u64>().is_ok_and(|id| {
-            self.ctx
-                .node
-                .control
-                .view()
-                .state
-                .nodes
-                .contains_key(&crate::control::state::NodeId(id))
-        })
+        self.cluster_node(reader_id).is_some()
     }
 
     /// Tells the WAL which entries readers still need.
