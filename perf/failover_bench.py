@@ -6,7 +6,8 @@ each with a replication port (so each may be promoted) and
 `replication.min_acks = 1`; every other setting is the default (heartbeat
 500 ms, dead after 2,500 ms, primary lease 2,000 ms, election timeout
 500 ms). A client writes one row at a time to the primary, following
-`x-tidemark-primary`. Each round kills (-9) or stops (SIGSTOP) the primary,
+`x-tidemark-primary` (with a 0.5 s timeout; a node that did not answer is
+not asked again for a second). Each round kills (-9) or stops (SIGSTOP) the primary,
 and measures the time from the fault to the first 2xx from the new primary;
 the old primary is then restarted (or continued) and rejoins. Rounds are
 split by whether the primary was also the Raft leader (then a new leader is
@@ -68,11 +69,14 @@ class Client:
         i = 0
         ports = list(self.ports)
         turn = 0
+        # A node that did not answer is not asked again for a second, even
+        # if another node still names it primary (it may not know yet).
+        silent_until = {}
         while not self.stop:
             body = f"t,c=bench id={i}i {1_700_000_000_000_000_000 + i}\n"
             i += 1
             try:
-                c = http.client.HTTPConnection("127.0.0.1", self.target, timeout=2)
+                c = http.client.HTTPConnection("127.0.0.1", self.target, timeout=0.5)
                 c.request("POST", "/api/v1/write/line-protocol?db=bench", body=body)
                 r = c.getresponse()
                 r.read()
@@ -84,11 +88,11 @@ class Client:
                     continue
                 hint = r.getheader("x-tidemark-primary")
                 port = int(hint.rsplit(":", 1)[1]) if hint else None
-                if port in self.ports:
+                if port in self.ports and silent_until.get(port, 0) < time.monotonic():
                     self.target = port
                     continue
             except OSError:
-                pass
+                silent_until[self.target] = time.monotonic() + 1.0
             turn += 1
             self.target = ports[turn % len(ports)]
             time.sleep(0.02)

@@ -137,10 +137,19 @@ pub async fn follow(ctx: Rc<CoreCtx>, shard: Rc<Shard>) {
             }
         }
         resyncs.inc();
-        // Back off on repeated failures, up to 16x.
+        // Back off on repeated failures, up to 16x; but a new source (a
+        // failover's new primary) is tried at once.
         let wait = Duration::from_millis(r.reconnect_ms) * (1 << failures.min(5).saturating_sub(1));
-        if !pause(&ctx, wait).await {
-            return;
+        let source = ctx
+            .node
+            .control
+            .view()
+            .replication_source(ctx.id)
+            .map(|s| s.0);
+        match pause(&ctx, wait, source).await {
+            Pause::Draining => return,
+            Pause::Waited => {}
+            Pause::NewSource => failures = 0,
         }
     }
 }
@@ -196,15 +205,45 @@ async fn truncate(
     }
 }
 
-/// Sleeps `wait`; false when the core starts draining first.
-async fn pause(ctx: &CoreCtx, wait: Duration) -> bool {
-    let drain = ctx.drain_event.listen();
-    if ctx.draining.get() {
-        return false;
-    }
-    monoio::select! {
-        _ = monoio::time::sleep(wait) => true,
-        _ = drain => false,
+/// How a [`pause`] ended.
+enum Pause {
+    Waited,
+    Draining,
+    /// The view names another source than `source` now.
+    NewSource,
+}
+
+/// Sleeps `wait`, unless the core starts draining or the view names a
+/// source other than `source` first.
+async fn pause(
+    ctx: &CoreCtx,
+    wait: Duration,
+    source: Option<crate::control::state::NodeId>,
+) -> Pause {
+    let drain = std::pin::pin!(ctx.drain_event.listen());
+    let sleep = std::pin::pin!(monoio::time::sleep(wait));
+    let (mut drain, mut sleep) = (drain, sleep);
+    loop {
+        let changed = ctx.node.control.changed.listen();
+        if ctx.draining.get() {
+            return Pause::Draining;
+        }
+        if ctx.node.config.in_cluster()
+            && ctx
+                .node
+                .control
+                .view()
+                .replication_source(ctx.id)
+                .map(|s| s.0)
+                != source
+        {
+            return Pause::NewSource;
+        }
+        monoio::select! {
+            _ = &mut sleep => return Pause::Waited,
+            _ = &mut drain => return Pause::Draining,
+            _ = changed => {}
+        }
     }
 }
 
