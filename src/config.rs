@@ -29,6 +29,20 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub replication: ReplicationSettings,
     pub tls: TlsConfig,
+    pub routing: RoutingConfig,
+}
+
+/// Where a node sends requests it does not serve (in a cluster; see
+/// `routing.rs`). Writes always go to the primary writer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// `local` (default): a query is served by the node that received it;
+    /// `readers`: by a healthy reader (the primary when there is none).
+    pub queries: crate::routing::QueryRouting,
+    /// How a reader is picked: `round-robin` (default) or
+    /// `least-connections`.
+    pub strategy: crate::routing::Strategy,
 }
 
 /// Inter-node TLS (control port; mutual: every peer's certificate is

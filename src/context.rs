@@ -143,6 +143,10 @@ pub struct CoreCtx {
     pub connections: Cell<usize>,
     /// On a writer: this core's replication streams and readers' acks.
     pub writer: RefCell<Option<Rc<crate::replication::sender::WriterSide>>>,
+    /// Idle keep-alive connections to other nodes (forwarding).
+    pub forward_pool: RefCell<crate::forward::Pool>,
+    /// Where this core sends queries (`routing.queries = readers`).
+    pub balancer: RefCell<crate::routing::Balancer>,
 }
 
 impl CoreCtx {
@@ -169,6 +173,14 @@ impl CoreCtx {
             let (rows, bytes) = shard.buffered();
             self.metrics.buffer_rows.set(rows as i64);
             self.metrics.buffer_bytes.set(bytes as i64);
+            self.node
+                .metrics
+                .forward
+                .pool
+                .get_or_create(&crate::metrics::ShardLabel {
+                    shard: self.id.to_string(),
+                })
+                .set(self.forward_pool.borrow().len() as i64);
             let [d, a] = &self.node.positions[self.id];
             d.store(shard.wal().durable_seq().0, Ordering::Release);
             a.store(shard.applied_seq().0, Ordering::Release);

@@ -75,7 +75,9 @@ impl Response {
             405 => "method not allowed",
             413 => "request too large",
             415 => "unsupported media type",
+            502 => "bad gateway",
             503 => "unavailable",
+            508 => "loop detected",
             504 => "timeout",
             _ => "internal error",
         };
@@ -113,9 +115,11 @@ pub fn reason(status: u16) -> &'static str {
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         501 => "Not Implemented",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         504 => "Gateway Timeout",
         505 => "HTTP Version Not Supported",
+        508 => "Loop Detected",
         _ => "Unknown",
     }
 }

@@ -3,11 +3,13 @@
 mod config;
 mod context;
 mod control;
+mod forward;
 mod http;
 mod metrics;
 mod node;
 mod query;
 mod replication;
+mod routing;
 mod tls;
 
 use std::path::PathBuf;

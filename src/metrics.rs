@@ -75,6 +75,93 @@ pub struct NodeMetrics {
     pub ready: Gauge,
     pub replication: ReplicationFamilies,
     pub control: ControlFamilies,
+    pub forward: ForwardFamilies,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardLabels {
+    pub route: String,
+    pub upstream: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ForwardErrorLabels {
+    pub route: String,
+    pub upstream: String,
+    pub reason: String,
+}
+
+/// Routing metrics: requests this node forwarded, by route and upstream.
+#[derive(Debug)]
+pub struct ForwardFamilies {
+    pub requests: Family<ForwardLabels, Counter>,
+    pub bytes_out: Family<ForwardLabels, Counter>,
+    pub bytes_in: Family<ForwardLabels, Counter>,
+    pub errors: Family<ForwardErrorLabels, Counter>,
+    pub seconds: HistogramFamily<ForwardLabels>,
+    pub pool: Family<ShardLabel, Gauge>,
+}
+
+impl Default for ForwardFamilies {
+    fn default() -> Self {
+        ForwardFamilies {
+            requests: Family::default(),
+            bytes_out: Family::default(),
+            bytes_in: Family::default(),
+            errors: Family::default(),
+            seconds: Family::new_with_constructor(latency_histogram),
+            pool: Family::default(),
+        }
+    }
+}
+
+impl ForwardFamilies {
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "forwarded_requests",
+            "Requests this node passed to the node that serves them and got an answer from, by route and upstream node",
+            self.requests.clone(),
+        );
+        r.register_with_unit(
+            "forwarded_sent",
+            "Bytes of forwarded requests sent upstream (head and body), by route and upstream node",
+            Unit::Bytes,
+            self.bytes_out.clone(),
+        );
+        r.register_with_unit(
+            "forwarded_received",
+            "Bytes of answer bodies received from upstream, by route and upstream node",
+            Unit::Bytes,
+            self.bytes_in.clone(),
+        );
+        r.register(
+            "forward_errors",
+            "Forwards that failed, by route, upstream node and reason (not_sent: retried or 502; after_send: 502)",
+            self.errors.clone(),
+        );
+        r.register_with_unit(
+            "forward_duration",
+            "Time of a forward, from sending to the upstream's whole answer (the latency it adds), by route and upstream node",
+            Unit::Seconds,
+            self.seconds.clone(),
+        );
+        r.register(
+            "forward_pool_connections",
+            "Idle keep-alive connections to other nodes, by shard",
+            self.pool.clone(),
+        );
+    }
+
+    /// Counts a failed forward.
+    pub fn error(&self, route: &str, upstream: crate::control::state::NodeId, reason: &str) {
+        self.errors
+            .get_or_create(&ForwardErrorLabels {
+                route: route.into(),
+                upstream: upstream.to_string(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -369,10 +456,12 @@ impl NodeMetrics {
             ready: Gauge::default(),
             replication: ReplicationFamilies::default(),
             control: ControlFamilies::default(),
+            forward: ForwardFamilies::default(),
             registry: Mutex::new(Registry::default()),
         };
         m.replication.register(&mut r);
         m.control.register(&mut r);
+        m.forward.register(&mut r);
         r.register(
             "ingest_rows",
             "Rows accepted, by shard and format",

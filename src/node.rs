@@ -333,6 +333,8 @@ async fn core_main(
         drain_event: Event::new(),
         connections: Cell::new(0),
         writer: RefCell::new(None),
+        forward_pool: RefCell::new(crate::forward::Pool::default()),
+        balancer: RefCell::new(crate::routing::Balancer::default()),
     });
     // Listen first, so /health and /ready answer while the shard recovers.
     let listener = crate::http::server::bind(node.config.socket_addr())

@@ -62,17 +62,19 @@ fn five_nodes_form_a_cluster_survive_the_leaders_death_and_rejoin() {
     // A reader that knows only the seeds replicates from the primary.
     let r = members[0].node.write_lp("default", &lp(0, 500));
     assert_eq!(r.status, 204, "{}", r.text());
-    let r = members[3].node.write_lp("default", &lp(0, 1));
-    assert_eq!(r.status, 503, "a reader takes no writes: {}", r.text());
-    assert!(
-        r.headers.contains_key("x-tidemark-primary"),
+    // A write sent to a reader is forwarded to the primary.
+    let r = members[3].node.write_lp("default", &lp(500, 1));
+    assert_eq!(r.status, 204, "forwarded to the primary: {}", r.text());
+    assert_eq!(
+        r.headers.get("x-tidemark-forwarded-by").map(String::as_str),
+        Some("1"),
         "{:?}",
         r.headers
     );
     wait_for(
         "reader 5 to hold the primary's rows",
         Duration::from_secs(30),
-        || (count(&members[4].node)? == 500).then_some(()),
+        || (count(&members[4].node)? == 501).then_some(()),
     );
     // Heartbeats carry positions: the primary's shards show durable entries.
     wait_for(

@@ -69,9 +69,15 @@ fn client(c: u64, ports: Ports, stop: Arc<AtomicBool>, log: Arc<Mutex<Log>>) {
                     .get("x-tidemark-writer-epoch")
                     .and_then(|e| e.parse().ok())
                     .expect("a cluster's 204 names the writer epoch");
+                // Sent to another node, it was forwarded to the primary.
+                let node = r
+                    .headers
+                    .get("x-tidemark-forwarded-by")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(ports[&target]);
                 log.lock().unwrap().acks.push(Ack {
                     id,
-                    node: ports[&target],
+                    node,
                     epoch,
                     at: Instant::now(),
                 });

@@ -48,6 +48,22 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
             return (denied, route);
         }
     }
+    // In a cluster, a request this node does not serve goes to the node
+    // that does (writes to the primary, queries per `routing.queries`).
+    if node.config.in_cluster() {
+        let kind = match (req.method.as_str(), path) {
+            ("POST", _) if route <= 1 => Some(Forwardable::Write),
+            ("POST", "/api/v1/query" | "/api/v1/query/arrow") | ("GET", "/api/v1/measurements") => {
+                Some(Forwardable::Query)
+            }
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            if let Some(resp) = route_elsewhere(ctx, &req, kind).await {
+                return (resp, route);
+            }
+        }
+    }
     let method = req.method.as_str();
     let resp = match (method, path) {
         ("GET" | "HEAD", "/health") => Response::json(200, &serde_json::json!({"status": "ok"})),
@@ -193,6 +209,89 @@ fn schema_error_message(e: &SchemaError, decoded: &Decoded, format: usize) -> St
         }
     }
     e.to_string()
+}
+
+/// Requests another node may serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forwardable {
+    Write,
+    Query,
+}
+
+/// Where `req` goes, when not here: its answer (forwarded, or why it
+/// cannot be served now). `None`: this node serves it.
+async fn route_elsewhere(ctx: &Rc<CoreCtx>, req: &Request, kind: Forwardable) -> Option<Response> {
+    use crate::routing::{self, Route};
+    let node = &ctx.node;
+    let target = if req.query.is_empty() {
+        req.path.clone()
+    } else {
+        format!("{}?{}", req.path, req.query)
+    };
+    // The chain of nodes a forwarded request went through, sealed by them.
+    let chain = match req.header("x-tidemark-forwarded-by") {
+        None => Vec::new(),
+        Some(h) => {
+            let chain = routing::parse_chain(h);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let sealed = chain.as_ref().is_some_and(|c| {
+                req.header("x-tidemark-forward-auth").is_some_and(|a| {
+                    routing::check_chain(
+                        node.config.cluster.secret.as_bytes(),
+                        a,
+                        &req.method,
+                        &target,
+                        c,
+                        now,
+                        30,
+                    )
+                })
+            });
+            if !sealed {
+                return Some(Response::error(
+                    403,
+                    "x-tidemark-forwarded-by is set only by cluster nodes: its seal (x-tidemark-forward-auth) is missing, forged or expired",
+                ));
+            }
+            chain.expect("checked above")
+        }
+    };
+    let decide = || {
+        let view = node.control.view();
+        let me = view.node_id.expect("in a cluster");
+        match kind {
+            Forwardable::Write => routing::route_write(&view.state, me, &chain),
+            Forwardable::Query => routing::route_query(
+                &view.state,
+                me,
+                &chain,
+                node.config.routing.queries,
+                node.config.routing.strategy,
+                &mut ctx.balancer.borrow_mut(),
+            ),
+        }
+    };
+    match decide() {
+        Route::Local => None,
+        Route::Unavailable(why) => Some(Response::error(503, why)),
+        Route::Loop(why) => Some(Response::error(508, why)),
+        fwd @ Route::Forward { .. } => {
+            let (label, to) = match (&fwd, kind) {
+                (Route::Forward { to, .. }, Forwardable::Query) => ("query", Some(*to)),
+                _ => ("write", None),
+            };
+            if let Some(to) = to {
+                ctx.balancer.borrow_mut().started(to);
+            }
+            let resp = crate::forward::forward(ctx, req, &chain, fwd, label, decide).await;
+            if let Some(to) = to {
+                ctx.balancer.borrow_mut().finished(to);
+            }
+            Some(resp)
+        }
+    }
 }
 
 async fn write(ctx: &Rc<CoreCtx>, req: Request, format: usize) -> Response {
