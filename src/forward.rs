@@ -92,21 +92,51 @@ impl Pool {
 enum Failure {
     /// Nothing the upstream could act on went out: try again.
     NotSent(io::Error),
+    /// A streamed body could not be passed on whole (the upstream cannot
+    /// have acted on it, but the client's body was partly consumed).
+    Incomplete(String),
     /// The whole request went out: the upstream may have acted on it.
     Sent(String),
 }
 
-/// The request as it goes upstream: its head (with the chain sealed) and
-/// its body as received.
+/// Where a forwarded request's body comes from.
+pub enum Body<'s, 'c> {
+    /// Received whole already (`Request::body`).
+    Whole,
+    /// Still arriving on the client's connection: it is sent upstream as
+    /// it arrives, never collected.
+    Stream(&'s mut Stream<'c>),
+}
+
+/// A body still arriving: `len` bytes, the first of them already in `buf`
+/// (which keeps whatever follows the body, a pipelined request).
+pub struct Stream<'a> {
+    pub client: &'a mut TcpStream,
+    pub buf: &'a mut Vec<u8>,
+    pub len: usize,
+    pub deadline: Instant,
+    /// Set once any of it was taken from the client: the request cannot
+    /// be sent again.
+    pub taken: bool,
+    /// Set once all of it went upstream. Taken but not complete: the
+    /// client's connection must close (the rest of its body is unread).
+    pub complete: bool,
+}
+
+/// The request's head as it goes upstream (the chain sealed), then `body`:
+/// its bytes here (the whole body, or none when it is streamed) and the
+/// length the head announces.
 fn encode_request(
     req: &Request,
     target: &str,
     host: &str,
     chain: &[NodeId],
     auth: &str,
+    body: Option<(&[u8], usize)>,
 ) -> Vec<u8> {
     use std::io::Write;
-    let mut out = Vec::with_capacity(512 + req.body.len());
+    let len = body.map_or(req.body.len(), |b| b.1);
+    let mut out = Vec::with_capacity(512 + body.map_or(0, |b| b.0.len()));
     let _ = write!(out, "{} {target} HTTP/1.1\r\nHost: {host}\r\n", req.method);
     for (k, v) in &req.headers {
         if HOP_BY_HOP.contains(&k.as_str()) || k.starts_with("x-tidemark-forward") {
@@ -120,11 +150,12 @@ fn encode_request(
     let ids: Vec<String> = chain.iter().map(ToString::to_string).collect();
     let _ = write!(
         out,
-        "x-tidemark-forwarded-by: {}\r\nx-tidemark-forward-auth: {auth}\r\nContent-Length: {}\r\n\r\n",
+        "x-tidemark-forwarded-by: {}\r\nx-tidemark-forward-auth: {auth}\r\nContent-Length: {len}\r\n\r\n",
         ids.join(","),
-        req.body.len()
     );
-    out.extend_from_slice(&req.body);
+    if let Some((b, _)) = body {
+        out.extend_from_slice(b);
+    }
     out
 }
 
@@ -134,6 +165,7 @@ fn encode_request(
 pub async fn forward(
     ctx: &Rc<CoreCtx>,
     req: &Request,
+    mut body: Body<'_, '_>,
     chain: &[NodeId],
     mut route: Route,
     label: &'static str,
@@ -179,9 +211,25 @@ pub async fn forward(
             &target,
             &full,
         );
-        let bytes = encode_request(req, &target, &addr, &full, &auth);
-        let sent = bytes.len() as u64;
-        match exchange(ctx, &addr, bytes).await {
+        let bytes = match &body {
+            Body::Whole => encode_request(
+                req,
+                &target,
+                &addr,
+                &full,
+                &auth,
+                Some((&req.body, req.body.len())),
+            ),
+            Body::Stream(s) => {
+                encode_request(req, &target, &addr, &full, &auth, Some((&[], s.len)))
+            }
+        };
+        let sent = bytes.len() as u64
+            + match &body {
+                Body::Whole => 0,
+                Body::Stream(s) => s.len as u64,
+            };
+        match exchange(ctx, &addr, bytes, &mut body).await {
             Ok(resp) => {
                 f.requests.get_or_create(&labels).inc();
                 f.bytes_out.get_or_create(&labels).inc_by(sent);
@@ -208,6 +256,13 @@ pub async fn forward(
                 )
                 .with_header("Retry-After", "1");
             }
+            Err(Failure::Incomplete(why)) => {
+                f.error(label, to, "incomplete");
+                return Response::error(
+                    502,
+                    format!("the request could not be passed on whole to node {to} at {addr} ({why}); it was not applied"),
+                );
+            }
             Err(Failure::Sent(why)) => {
                 f.error(label, to, "after_send");
                 return Response::error(
@@ -220,9 +275,14 @@ pub async fn forward(
     unreachable!("the loop returns")
 }
 
-/// Sends `request` to `addr` on a pooled or new connection and reads the
-/// answer.
-async fn exchange(ctx: &CoreCtx, addr: &str, request: Vec<u8>) -> Result<Response, Failure> {
+/// Sends `request` (and a streamed body) to `addr` on a pooled or new
+/// connection and reads the answer.
+async fn exchange(
+    ctx: &CoreCtx,
+    addr: &str,
+    request: Vec<u8>,
+    body: &mut Body<'_, '_>,
+) -> Result<Response, Failure> {
     let max_age = Duration::from_millis(ctx.node.config.http.idle_timeout_ms / 2);
     let pooled = ctx.forward_pool.borrow_mut().take(addr, max_age);
     let mut conn = match pooled {
@@ -250,6 +310,9 @@ async fn exchange(ctx: &CoreCtx, addr: &str, request: Vec<u8>) -> Result<Respons
     if let Err(e) = res {
         return Err(Failure::NotSent(e));
     }
+    if let Body::Stream(s) = body {
+        pass_body(&mut conn, s).await?;
+    }
     let deadline = Instant::now() + ANSWER_TIMEOUT;
     let (resp, keep) = read_response(&mut conn, deadline)
         .await
@@ -258,6 +321,36 @@ async fn exchange(ctx: &CoreCtx, addr: &str, request: Vec<u8>) -> Result<Respons
         ctx.forward_pool.borrow_mut().put(addr, conn);
     }
     Ok(resp)
+}
+
+/// Passes a streamed body from the client to the upstream as it arrives.
+async fn pass_body(conn: &mut TcpStream, s: &mut Stream<'_>) -> Result<(), Failure> {
+    let mut left = s.len;
+    while left > 0 {
+        if s.buf.is_empty() {
+            s.taken = true;
+            read_some(s.client, s.buf, s.deadline).await.map_err(|e| {
+                Failure::Incomplete(format!("reading the body from the client: {e}"))
+            })?;
+        }
+        let n = left.min(s.buf.len());
+        // The common case, all of the buffer: sent without a copy.
+        let chunk: Vec<u8> = if n == s.buf.len() {
+            std::mem::take(s.buf)
+        } else {
+            s.buf.drain(..n).collect()
+        };
+        s.taken = true;
+        let (res, mut back) = conn.write_all(chunk).await;
+        res.map_err(|e| Failure::Incomplete(format!("sending the body upstream: {e}")))?;
+        if s.buf.is_empty() {
+            back.clear();
+            *s.buf = back;
+        }
+        left -= n;
+    }
+    s.complete = true;
+    Ok(())
 }
 
 /// Reads one response (Content-Length framed, as tidemark answers).

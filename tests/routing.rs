@@ -1,6 +1,7 @@
 //! Routing with real processes: a writer and two readers (each may be
 //! promoted; `min_acks = 1`). Writes in every format and encoding sent to
-//! every node land on the primary exactly once and reach every node;
+//! every node land on the primary exactly once and reach every node (a
+//! large body passed on as it arrives);
 //! queries sent to the writer with `routing.queries = readers` are
 //! answered by the readers; a forged forwarding header is refused and a
 //! loop ends with 508; a primary killed while writes are forwarded gives
@@ -190,6 +191,15 @@ fn every_node_takes_every_request() {
             assert_eq!(via, (m.id != 1).then_some("1"), "node {} {path}", m.id);
         }
     }
+    // A large body (over 256 KiB) is passed on as it arrives.
+    let big = lp(next..next + 30_000);
+    assert!(big.len() > 1 << 20);
+    let r = members[2]
+        .node
+        .req("POST", "/write?db=r&precision=ms", &[], &big);
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(r.headers["x-tidemark-forwarded-by"], "1");
+    next += 30_000;
     for m in &members {
         let rows = wait_for("every row on every node", Duration::from_secs(30), || {
             ids_on(&m.node).filter(|r| r.len() == next as usize)

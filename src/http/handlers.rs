@@ -59,7 +59,8 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
             _ => None,
         };
         if let Some(kind) = kind {
-            if let Some(resp) = route_elsewhere(ctx, &req, kind).await {
+            let body = crate::forward::Body::Whole;
+            if let Some(resp) = route_elsewhere(ctx, &req, kind, body).await {
                 return (resp, route);
             }
         }
@@ -211,6 +212,51 @@ fn schema_error_message(e: &SchemaError, decoded: &Decoded, format: usize) -> St
     e.to_string()
 }
 
+/// A large write whose body is still arriving (`req.body` is empty): when
+/// another node serves it, it is forwarded with its body passed on as it
+/// arrives. `None`: this node serves it (nothing was read); else the
+/// answer and its metrics route, after which the caller checks
+/// `stream.taken`/`complete`.
+pub async fn forward_streaming(
+    ctx: &Rc<CoreCtx>,
+    req: &Request,
+    stream: &mut crate::forward::Stream<'_>,
+) -> Option<(Response, usize)> {
+    if req.method != "POST" || !ctx.node.config.in_cluster() || !is_write_path(&req.path) {
+        return None;
+    }
+    let route = usize::from(req.path == "/api/v1/write/msgpack");
+    if ctx.node.config.auth.enabled {
+        if let Some(denied) = auth::check(req, &ctx.node.tokens) {
+            return Some((denied, route));
+        }
+    }
+    let body = crate::forward::Body::Stream(stream);
+    let resp = route_elsewhere(ctx, req, Forwardable::Write, body)
+        .await
+        // The view changed since the caller asked: nothing was read.
+        .unwrap_or_else(|| Response::error(503, "the primary writer changed; retry"));
+    Some((resp, route))
+}
+
+fn is_write_path(path: &str) -> bool {
+    matches!(
+        path,
+        "/write" | "/api/v2/write" | "/api/v1/write/line-protocol" | "/api/v1/write/msgpack"
+    )
+}
+
+/// Whether a write to `req.path` is served by this node (no forward).
+pub fn write_served_here(ctx: &CoreCtx, req: &Request) -> bool {
+    let view = ctx.node.control.view();
+    match view.node_id {
+        Some(me) if ctx.node.config.in_cluster() => {
+            view.state.primary == Some(me) || !is_write_path(&req.path)
+        }
+        _ => true,
+    }
+}
+
 /// Requests another node may serve.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Forwardable {
@@ -220,7 +266,12 @@ enum Forwardable {
 
 /// Where `req` goes, when not here: its answer (forwarded, or why it
 /// cannot be served now). `None`: this node serves it.
-async fn route_elsewhere(ctx: &Rc<CoreCtx>, req: &Request, kind: Forwardable) -> Option<Response> {
+async fn route_elsewhere(
+    ctx: &Rc<CoreCtx>,
+    req: &Request,
+    kind: Forwardable,
+    body: crate::forward::Body<'_, '_>,
+) -> Option<Response> {
     use crate::routing::{self, Route};
     let node = &ctx.node;
     let target = if req.query.is_empty() {
@@ -285,7 +336,7 @@ async fn route_elsewhere(ctx: &Rc<CoreCtx>, req: &Request, kind: Forwardable) ->
             if let Some(to) = to {
                 ctx.balancer.borrow_mut().started(to);
             }
-            let resp = crate::forward::forward(ctx, req, &chain, fwd, label, decide).await;
+            let resp = crate::forward::forward(ctx, req, body, &chain, fwd, label, decide).await;
             if let Some(to) = to {
                 ctx.balancer.borrow_mut().finished(to);
             }

@@ -31,6 +31,9 @@ const MAX_HEAD: usize = 64 << 10;
 const MAX_HEADERS: usize = 64;
 /// Bytes asked for per socket read.
 const READ_CHUNK: usize = 64 << 10;
+/// Write bodies at least this large are passed on as they arrive when
+/// another node serves them (smaller ones are read whole first).
+const STREAM_ABOVE: usize = 256 << 10;
 
 /// Binds the core's listener on `addr` with SO_REUSEPORT.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -498,6 +501,52 @@ async fn connection(mut stream: TcpStream, ctx: &Rc<CoreCtx>) {
             }
         };
         let expects_continue = head.has_token("expect", "100-continue");
+        // A large write another node serves: its body goes upstream as it
+        // arrives, never collected here.
+        if let Framing::Length(n) = frame {
+            if n <= limit && n as usize >= STREAM_ABOVE && head.method == "POST" {
+                let req = Request {
+                    method: head.method.clone(),
+                    path: head.path.clone(),
+                    query: head.query.clone(),
+                    headers: head.headers.clone(),
+                    body: Vec::new(),
+                };
+                if !handlers::write_served_here(ctx, &req) {
+                    buf.drain(..head.len);
+                    if expects_continue && buf.is_empty() {
+                        out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+                        if !flush_out(&mut stream, &mut out).await {
+                            return;
+                        }
+                    }
+                    let mut body = crate::forward::Stream {
+                        client: &mut stream,
+                        buf: &mut buf,
+                        len: n as usize,
+                        deadline: Instant::now() + body_timeout,
+                        taken: false,
+                        complete: false,
+                    };
+                    let answer = handlers::forward_streaming(ctx, &req, &mut body).await;
+                    let whole = body.complete;
+                    let (resp, route) = answer.expect("a write path");
+                    ctx.metrics.http_seconds[route].observe(started.elapsed().as_secs_f64());
+                    if !whole {
+                        // The rest of the body is unread: close.
+                        close_with(&mut stream, &mut out, &resp, false, head.minor_version).await;
+                        return;
+                    }
+                    keep_alive &= !ctx.draining.get();
+                    encode_response(&mut out, &resp, false, keep_alive, head.minor_version);
+                    if !keep_alive {
+                        flush_out(&mut stream, &mut out).await;
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
         let body = match frame {
             Framing::None => {
                 buf.drain(..head.len);
