@@ -29,9 +29,10 @@ import time
 
 from hdrh.histogram import HdrHistogram
 
-BIN = sys.argv[1] if len(sys.argv) > 1 else "tidemark"
-COMMITS = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
-ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 20
+# Set by main() (or by a bench that imports this module).
+BIN = "tidemark"
+COMMITS = 2000
+ROUNDS = 20
 SECRET = "bench-secret"
 
 
@@ -122,6 +123,10 @@ def pct(h, q):
 
 
 def main():
+    global BIN, COMMITS, ROUNDS
+    BIN = sys.argv[1]
+    COMMITS = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
+    ROUNDS = int(sys.argv[3]) if len(sys.argv) > 3 else 20
     root = tempfile.mkdtemp(prefix="tidemark-cluster-bench-")
     n1 = Node(root, 1, [])
     nodes = [n1]

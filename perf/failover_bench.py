@@ -33,6 +33,7 @@ import cluster_bench as cb
 from cluster_bench import free_port, wait
 
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 20
+cb.BIN = sys.argv[1]
 
 
 class FNode(cb.Node):

@@ -32,6 +32,8 @@ use crate::routing::{self, Route};
 const MAX_IDLE: usize = 16;
 /// How long a forwarded request may take to be answered.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bytes of a streamed body read from the client per read.
+const STREAM_CHUNK: usize = 256 << 10;
 /// The largest response head accepted from an upstream.
 const MAX_HEAD: usize = 64 << 10;
 
@@ -325,29 +327,62 @@ async fn exchange(
 
 /// Passes a streamed body from the client to the upstream as it arrives.
 async fn pass_body(conn: &mut TcpStream, s: &mut Stream<'_>) -> Result<(), Failure> {
+    use monoio::buf::IoBufMut;
     let mut left = s.len;
-    while left > 0 {
-        if s.buf.is_empty() {
+    // What already arrived with the head (never more than the body: the
+    // caller's buffer keeps what follows it).
+    let first = left.min(s.buf.len());
+    let mut chunk: Vec<u8> = if first == s.buf.len() {
+        std::mem::take(s.buf)
+    } else {
+        s.buf.drain(..first).collect()
+    };
+    // One buffer goes back and forth: read from the client, written
+    // upstream, no copy in between; never a byte past the body is read.
+    chunk.reserve(STREAM_CHUNK.saturating_sub(chunk.len()));
+    loop {
+        if !chunk.is_empty() {
+            let n = chunk.len();
             s.taken = true;
-            read_some(s.client, s.buf, s.deadline).await.map_err(|e| {
-                Failure::Incomplete(format!("reading the body from the client: {e}"))
-            })?;
+            let (res, back) = conn.write_all(chunk).await;
+            res.map_err(|e| Failure::Incomplete(format!("sending the body upstream: {e}")))?;
+            chunk = back;
+            chunk.clear();
+            left -= n;
         }
-        let n = left.min(s.buf.len());
-        // The common case, all of the buffer: sent without a copy.
-        let chunk: Vec<u8> = if n == s.buf.len() {
-            std::mem::take(s.buf)
-        } else {
-            s.buf.drain(..n).collect()
-        };
+        if left == 0 {
+            break;
+        }
         s.taken = true;
-        let (res, mut back) = conn.write_all(chunk).await;
-        res.map_err(|e| Failure::Incomplete(format!("sending the body upstream: {e}")))?;
-        if s.buf.is_empty() {
-            back.clear();
-            *s.buf = back;
+        let want = left.min(chunk.capacity());
+        let wait = s.deadline.saturating_duration_since(Instant::now());
+        let (res, back) =
+            match monoio::time::timeout(wait, s.client.read(chunk.slice_mut(0..want))).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Failure::Incomplete(
+                        "the client sent its body too slowly".into(),
+                    ))
+                }
+            };
+        chunk = back.into_inner();
+        match res {
+            Ok(0) => {
+                return Err(Failure::Incomplete(
+                    "the client closed the connection mid-body".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(Failure::Incomplete(format!(
+                    "reading the body from the client: {e}"
+                )))
+            }
         }
-        left -= n;
+    }
+    // The caller's buffer keeps its allocation for the next request.
+    if s.buf.capacity() == 0 {
+        *s.buf = chunk;
     }
     s.complete = true;
     Ok(())
