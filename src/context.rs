@@ -180,7 +180,7 @@ impl CoreCtx {
                 .get_or_create(&crate::metrics::ShardLabel {
                     shard: self.id.to_string(),
                 })
-                .set(self.forward_pool.borrow().len() as i64);
+                .set(self.forward_pool.borrow().idle_connections() as i64);
             let [d, a] = &self.node.positions[self.id];
             d.store(shard.wal().durable_seq().0, Ordering::Release);
             a.store(shard.applied_seq().0, Ordering::Release);

@@ -85,13 +85,14 @@ impl Pool {
     }
 
     /// Idle connections held now.
-    pub fn len(&self) -> usize {
+    pub fn idle_connections(&self) -> usize {
         self.idle.values().map(Vec::len).sum()
     }
 }
 
 /// Why a forward failed.
-enum Failure {
+#[derive(Debug)]
+pub enum Failure {
     /// Nothing the upstream could act on went out: try again.
     NotSent(io::Error),
     /// A streamed body could not be passed on whole (the upstream cannot
@@ -102,6 +103,7 @@ enum Failure {
 }
 
 /// Where a forwarded request's body comes from.
+#[derive(Debug)]
 pub enum Body<'s, 'c> {
     /// Received whole already (`Request::body`).
     Whole,
@@ -112,6 +114,7 @@ pub enum Body<'s, 'c> {
 
 /// A body still arriving: `len` bytes, the first of them already in `buf`
 /// (which keeps whatever follows the body, a pipelined request).
+#[derive(Debug)]
 pub struct Stream<'a> {
     pub client: &'a mut TcpStream,
     pub buf: &'a mut Vec<u8>,
@@ -128,7 +131,7 @@ pub struct Stream<'a> {
 /// The request's head as it goes upstream (the chain sealed), then `body`:
 /// its bytes here (the whole body, or none when it is streamed) and the
 /// length the head announces.
-fn encode_request(
+pub fn encode_request(
     req: &Request,
     target: &str,
     host: &str,
@@ -231,7 +234,8 @@ pub async fn forward(
                 Body::Whole => 0,
                 Body::Stream(s) => s.len as u64,
             };
-        match exchange(ctx, &addr, bytes, &mut body).await {
+        let max_age = Duration::from_millis(node.config.http.idle_timeout_ms / 2);
+        match exchange(&ctx.forward_pool, max_age, &addr, bytes, &mut body).await {
             Ok(resp) => {
                 f.requests.get_or_create(&labels).inc();
                 f.bytes_out.get_or_create(&labels).inc_by(sent);
@@ -277,16 +281,16 @@ pub async fn forward(
     unreachable!("the loop returns")
 }
 
-/// Sends `request` (and a streamed body) to `addr` on a pooled or new
-/// connection and reads the answer.
-async fn exchange(
-    ctx: &CoreCtx,
+/// Sends `request` (and a streamed body) to `addr` on a connection of
+/// `pool` (one younger than `max_age`) or a new one, and reads the answer.
+pub async fn exchange(
+    pool: &std::cell::RefCell<Pool>,
+    max_age: Duration,
     addr: &str,
     request: Vec<u8>,
     body: &mut Body<'_, '_>,
 ) -> Result<Response, Failure> {
-    let max_age = Duration::from_millis(ctx.node.config.http.idle_timeout_ms / 2);
-    let pooled = ctx.forward_pool.borrow_mut().take(addr, max_age);
+    let pooled = pool.borrow_mut().take(addr, max_age);
     let mut conn = match pooled {
         Some(c) => c,
         None => {
@@ -320,7 +324,7 @@ async fn exchange(
         .await
         .map_err(|e| Failure::Sent(e.to_string()))?;
     if keep {
-        ctx.forward_pool.borrow_mut().put(addr, conn);
+        pool.borrow_mut().put(addr, conn);
     }
     Ok(resp)
 }

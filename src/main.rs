@@ -1,20 +1,9 @@
 //! The `tidemark` binary: `tidemark serve` runs a node.
 
-mod config;
-mod context;
-mod control;
-mod forward;
-mod http;
-mod metrics;
-mod node;
-mod query;
-mod replication;
-mod routing;
-mod tls;
-
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use tidemark::{config, node};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

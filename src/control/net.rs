@@ -497,3 +497,19 @@ impl RaftNetwork<TypeConfig> for RaftPeer {
         }
     }
 }
+
+impl std::fmt::Debug for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Network")
+            .field("node_id", &self.ep.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RaftPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftPeer")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
