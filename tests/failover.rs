@@ -128,33 +128,6 @@ fn primary(members: &[Member], except: Option<u64>) -> Option<(u64, u64)> {
     None
 }
 
-/// Every id in table `t` on `node`, with its count.
-fn ids_on(node: &Node) -> Option<BTreeMap<i64, i64>> {
-    let r = try_request_within(
-        node.port,
-        "POST",
-        "/api/v1/query",
-        &[
-            ("Content-Type", "application/json"),
-            ("x-arc-database", "jepsen"),
-        ],
-        br#"{"sql": "SELECT id, count(*) AS n FROM t GROUP BY id"}"#,
-        Duration::from_secs(30),
-    )
-    .ok()?;
-    if r.status != 200 {
-        return None;
-    }
-    let j = r.json();
-    Some(
-        j["data"]
-            .as_array()?
-            .iter()
-            .map(|row| (row[0].as_i64().unwrap(), row[1].as_i64().unwrap()))
-            .collect(),
-    )
-}
-
 /// Waits until every member is healthy in every view, and every node's
 /// shards hold what the primary held when the wait began (with `exact`,
 /// once no one writes: exactly what the primary holds).
@@ -325,7 +298,7 @@ fn twenty_faults_lose_no_acknowledged_write_and_leave_one_history() {
         let on = wait_for(
             "the primary answers a query",
             Duration::from_secs(30),
-            || ids_on(&members[pi].node),
+            || ids_on(&members[pi].node, "jepsen", "t"),
         );
         for id in &acked {
             assert_eq!(
@@ -382,7 +355,7 @@ fn twenty_faults_lose_no_acknowledged_write_and_leave_one_history() {
         .iter()
         .map(|m| {
             wait_for("a node answers a query", Duration::from_secs(30), || {
-                ids_on(&m.node)
+                ids_on(&m.node, "jepsen", "t")
             })
         })
         .collect();

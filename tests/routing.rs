@@ -67,30 +67,6 @@ fn msgpack(ids: std::ops::Range<i64>) -> Vec<u8> {
     out
 }
 
-/// Every id in `m` on `node`, with its count.
-fn ids_on(node: &Node) -> Option<BTreeMap<i64, i64>> {
-    let r = try_request_within(
-        node.port,
-        "POST",
-        "/api/v1/query",
-        &[
-            ("Content-Type", "application/json"),
-            ("x-arc-database", "r"),
-        ],
-        br#"{"sql": "SELECT id, count(*) AS n FROM m GROUP BY id"}"#,
-        Duration::from_secs(30),
-    )
-    .ok()?;
-    (r.status == 200).then(|| {
-        r.json()["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| (row[0].as_i64().unwrap(), row[1].as_i64().unwrap()))
-            .collect()
-    })
-}
-
 /// What a cluster node would send in `x-tidemark-forward-auth`.
 fn seal(method: &str, target: &str, chain: &[u64]) -> String {
     let secs = std::time::SystemTime::now()
@@ -202,7 +178,7 @@ fn every_node_takes_every_request() {
     next += 30_000;
     for m in &members {
         let rows = wait_for("every row on every node", Duration::from_secs(30), || {
-            ids_on(&m.node).filter(|r| r.len() == next as usize)
+            ids_on(&m.node, "r", "m").filter(|r| r.len() == next as usize)
         });
         assert!(rows.values().all(|n| *n == 1), "node {}: a row twice", m.id);
     }
@@ -321,7 +297,7 @@ fn every_node_takes_every_request() {
         let rows = wait_for(
             "the acknowledged rows on every node",
             Duration::from_secs(60),
-            || ids_on(&m.node).filter(|r| acked.iter().all(|id| r.contains_key(id))),
+            || ids_on(&m.node, "r", "m").filter(|r| acked.iter().all(|id| r.contains_key(id))),
         );
         assert!(rows.values().all(|n| *n == 1), "node {}: a row twice", m.id);
     }

@@ -207,3 +207,26 @@ pub fn leader_of(members: &[&Member]) -> Option<u64> {
     }
     leader
 }
+
+/// Every value of column `id` in `db.table` on `node`, with how many rows
+/// hold it; `None` while the node does not answer.
+pub fn ids_on(node: &Node, db: &str, table: &str) -> Option<std::collections::BTreeMap<i64, i64>> {
+    let sql = format!(r#"{{"sql": "SELECT id, count(*) AS n FROM {table} GROUP BY id"}}"#);
+    let r = try_request_within(
+        node.port,
+        "POST",
+        "/api/v1/query",
+        &[("Content-Type", "application/json"), ("x-arc-database", db)],
+        sql.as_bytes(),
+        Duration::from_secs(30),
+    )
+    .ok()?;
+    (r.status == 200).then(|| {
+        r.json()["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| (row[0].as_i64().unwrap(), row[1].as_i64().unwrap()))
+            .collect()
+    })
+}
