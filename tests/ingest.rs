@@ -12,12 +12,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
 fn lp(first: i64, n: i64) -> String {
     (first..first + n)
         .map(|i| {
@@ -124,37 +118,6 @@ fn precision_and_default_database() {
     let mut t = times(&rows);
     t.sort();
     assert_eq!(t, [1_700_000_000_000_000_000, 1_700_000_000_001_000_000]);
-}
-
-fn mp_columnar(first: i64, n: i64) -> Vec<u8> {
-    use rmp::encode::*;
-    let mut out = Vec::new();
-    write_map_len(&mut out, 2).unwrap();
-    write_str(&mut out, "m").unwrap();
-    write_str(&mut out, "m").unwrap();
-    write_str(&mut out, "columns").unwrap();
-    write_map_len(&mut out, 4).unwrap();
-    write_str(&mut out, "time").unwrap();
-    write_array_len(&mut out, n as u32).unwrap();
-    for i in first..first + n {
-        write_sint(&mut out, 1_700_000_000_000 + i).unwrap(); // milliseconds
-    }
-    write_str(&mut out, "host").unwrap();
-    write_array_len(&mut out, n as u32).unwrap();
-    for i in first..first + n {
-        write_str(&mut out, &format!("h{}", i % 3)).unwrap();
-    }
-    write_str(&mut out, "id").unwrap();
-    write_array_len(&mut out, n as u32).unwrap();
-    for i in first..first + n {
-        write_sint(&mut out, i).unwrap();
-    }
-    write_str(&mut out, "v").unwrap();
-    write_array_len(&mut out, n as u32).unwrap();
-    for i in first..first + n {
-        write_f64(&mut out, i as f64 + 0.5).unwrap();
-    }
-    out
 }
 
 fn mp_row(id: i64) -> Vec<u8> {

@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,48 +22,10 @@ use sha2::Sha256;
 
 const MS0: i64 = 1_700_000_000_000;
 
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
-}
-
 fn lp(ids: std::ops::Range<i64>) -> Vec<u8> {
     ids.map(|i| format!("m,host=h{} id={i}i,v={i}.5 {}\n", i % 3, MS0 + i))
         .collect::<String>()
         .into_bytes()
-}
-
-fn msgpack(ids: std::ops::Range<i64>) -> Vec<u8> {
-    use rmp::encode::*;
-    let n = ids.end - ids.start;
-    let mut out = Vec::new();
-    write_map_len(&mut out, 2).unwrap();
-    write_str(&mut out, "m").unwrap();
-    write_str(&mut out, "m").unwrap();
-    write_str(&mut out, "columns").unwrap();
-    write_map_len(&mut out, 4).unwrap();
-    write_str(&mut out, "time").unwrap();
-    write_array_len(&mut out, n as u32).unwrap();
-    for i in ids.clone() {
-        write_sint(&mut out, MS0 + i).unwrap();
-    }
-    write_str(&mut out, "host").unwrap();
-    write_array_len(&mut out, n as u32).unwrap();
-    for i in ids.clone() {
-        write_str(&mut out, &format!("h{}", i % 3)).unwrap();
-    }
-    write_str(&mut out, "id").unwrap();
-    write_array_len(&mut out, n as u32).unwrap();
-    for i in ids.clone() {
-        write_sint(&mut out, i).unwrap();
-    }
-    write_str(&mut out, "v").unwrap();
-    write_array_len(&mut out, n as u32).unwrap();
-    for i in ids {
-        write_f64(&mut out, i as f64 + 0.5).unwrap();
-    }
-    out
 }
 
 /// What a cluster node would send in `x-tidemark-forward-auth`.
@@ -141,7 +102,7 @@ fn every_node_takes_every_request() {
                     ("x-arc-database", "r"),
                     ("Content-Type", "application/msgpack"),
                 ],
-                msgpack(ids),
+                mp_columnar(ids.start, ids.end - ids.start),
             )
         }),
         Box::new(|ids| {
@@ -152,7 +113,7 @@ fn every_node_takes_every_request() {
                     ("Content-Type", "application/msgpack"),
                     ("Content-Encoding", "gzip"),
                 ],
-                gzip(&msgpack(ids)),
+                gzip(&mp_columnar(ids.start, ids.end - ids.start)),
             )
         }),
     ];

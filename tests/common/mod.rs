@@ -385,3 +385,44 @@ pub fn times(batches: &[RecordBatch]) -> Vec<i64> {
         })
         .collect()
 }
+
+/// `data` gzip-compressed (a request body with `Content-Encoding: gzip`).
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+/// An Arc MessagePack columnar body for measurement `m`: rows `first ..
+/// first + n` with time (ms) 1_700_000_000_000 + i, tag `host` = `h{i % 3}`,
+/// fields `id` = i and `v` = i + 0.5.
+pub fn mp_columnar(first: i64, n: i64) -> Vec<u8> {
+    use rmp::encode::*;
+    let mut out = Vec::new();
+    write_map_len(&mut out, 2).unwrap();
+    write_str(&mut out, "m").unwrap();
+    write_str(&mut out, "m").unwrap();
+    write_str(&mut out, "columns").unwrap();
+    write_map_len(&mut out, 4).unwrap();
+    write_str(&mut out, "time").unwrap();
+    write_array_len(&mut out, n as u32).unwrap();
+    for i in first..first + n {
+        write_sint(&mut out, 1_700_000_000_000 + i).unwrap(); // milliseconds
+    }
+    write_str(&mut out, "host").unwrap();
+    write_array_len(&mut out, n as u32).unwrap();
+    for i in first..first + n {
+        write_str(&mut out, &format!("h{}", i % 3)).unwrap();
+    }
+    write_str(&mut out, "id").unwrap();
+    write_array_len(&mut out, n as u32).unwrap();
+    for i in first..first + n {
+        write_sint(&mut out, i).unwrap();
+    }
+    write_str(&mut out, "v").unwrap();
+    write_array_len(&mut out, n as u32).unwrap();
+    for i in first..first + n {
+        write_f64(&mut out, i as f64 + 0.5).unwrap();
+    }
+    out
+}
