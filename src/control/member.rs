@@ -519,24 +519,32 @@ impl Member {
             return;
         }
         let sent = Instant::now();
-        let now = self.now_ms();
+        let epoch = view.state.writer_epoch;
+        if self.confirm_lease(self.id, epoch).await {
+            self.node.lease.grant(epoch, sent, self.lease);
+        }
+    }
+
+    /// Whether node `id` may hold the primary's lease of `epoch` now: no
+    /// failover step is being committed, a quorum still follows this
+    /// leader, and `id` is still the primary of `epoch`. The lease's end is
+    /// counted before leadership is confirmed, so no failover step begins
+    /// until it has run out.
+    async fn confirm_lease(&self, id: NodeId, epoch: WriterEpoch) -> bool {
         {
             let mut l = self.leader.lock().expect("leader lock");
             if l.deposing {
-                return;
+                return false;
             }
-            let until = now + self.failover.lease_ms;
-            let e = l.lease_until.entry(self.id).or_default();
+            let until = self.now_ms() + self.failover.lease_ms;
+            let e = l.lease_until.entry(id).or_default();
             *e = (*e).max(until);
         }
-        if self.confirm_leadership().await {
-            let v = self.view.load();
-            if v.state.primary == Some(self.id) && v.state.writer_epoch == view.state.writer_epoch {
-                self.node
-                    .lease
-                    .grant(view.state.writer_epoch, sent, self.lease);
-            }
+        if !self.confirm_leadership().await {
+            return false;
         }
+        let v = self.view.load();
+        v.state.primary == Some(id) && v.state.failover.is_none() && v.state.writer_epoch == epoch
     }
 
     /// Plans and commits the next failover step, if any.
@@ -889,27 +897,10 @@ impl Member {
                     fenced_epoch,
                 },
             );
-            if !is_primary || l.deposing {
-                return Response::HeartbeatOk;
-            }
-            // Counted before the grant: no failover step begins until it
-            // has run out.
-            let until = now + self.failover.lease_ms;
-            let e = l.lease_until.entry(spec.id).or_default();
-            *e = (*e).max(until);
         }
-        // The lease is granted only by a leader a quorum still follows.
-        if !self.confirm_leadership().await {
-            return Response::HeartbeatOk;
-        }
-        let v = self.view.load();
-        if v.state.primary == Some(spec.id)
-            && v.state.failover.is_none()
-            && v.state.writer_epoch == view.state.writer_epoch
-        {
-            Response::HeartbeatLease {
-                epoch: view.state.writer_epoch,
-            }
+        let epoch = view.state.writer_epoch;
+        if is_primary && self.confirm_lease(spec.id, epoch).await {
+            Response::HeartbeatLease { epoch }
         } else {
             Response::HeartbeatOk
         }

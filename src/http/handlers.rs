@@ -23,8 +23,7 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
     let node = &ctx.node;
     let path = req.path.as_str();
     let route = match path {
-        "/write" | "/api/v2/write" | "/api/v1/write/line-protocol" => 0,
-        "/api/v1/write/msgpack" => 1,
+        p if is_write_path(p) => usize::from(p == "/api/v1/write/msgpack"),
         "/health" => 2,
         "/ready" => 3,
         "/metrics" => 4,

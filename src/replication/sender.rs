@@ -295,11 +295,7 @@ impl WriterSide {
             oldest_seq: wal.oldest_seq(),
             durable_seq: wal.durable_seq(),
             flushed_seq: self.shard.flushed_seq(),
-            epoch: if cfg.in_cluster() {
-                self.ctx.node.control.view().state.writer_epoch.0
-            } else {
-                0
-            },
+            epoch: self.current_epoch(),
         };
         let handshake = writer_handshake(
             &fb.frame(body)?,
