@@ -14,18 +14,17 @@
 //! Workers are plain threads fed by a bounded channel: Parquet encoding never
 //! runs on a shard core, and a full channel slows the submitting shard.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Int32Type, TimestampNanosecondType};
-use arrow_array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use arrow_array::types::TimestampNanosecondType;
+use arrow_array::{ArrayRef, Int64Array, RecordBatch};
 use arrow_schema::ArrowError;
 use arrow_select::concat::concat_batches;
-use arrow_select::take::take_record_batch;
 use bytes::Bytes;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -38,6 +37,7 @@ use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
 use crate::buffer::{FlushingSet, FrozenTable};
+use crate::dedup::{merge_sorted, series_keys, sort_order};
 use crate::failpoint::crash_point;
 use crate::ids::{ShardId, WalSeq};
 use crate::manifest::{FileMeta, Manifest, ManifestError};
@@ -269,14 +269,23 @@ fn sync_file_range(f: &std::fs::File, offset: u64, len: u64, flags: u32) -> std:
 /// The object path of the file of `table`, hour `hour`, written by the flush
 /// of `shard` up to `upto`.
 pub fn file_path(table: &TableKey, hour: i64, shard: ShardId, upto: WalSeq) -> String {
-    let t = chrono::DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default();
     format!(
-        "{}/{}/{}/{:03}-{:020}.parquet",
-        table.database(),
-        table.measurement(),
-        t.format("%Y/%m/%d/%H"),
+        "{}/{:03}-{:020}.parquet",
+        partition_dir(table, hour),
         shard.0,
         upto.0
+    )
+}
+
+/// The directory of `table`'s files of hour `hour`:
+/// `<db>/<measurement>/<YYYY>/<MM>/<DD>/<HH>`.
+pub fn partition_dir(table: &TableKey, hour: i64) -> String {
+    let t = chrono::DateTime::from_timestamp(hour * 3600, 0).unwrap_or_default();
+    format!(
+        "{}/{}/{}",
+        table.database(),
+        table.measurement(),
+        t.format("%Y/%m/%d/%H")
     )
 }
 
@@ -287,6 +296,48 @@ pub struct EncodedFile {
     pub bytes: Bytes,
 }
 
+/// How [`encode_rows`] writes files.
+#[derive(Debug, Clone)]
+pub struct EncodeOptions {
+    /// zstd level.
+    pub zstd_level: i32,
+    /// Split an hour's rows into files of about this many bytes (estimated
+    /// from `bytes_per_row`); `None` writes one file per hour.
+    pub target_file_bytes: Option<u64>,
+    /// Bytes per row of the data as Parquet, for the split.
+    pub bytes_per_row: f64,
+    /// Names the file of `hour`, number `n` within the hour.
+    pub name: fn(&TableKey, i64, ShardId, WalSeq, u64, usize) -> String,
+    /// Passed to `name` (a compaction's generation; 0 for a flush).
+    pub generation: u64,
+    /// Rows of hours before this one are dropped (retention).
+    pub first_kept_hour: Option<i64>,
+}
+
+/// What [`encode_rows`] made.
+#[derive(Debug)]
+pub struct Encoded {
+    pub files: Vec<EncodedFile>,
+    /// Rows merged into another row of the same point.
+    pub merged: u64,
+    /// Rows dropped because their hour is past the retention.
+    pub expired: u64,
+}
+
+impl EncodeOptions {
+    /// A flush's files: one per hour, zstd level 3.
+    pub fn flush() -> EncodeOptions {
+        EncodeOptions {
+            zstd_level: 3,
+            target_file_bytes: None,
+            bytes_per_row: 0.0,
+            name: |table, hour, shard, upto, _, _| file_path(table, hour, shard, upto),
+            generation: 0,
+            first_kept_hour: None,
+        }
+    }
+}
+
 /// Encodes the rows of one table as one Parquet file per hour of data.
 pub fn encode_table(
     table: &TableKey,
@@ -294,14 +345,40 @@ pub fn encode_table(
     shard: ShardId,
     upto: WalSeq,
 ) -> Result<Vec<EncodedFile>, FlushError> {
+    Ok(encode_rows(
+        table,
+        &frozen.schema,
+        &frozen.batches,
+        shard,
+        upto,
+        &EncodeOptions::flush(),
+    )?
+    .files)
+}
+
+/// Encodes `batches` (rows of one table, in write order) as Parquet files
+/// per hour of data: sorted by (tags, time), repeated points merged
+/// ([`crate::dedup`]), hours before `options.first_kept_hour` dropped.
+pub fn encode_rows(
+    table: &TableKey,
+    table_schema: &crate::schema::TableSchema,
+    batches: &[RecordBatch],
+    shard: ShardId,
+    upto: WalSeq,
+    options: &EncodeOptions,
+) -> Result<Encoded, FlushError> {
     let arrow_err = |source| FlushError::Arrow {
         table: table.to_string(),
         source,
     };
-    let schema = frozen.schema.arrow();
-    let batch = concat_batches(schema, &frozen.batches).map_err(arrow_err)?;
+    let schema = table_schema.arrow();
+    let batch = concat_batches(schema, batches).map_err(arrow_err)?;
     if batch.num_rows() == 0 {
-        return Ok(Vec::new());
+        return Ok(Encoded {
+            files: Vec::new(),
+            merged: 0,
+            expired: 0,
+        });
     }
     let time_idx = schema.index_of(TIME_COLUMN).map_err(arrow_err)?;
     let times = batch
@@ -312,7 +389,7 @@ pub fn encode_table(
         .iter()
         .map(|t| t.div_euclid(HOUR_NS))
         .collect();
-    let tags = frozen.schema.tag_names();
+    let tags = table_schema.tag_names();
     // Sort by (hour, tags by name, time), then cut at hours. The tags are
     // not compared per row: each row gets one integer key whose order is
     // the order of its tag values (see `series_keys`), and rows are sorted
@@ -327,12 +404,21 @@ pub fn encode_table(
     let series_of_row = series_keys(&tag_columns, batch.num_rows(), 128);
     let hour_values = hours.values();
     let time_values = times.values();
-    let order = UInt32Array::from(sort_order(hour_values, &series_of_row, time_values));
-    let sorted = take_record_batch(&batch, &order).map_err(arrow_err)?;
-    let sorted_hours: Vec<i64> = order
+    let order = sort_order(hour_values, &series_of_row, time_values);
+    let fields: Vec<usize> = table_schema
+        .columns()
+        .enumerate()
+        .filter(|(_, (_, k))| matches!(k, ColumnKind::Field(_)))
+        .map(|(i, _)| i)
+        .collect();
+    let (sorted, merged) = merge_sorted(&batch, &order, &series_of_row, time_values, &fields)
+        .map_err(arrow_err)?;
+    let sorted_hours: Vec<i64> = sorted
+        .column(time_idx)
+        .as_primitive::<TimestampNanosecondType>()
         .values()
         .iter()
-        .map(|&i| times.value(i as usize).div_euclid(HOUR_NS))
+        .map(|t| t.div_euclid(HOUR_NS))
         .collect();
 
     let sorting: Vec<SortingColumn> = tags
@@ -351,7 +437,7 @@ pub fn encode_table(
     let mut props = WriterProperties::builder()
         .set_dictionary_enabled(false)
         .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(3).expect("valid level"),
+            ZstdLevel::try_new(options.zstd_level).unwrap_or_default(),
         ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(Some(sorting))
@@ -367,188 +453,117 @@ pub fn encode_table(
         props = props.set_column_dictionary_enabled(ColumnPath::from(tag.as_str()), true);
     }
     let props = props.build();
-    let columns_meta: Vec<(String, ColumnKind)> = frozen
-        .schema
+    let columns_meta: Vec<(String, ColumnKind)> = table_schema
         .columns()
         .map(|(n, k)| (n.to_string(), k))
         .collect();
 
     let mut files = Vec::new();
+    let mut expired = 0u64;
     let mut start = 0;
     while start < sorted_hours.len() {
         let hour = sorted_hours[start];
         let end = start + sorted_hours[start..].partition_point(|&h| h == hour);
-        let part: RecordBatch = sorted.slice(start, end - start);
-        let part_times = part
-            .column(time_idx)
-            .as_primitive::<TimestampNanosecondType>();
-        let (min_time, max_time) = part_times
-            .values()
-            .iter()
-            .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
-        let parquet_err = |source| FlushError::Parquet {
-            table: table.to_string(),
-            source,
+        let rows = end - start;
+        if options.first_kept_hour.is_some_and(|first| hour < first) {
+            expired += rows as u64;
+            start = end;
+            continue;
+        }
+        let pieces = match options.target_file_bytes {
+            Some(target) if target > 0 => {
+                let bytes = rows as f64 * options.bytes_per_row;
+                ((bytes / target as f64).ceil() as usize).clamp(1, rows)
+            }
+            _ => 1,
         };
-        let mut buf = Vec::new();
-        let mut writer = ArrowWriter::try_new(&mut buf, schema.clone(), Some(props.clone()))
-            .map_err(parquet_err)?;
-        writer.write(&part).map_err(parquet_err)?;
-        writer.close().map_err(parquet_err)?;
-        let sha256 = hex::encode(Sha256::digest(&buf));
-        let tag_distinct = tags
-            .iter()
-            .filter_map(|tag| {
-                let idx = schema.index_of(tag).ok()?;
-                let n = distinct_dictionary_values(part.column(idx))?;
-                Some((tag.to_string(), n))
-            })
-            .collect();
-        files.push(EncodedFile {
-            meta: FileMeta {
-                path: file_path(table, hour, shard, upto),
-                database: table.database().to_string(),
-                measurement: table.measurement().to_string(),
+        for n in 0..pieces {
+            let lo = start + rows * n / pieces;
+            let hi = start + rows * (n + 1) / pieces;
+            let part: RecordBatch = sorted.slice(lo, hi - lo);
+            let path = (options.name)(table, hour, shard, upto, options.generation, n);
+            files.push(encode_file(
+                table,
+                &part,
+                path,
+                hour,
                 shard,
                 upto,
-                hour,
-                rows: part.num_rows() as u64,
-                size: buf.len() as u64,
-                sha256,
-                min_time,
-                max_time,
-                columns: columns_meta.clone(),
-                tag_distinct,
-            },
-            bytes: Bytes::from(buf),
-        });
+                &props,
+                &tags,
+                &columns_meta,
+            )?);
+        }
         start = end;
     }
-    Ok(files)
+    Ok(Encoded {
+        files,
+        merged,
+        expired,
+    })
 }
 
-/// The rows' order by (hour, series key, time), found by grouping rather
-/// than by comparing rows (a comparison sort of a flush's row indices was
-/// 9.6% of the server's CPU in flamegraphs/, its key lookups missing the
-/// cache): rows are bucketed by their (hour, series key) pair, the few
-/// distinct pairs ordered, each bucket kept in arrival order, and a bucket
-/// sorted by time only if its times are not ascending already (a series'
-/// rows usually arrive in time order). Rows equal in all three keep their
-/// arrival order.
-fn sort_order(hours: &[i64], series: &[u128], times: &[i64]) -> Vec<u32> {
-    let rows = hours.len();
-    let mut ids: HashMap<(i64, u128), u32, foldhash::fast::RandomState> = HashMap::default();
-    let mut groups: Vec<(i64, u128)> = Vec::new();
-    let group_of: Vec<u32> = hours
+/// Writes `part` (rows of one hour, sorted) as one Parquet file.
+#[allow(clippy::too_many_arguments)]
+fn encode_file(
+    table: &TableKey,
+    part: &RecordBatch,
+    path: String,
+    hour: i64,
+    shard: ShardId,
+    upto: WalSeq,
+    props: &WriterProperties,
+    tags: &[String],
+    columns_meta: &[(String, ColumnKind)],
+) -> Result<EncodedFile, FlushError> {
+    let schema = part.schema();
+    let time_idx = schema.index_of(TIME_COLUMN).map_err(|source| FlushError::Arrow {
+        table: table.to_string(),
+        source,
+    })?;
+    let part_times = part
+        .column(time_idx)
+        .as_primitive::<TimestampNanosecondType>();
+    let (min_time, max_time) = part_times
+        .values()
         .iter()
-        .zip(series)
-        .map(|(&h, &s)| {
-            *ids.entry((h, s)).or_insert_with(|| {
-                groups.push((h, s));
-                (groups.len() - 1) as u32
-            })
+        .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
+    let parquet_err = |source| FlushError::Parquet {
+        table: table.to_string(),
+        source,
+    };
+    let mut buf = Vec::new();
+    let mut writer =
+        ArrowWriter::try_new(&mut buf, schema.clone(), Some(props.clone())).map_err(parquet_err)?;
+    writer.write(part).map_err(parquet_err)?;
+    writer.close().map_err(parquet_err)?;
+    let sha256 = hex::encode(Sha256::digest(&buf));
+    let tag_distinct = tags
+        .iter()
+        .filter_map(|tag| {
+            let idx = schema.index_of(tag).ok()?;
+            let n = distinct_dictionary_values(part.column(idx))?;
+            Some((tag.to_string(), n))
         })
         .collect();
-    let mut by_key: Vec<u32> = (0..groups.len() as u32).collect();
-    by_key.sort_unstable_by_key(|&g| groups[g as usize]);
-    let mut rank = vec![0u32; groups.len()];
-    for (r, &g) in by_key.iter().enumerate() {
-        rank[g as usize] = r as u32;
-    }
-    // Counting sort by group rank: `start[r]` is where group r begins.
-    let mut start = vec![0usize; groups.len() + 1];
-    for &g in &group_of {
-        start[rank[g as usize] as usize + 1] += 1;
-    }
-    for r in 1..start.len() {
-        start[r] += start[r - 1];
-    }
-    let mut next = start.clone();
-    let mut order = vec![0u32; rows];
-    for (i, &g) in group_of.iter().enumerate() {
-        let r = rank[g as usize] as usize;
-        order[next[r]] = i as u32;
-        next[r] += 1;
-    }
-    for w in start.windows(2) {
-        let bucket = &mut order[w[0]..w[1]];
-        if !bucket
-            .windows(2)
-            .all(|p| times[p[0] as usize] <= times[p[1] as usize])
-        {
-            bucket.sort_by_key(|&i| times[i as usize]);
-        }
-    }
-    order
-}
-
-/// Per row, a key whose numeric order is the order of the row's tag values
-/// (`columns` in order, nulls first, strings bytewise), as
-/// [`arrow_row`]'s comparison of the tags would give.
-///
-/// Each tag column's distinct values are ranked once (a dictionary holds
-/// few of them); a row's ranks are packed into the key, most significant
-/// first, each in as many bits as its column's largest rank needs. When
-/// the next column would not fit in `max_bits` (at most 128), the keys so
-/// far are replaced by their dense rank (a sort of the rows' keys), which
-/// takes at most 32 bits, and packing goes on.
-fn series_keys(columns: &[ArrayRef], rows: usize, max_bits: u32) -> Vec<u128> {
-    let mut keys = vec![0u128; rows];
-    let mut used = 0u32;
-    for column in columns {
-        let (ranks, max_rank) = tag_ranks(column);
-        let bits = u32::BITS - max_rank.leading_zeros();
-        if used + bits > max_bits {
-            used = u128::BITS - dense_rank(&mut keys).leading_zeros();
-        }
-        for (k, r) in keys.iter_mut().zip(ranks) {
-            *k = (*k << bits) | r as u128;
-        }
-        used += bits;
-    }
-    keys
-}
-
-/// Each row's rank in a tag column: 0 for null, else 1 + the rank of its
-/// string among the column's distinct strings (equal strings, even under
-/// different dictionary keys, rank the same). Returns the ranks and the
-/// largest.
-fn tag_ranks(column: &ArrayRef) -> (Vec<u32>, u32) {
-    let dict = column.as_dictionary::<Int32Type>();
-    let values = dict.values().as_string::<i32>();
-    let mut order: Vec<u32> = (0..values.len() as u32)
-        .filter(|&v| values.is_valid(v as usize))
-        .collect();
-    order.sort_unstable_by(|&a, &b| values.value(a as usize).cmp(values.value(b as usize)));
-    let mut value_rank = vec![0u32; values.len()];
-    let mut rank = 0u32;
-    let mut previous: Option<&str> = None;
-    for v in order {
-        let s = values.value(v as usize);
-        if previous != Some(s) {
-            rank += 1;
-            previous = Some(s);
-        }
-        value_rank[v as usize] = rank;
-    }
-    let ranks = dict
-        .keys()
-        .iter()
-        .map(|k| k.map_or(0, |k| value_rank[k as usize]))
-        .collect();
-    (ranks, rank)
-}
-
-/// Replaces every key by its rank among the distinct keys; returns the
-/// largest rank.
-fn dense_rank(keys: &mut [u128]) -> u128 {
-    let mut distinct = keys.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    for k in keys.iter_mut() {
-        *k = distinct.binary_search(k).expect("a key of the list") as u128;
-    }
-    distinct.len().saturating_sub(1) as u128
+    Ok(EncodedFile {
+        meta: FileMeta {
+            path,
+            database: table.database().to_string(),
+            measurement: table.measurement().to_string(),
+            shard,
+            upto,
+            hour,
+            rows: part.num_rows() as u64,
+            size: buf.len() as u64,
+            sha256,
+            min_time,
+            max_time,
+            columns: columns_meta.to_vec(),
+            tag_distinct,
+        },
+        bytes: Bytes::from(buf),
+    })
 }
 
 /// An upper bound of the distinct non-null values of a dictionary column:
@@ -579,8 +594,18 @@ pub fn run_flush(
 ) -> Result<Vec<FileMeta>, FlushError> {
     let mut metas = Vec::new();
     let mut seen = BTreeSet::new();
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
     for (table, frozen) in &set.tables {
-        for file in encode_table(table, frozen, shard, set.upto)? {
+        let options = EncodeOptions {
+            first_kept_hour: crate::compact::first_kept_hour(
+                manifest.keep_for(table.database()),
+                now_ns,
+            ),
+            ..EncodeOptions::flush()
+        };
+        let encoded = encode_rows(table, &frozen.schema, &frozen.batches, shard, set.upto, &options)?;
+        manifest.stats.add(encoded.merged, encoded.expired);
+        for file in encoded.files {
             debug_assert!(seen.insert(file.meta.path.clone()), "file paths are unique");
             crash_point("flush.before_put");
             store.put(&file.meta.path, file.bytes)?;
@@ -866,86 +891,6 @@ mod tests {
             state ^= state >> 7;
             state ^= state << 17;
             state
-        }
-    }
-
-    /// Grouping gives exactly a stable sort by (hour, series, time): with
-    /// buckets whose times arrive ascending, shuffled, and tied.
-    #[test]
-    fn sort_order_is_a_stable_sort_by_hour_series_time() {
-        let mut next = xorshift(0x2545f4914f6cdd1du64);
-        for ascending in [true, false] {
-            let rows = 2000;
-            let hours: Vec<i64> = (0..rows).map(|_| (next() % 3) as i64 - 1).collect();
-            let series: Vec<u128> = (0..rows)
-                .map(|_| (next() % 7) as u128 * 1_000_000)
-                .collect();
-            let times: Vec<i64> = (0..rows)
-                .map(|i| {
-                    if ascending {
-                        i as i64 / 3
-                    } else {
-                        (next() % 50) as i64
-                    }
-                })
-                .collect();
-            let mut want: Vec<u32> = (0..rows as u32).collect();
-            want.sort_by_key(|&i| {
-                let i = i as usize;
-                (hours[i], series[i], times[i])
-            });
-            assert_eq!(
-                sort_order(&hours, &series, &times),
-                want,
-                "ascending {ascending}"
-            );
-        }
-    }
-
-    /// The keys order rows as their tag values do, also when they are
-    /// re-ranked to stay within the bit budget (forced here with budgets
-    /// of a few bits), and whichever dictionary key a value has.
-    #[test]
-    fn series_keys_order_rows_as_their_tags() {
-        let values = [
-            None,
-            Some("b"),
-            Some("a"),
-            Some("ab"),
-            Some(""),
-            Some("z"),
-            Some("a"),
-        ];
-        let mut rng = xorshift(0x9e3779b97f4a7c15u64);
-        let mut next = move || rng() as usize;
-        let rows = 300;
-        let tuples: Vec<[Option<&str>; 3]> = (0..rows)
-            .map(|_| std::array::from_fn(|_| values[next() % values.len()]))
-            .collect();
-        // Each column as two dictionaries concatenated, so equal strings
-        // may sit under different keys.
-        let columns: Vec<ArrayRef> = (0..3)
-            .map(|c| {
-                let half = |r: std::ops::Range<usize>| -> DictionaryArray<Int32Type> {
-                    tuples[r].iter().map(|t| t[c]).collect()
-                };
-                let (a, b) = (half(0..rows / 2), half(rows / 2..rows));
-                arrow_select::concat::concat(&[&a, &b]).unwrap()
-            })
-            .collect();
-        for max_bits in [128, 6, 4, 3] {
-            let keys = series_keys(&columns, rows, max_bits);
-            for i in 0..rows {
-                for j in 0..rows {
-                    assert_eq!(
-                        keys[i].cmp(&keys[j]),
-                        tuples[i].cmp(&tuples[j]),
-                        "rows {i} {:?} and {j} {:?}, max_bits {max_bits}",
-                        tuples[i],
-                        tuples[j]
-                    );
-                }
-            }
         }
     }
 

@@ -20,6 +20,8 @@
 pub mod batch;
 pub mod buffer;
 pub mod catalog;
+pub mod compact;
+pub mod dedup;
 pub mod failpoint;
 pub mod flush;
 pub mod ids;

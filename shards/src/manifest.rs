@@ -18,11 +18,13 @@
 //! Shared by the flush workers of all shards (a mutex, off the hot path).
 //! Raft replaces the log in a cluster.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +79,19 @@ enum Record {
         removed: Vec<String>,
         files: Vec<FileMeta>,
     },
+    /// A compaction: `files` replace `removed` (watermarks unchanged).
+    Compact {
+        generation: u64,
+        removed: Vec<String>,
+        files: Vec<FileMeta>,
+    },
+    /// Retention: whole hour partitions dropped.
+    Drop { removed: Vec<String> },
+    /// A database's retention (`None`: the node's default).
+    Retention {
+        database: String,
+        seconds: Option<u64>,
+    },
 }
 
 /// Errors of the manifest.
@@ -94,6 +109,8 @@ pub enum ManifestError {
         offset: u64,
         reason: String,
     },
+    #[error("file {path} is no longer in the manifest")]
+    Gone { path: String },
     #[error("flush of shard {shard} up to {upto} is not after its watermark {flushed}")]
     Stale {
         shard: ShardId,
@@ -107,13 +124,86 @@ struct State {
     file: fs::File,
     files: BTreeMap<String, FileMeta>,
     flushed: BTreeMap<ShardId, WalSeq>,
+    /// The last compaction's generation.
+    generation: u64,
+    /// Per database, its retention in seconds, if set.
+    retention: BTreeMap<String, u64>,
+    /// Files read by running queries, and how many hold each.
+    pins: BTreeMap<String, usize>,
+    /// Files out of the manifest, to delete once no query holds them.
+    doomed: BTreeSet<String>,
 }
 
+/// Deletes a file the manifest no longer lists.
+pub type Deleter = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// See the [module docs](self).
-#[derive(Debug)]
 pub struct Manifest {
     path: PathBuf,
     state: Mutex<State>,
+    deleter: OnceLock<Deleter>,
+    /// The node's retention for databases without their own (config).
+    default_retention: Mutex<Option<Duration>>,
+    pub stats: StorageStats,
+}
+
+/// Counters of what flushes and compactions did to rows (for metrics).
+#[derive(Debug, Default)]
+pub struct StorageStats {
+    /// Rows merged into another row of the same point.
+    pub rows_deduplicated: AtomicU64,
+    /// Rows dropped at a flush because their hour is past the retention.
+    pub rows_expired: AtomicU64,
+}
+
+impl StorageStats {
+    pub fn add(&self, deduplicated: u64, expired: u64) {
+        self.rows_deduplicated
+            .fetch_add(deduplicated, Ordering::Relaxed);
+        self.rows_expired.fetch_add(expired, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Manifest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manifest").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+/// Files a query reads: while it is held, a compaction or retention that
+/// removes them from the manifest defers their deletion until it is
+/// dropped.
+pub struct FilePins {
+    manifest: Arc<Manifest>,
+    paths: Vec<String>,
+}
+
+impl std::fmt::Debug for FilePins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilePins").field("files", &self.paths.len()).finish()
+    }
+}
+
+impl Drop for FilePins {
+    fn drop(&mut self) {
+        let free = {
+            let mut st = self.manifest.lock();
+            let mut free = Vec::new();
+            for p in &self.paths {
+                if let Some(n) = st.pins.get_mut(p) {
+                    *n -= 1;
+                    if *n == 0 {
+                        st.pins.remove(p);
+                        if st.doomed.remove(p) {
+                            free.push(p.clone());
+                        }
+                    }
+                }
+            }
+            free
+        };
+        self.manifest.delete(&free);
+    }
 }
 
 fn io_err<'a>(
@@ -140,6 +230,8 @@ impl Manifest {
         };
         let mut files = BTreeMap::new();
         let mut flushed = BTreeMap::new();
+        let mut generation = 0u64;
+        let mut retention = BTreeMap::new();
         let mut off = 0usize;
         while off < data.len() {
             let rest = &data[off..];
@@ -191,6 +283,32 @@ impl Manifest {
                         files.insert(f.path.clone(), f);
                     }
                 }
+                Record::Compact {
+                    generation: g,
+                    removed,
+                    files: new,
+                } => {
+                    generation = generation.max(g);
+                    for p in removed {
+                        files.remove(&p);
+                    }
+                    for f in new {
+                        files.insert(f.path.clone(), f);
+                    }
+                }
+                Record::Drop { removed } => {
+                    for p in removed {
+                        files.remove(&p);
+                    }
+                }
+                Record::Retention { database, seconds } => match seconds {
+                    Some(s) => {
+                        retention.insert(database, s);
+                    }
+                    None => {
+                        retention.remove(&database);
+                    }
+                },
             }
             off += RECORD_HEADER + len;
         }
@@ -217,7 +335,14 @@ impl Manifest {
                 file,
                 files,
                 flushed,
+                generation,
+                retention,
+                pins: BTreeMap::new(),
+                doomed: BTreeSet::new(),
             }),
+            deleter: OnceLock::new(),
+            default_retention: Mutex::new(None),
+            stats: StorageStats::default(),
         })
     }
 
@@ -349,6 +474,175 @@ impl Manifest {
             .cloned()
             .collect();
         (files, st.flushed.clone())
+    }
+
+    /// [`Manifest::table_files`], with the files pinned: none of them is
+    /// deleted while the returned [`FilePins`] lives.
+    pub fn table_files_pinned(
+        self: &Arc<Self>,
+        database: &str,
+        measurement: &str,
+    ) -> (Vec<FileMeta>, BTreeMap<ShardId, WalSeq>, FilePins) {
+        let mut st = self.lock();
+        let files: Vec<FileMeta> = st
+            .files
+            .values()
+            .filter(|f| f.database == database && f.measurement == measurement)
+            .cloned()
+            .collect();
+        for f in &files {
+            *st.pins.entry(f.path.clone()).or_insert(0) += 1;
+        }
+        let pins = FilePins {
+            manifest: Arc::clone(self),
+            paths: files.iter().map(|f| f.path.clone()).collect(),
+        };
+        (files, st.flushed.clone(), pins)
+    }
+
+    /// Sets how files out of the manifest are deleted (once, at start-up).
+    /// Without it, [`Manifest::retire`] deletes nothing (the files are
+    /// orphans at the next start).
+    pub fn set_deleter(&self, deleter: Deleter) {
+        let _ = self.deleter.set(deleter);
+    }
+
+    fn delete(&self, paths: &[String]) {
+        if let Some(d) = self.deleter.get() {
+            for p in paths {
+                d(p);
+            }
+        }
+    }
+
+    /// Deletes files a committed record removed from the manifest: now if
+    /// no query holds them, else when the last one lets go. Returns how
+    /// many were deleted now.
+    pub fn retire(&self, paths: &[String]) -> usize {
+        let now: Vec<String> = {
+            let mut st = self.lock();
+            let mut now = Vec::new();
+            for p in paths {
+                if st.files.contains_key(p) {
+                    continue; // listed again (never expected): keep it
+                }
+                if st.pins.contains_key(p) {
+                    st.doomed.insert(p.clone());
+                } else {
+                    now.push(p.clone());
+                }
+            }
+            now
+        };
+        self.delete(&now);
+        now.len()
+    }
+
+    /// Files removed from the manifest that a running query still reads.
+    pub fn pinned_retired(&self) -> usize {
+        self.lock().doomed.len()
+    }
+
+    /// Replaces the files `removed` by `files` (a compaction), durably, in
+    /// one record. Refused, changing nothing, if any of `removed` is no
+    /// longer listed (a bootstrap or retention removed it meanwhile).
+    pub fn commit_compaction(
+        &self,
+        generation: u64,
+        removed: Vec<String>,
+        files: Vec<FileMeta>,
+    ) -> Result<(), ManifestError> {
+        let mut st = self.lock();
+        if let Some(p) = removed.iter().find(|p| !st.files.contains_key(*p)) {
+            return Err(ManifestError::Gone { path: p.clone() });
+        }
+        self.append(
+            &mut st,
+            &Record::Compact {
+                generation,
+                removed: removed.clone(),
+                files: files.clone(),
+            },
+        )?;
+        st.generation = st.generation.max(generation);
+        for p in &removed {
+            st.files.remove(p);
+        }
+        for f in files {
+            st.files.insert(f.path.clone(), f);
+        }
+        Ok(())
+    }
+
+    /// A new compaction generation (unique among this manifest's; names
+    /// the compaction's files so they never collide with earlier ones).
+    pub fn next_generation(&self) -> u64 {
+        let mut st = self.lock();
+        st.generation += 1;
+        st.generation
+    }
+
+    /// Removes every file of the partitions `(database, measurement,
+    /// hour)` for which `drop` says so, durably, in one record. Returns the
+    /// files removed (for [`Manifest::retire`]).
+    pub fn commit_drop(
+        &self,
+        drop: impl Fn(&FileMeta) -> bool,
+    ) -> Result<Vec<FileMeta>, ManifestError> {
+        let mut st = self.lock();
+        let removed: Vec<FileMeta> = st.files.values().filter(|f| drop(f)).cloned().collect();
+        if removed.is_empty() {
+            return Ok(removed);
+        }
+        self.append(
+            &mut st,
+            &Record::Drop {
+                removed: removed.iter().map(|f| f.path.clone()).collect(),
+            },
+        )?;
+        for f in &removed {
+            st.files.remove(&f.path);
+        }
+        Ok(removed)
+    }
+
+    /// Sets (or with `None` clears) a database's retention in seconds (0:
+    /// forever), durably.
+    pub fn set_retention(&self, database: &str, seconds: Option<u64>) -> Result<(), ManifestError> {
+        let mut st = self.lock();
+        self.append(
+            &mut st,
+            &Record::Retention {
+                database: database.to_string(),
+                seconds,
+            },
+        )?;
+        match seconds {
+            Some(s) => st.retention.insert(database.to_string(), s),
+            None => st.retention.remove(database),
+        };
+        Ok(())
+    }
+
+    /// Sets the retention of databases that have none of their own.
+    pub fn set_default_retention(&self, keep: Option<Duration>) {
+        *self.default_retention.lock().expect("retention lock") = keep;
+    }
+
+    /// How long `database` keeps its data (`None`: forever): its own
+    /// retention if set (0 seconds: forever), else the default.
+    pub fn keep_for(&self, database: &str) -> Option<Duration> {
+        let own = self.lock().retention.get(database).copied();
+        match own {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+            None => *self.default_retention.lock().expect("retention lock"),
+        }
+    }
+
+    /// The databases' retention set through [`Manifest::set_retention`].
+    pub fn retention(&self) -> BTreeMap<String, u64> {
+        self.lock().retention.clone()
     }
 
     pub fn contains(&self, path: &str) -> bool {

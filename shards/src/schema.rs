@@ -260,7 +260,8 @@ impl Default for TableSchema {
 }
 
 impl TableSchema {
-    fn from_columns(columns: impl IntoIterator<Item = (String, ColumnKind)>) -> TableSchema {
+    /// A table schema of `columns` in order (the first must be `time`).
+    pub fn from_columns(columns: impl IntoIterator<Item = (String, ColumnKind)>) -> TableSchema {
         let mut fields = Vec::new();
         let mut index = HashMap::new();
         for (name, kind) in columns {
