@@ -15,6 +15,7 @@
 //! before its 204, so a query started after the 204 sees it.
 
 pub mod date_trunc;
+pub mod dedup;
 pub mod engine;
 pub mod json;
 pub mod table;

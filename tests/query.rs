@@ -343,7 +343,10 @@ fn lastpoint_join_builds_on_the_group_by_side() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(plan.contains("files_scanned=3, buffer_batches=1"), "{plan}");
+    assert!(
+        plan.contains("files_scanned=3, files_merged=0, buffer_batches=1"),
+        "{plan}"
+    );
     let children = join_children(&plan);
     assert_eq!(children.len(), 2, "{plan}");
     // The build side is the GROUP BY (estimated at most a few rows from the

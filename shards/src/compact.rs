@@ -115,7 +115,10 @@ pub fn plan(
                 continue;
             }
         }
-        partitions.entry(Partition::of(f)).or_default().push(f.clone());
+        partitions
+            .entry(Partition::of(f))
+            .or_default()
+            .push(f.clone());
     }
     let min_age = i64::try_from(config.min_age.as_nanos()).unwrap_or(i64::MAX);
     partitions
@@ -125,7 +128,10 @@ pub fn plan(
                 (1, true)
             } else {
                 let end = (p.hour + 1).saturating_mul(HOUR_NS);
-                (config.min_files.max(1), end.saturating_add(min_age) <= now_ns)
+                (
+                    config.min_files.max(1),
+                    end.saturating_add(min_age) <= now_ns,
+                )
             };
             let bytes: u64 = files.iter().map(|f| f.size).sum();
             let needed = bytes.div_ceil(config.target_file_bytes.max(1)).max(1) as usize;
@@ -296,7 +302,12 @@ pub fn run_job(
         rows_before += f.rows;
         limit.take(f.size);
     }
-    let upto = job.files.iter().map(|f| f.upto).max().unwrap_or(WalSeq::ZERO);
+    let upto = job
+        .files
+        .iter()
+        .map(|f| f.upto)
+        .max()
+        .unwrap_or(WalSeq::ZERO);
     let generation = manifest.next_generation();
     let options = EncodeOptions {
         zstd_level: config.zstd_level,
@@ -319,7 +330,12 @@ pub fn run_job(
         crash_point("compact.before_put");
         let size = file.meta.size;
         if let Err(e) = store.put(&file.meta.path, file.bytes) {
-            cleanup(&written.iter().map(|m: &FileMeta| m.path.clone()).collect::<Vec<_>>());
+            cleanup(
+                &written
+                    .iter()
+                    .map(|m: &FileMeta| m.path.clone())
+                    .collect::<Vec<_>>(),
+            );
             return Err(e.into());
         }
         written.push(file.meta);
@@ -462,8 +478,14 @@ mod tests {
             ]
         );
         // Narrowed to one database.
-        assert_eq!(plan(&files, &config, now, Some(("other", None)), false).len(), 1);
-        assert_eq!(plan(&files, &config, now, Some(("db", Some("x"))), false).len(), 0);
+        assert_eq!(
+            plan(&files, &config, now, Some(("other", None)), false).len(),
+            1
+        );
+        assert_eq!(
+            plan(&files, &config, now, Some(("db", Some("x"))), false).len(),
+            0
+        );
         // Forced: the young hour and the two-file partition too.
         let forced = plan(&files, &config, now, None, true);
         let hours: Vec<(i64, u32)> = forced
@@ -477,8 +499,8 @@ mod tests {
     fn retention_drops_whole_hours_that_ended_before_the_limit() {
         let day = Duration::from_secs(86_400);
         let now = 100 * HOUR_NS + 30 * 60 * 1_000_000_000; // 100:30
-        // Kept one day: hour 75 ended at 76:00, 24.5 h ago: dropped; hour 76
-        // ends at 77:00, 23.5 h ago: kept whole, though half of it is older.
+                                                           // Kept one day: hour 75 ended at 76:00, 24.5 h ago: dropped; hour 76
+                                                           // ends at 77:00, 23.5 h ago: kept whole, though half of it is older.
         assert!(expired(&file("db", 75, 0, 1, 1), Some(day), now));
         assert!(!expired(&file("db", 76, 0, 1, 1), Some(day), now));
         assert!(!expired(&file("db", 0, 0, 1, 1), None, now));
@@ -487,7 +509,11 @@ mod tests {
         // The two rules agree on every hour.
         for h in 60..90 {
             let kept = h >= first_kept_hour(Some(day), now).unwrap();
-            assert_eq!(kept, !expired(&file("db", h, 0, 1, 1), Some(day), now), "hour {h}");
+            assert_eq!(
+                kept,
+                !expired(&file("db", h, 0, 1, 1), Some(day), now),
+                "hour {h}"
+            );
         }
     }
 }

@@ -209,7 +209,10 @@ pub fn sort_and_merge(
 ) -> Result<(RecordBatch, u64), ArrowError> {
     let columns: Vec<ArrayRef> = tags.iter().map(|&t| batch.column(t).clone()).collect();
     let series = series_keys(&columns, batch.num_rows(), 128);
-    let times = batch.column(time).as_primitive::<TimestampNanosecondType>().values();
+    let times = batch
+        .column(time)
+        .as_primitive::<TimestampNanosecondType>()
+        .values();
     let hours = vec![0i64; batch.num_rows()];
     let order = sort_order(&hours, &series, times);
     merge_sorted(batch, &order, &series, times, fields)
@@ -219,14 +222,26 @@ pub fn sort_and_merge(
 /// rows of one point hash alike, whatever their batches' dictionaries.
 /// Tag columns may be dictionaries of strings or plain strings.
 pub fn point_hashes(batch: &RecordBatch, tags: &[usize], time: usize) -> Vec<u64> {
-    let times = batch.column(time).as_primitive::<TimestampNanosecondType>().values();
-    let mut hashes: Vec<u64> = times.iter().map(|&t| mix(0x51_7c_c1_b7_27_22_0a_95, t as u64)).collect();
+    let times = batch
+        .column(time)
+        .as_primitive::<TimestampNanosecondType>()
+        .values();
+    let mut hashes: Vec<u64> = times
+        .iter()
+        .map(|&t| mix(0x51_7c_c1_b7_27_22_0a_95, t as u64))
+        .collect();
     for &t in tags {
         let column = batch.column(t);
         if let Some(dict) = column.as_dictionary_opt::<Int32Type>() {
             let values = dict.values().as_string::<i32>();
             let value_hash: Vec<u64> = (0..values.len())
-                .map(|v| if values.is_valid(v) { str_hash(values.value(v)) } else { NULL_HASH })
+                .map(|v| {
+                    if values.is_valid(v) {
+                        str_hash(values.value(v))
+                    } else {
+                        NULL_HASH
+                    }
+                })
                 .collect();
             for (h, k) in hashes.iter_mut().zip(dict.keys().iter()) {
                 *h = mix(*h, k.map_or(NULL_HASH, |k| value_hash[k as usize]));
@@ -369,5 +384,4 @@ mod tests {
             }
         }
     }
-
 }

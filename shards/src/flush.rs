@@ -411,8 +411,8 @@ pub fn encode_rows(
         .filter(|(_, (_, k))| matches!(k, ColumnKind::Field(_)))
         .map(|(i, _)| i)
         .collect();
-    let (sorted, merged) = merge_sorted(&batch, &order, &series_of_row, time_values, &fields)
-        .map_err(arrow_err)?;
+    let (sorted, merged) =
+        merge_sorted(&batch, &order, &series_of_row, time_values, &fields).map_err(arrow_err)?;
     let sorted_hours: Vec<i64> = sorted
         .column(time_idx)
         .as_primitive::<TimestampNanosecondType>()
@@ -517,10 +517,12 @@ fn encode_file(
     columns_meta: &[(String, ColumnKind)],
 ) -> Result<EncodedFile, FlushError> {
     let schema = part.schema();
-    let time_idx = schema.index_of(TIME_COLUMN).map_err(|source| FlushError::Arrow {
-        table: table.to_string(),
-        source,
-    })?;
+    let time_idx = schema
+        .index_of(TIME_COLUMN)
+        .map_err(|source| FlushError::Arrow {
+            table: table.to_string(),
+            source,
+        })?;
     let part_times = part
         .column(time_idx)
         .as_primitive::<TimestampNanosecondType>();
@@ -603,7 +605,14 @@ pub fn run_flush(
             ),
             ..EncodeOptions::flush()
         };
-        let encoded = encode_rows(table, &frozen.schema, &frozen.batches, shard, set.upto, &options)?;
+        let encoded = encode_rows(
+            table,
+            &frozen.schema,
+            &frozen.batches,
+            shard,
+            set.upto,
+            &options,
+        )?;
         manifest.stats.add(encoded.merged, encoded.expired);
         for file in encoded.files {
             debug_assert!(seen.insert(file.meta.path.clone()), "file paths are unique");

@@ -166,7 +166,9 @@ impl StorageStats {
 
 impl std::fmt::Debug for Manifest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Manifest").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Manifest")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -180,7 +182,9 @@ pub struct FilePins {
 
 impl std::fmt::Debug for FilePins {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FilePins").field("files", &self.paths.len()).finish()
+        f.debug_struct("FilePins")
+            .field("files", &self.paths.len())
+            .finish()
     }
 }
 

@@ -206,27 +206,38 @@ impl QueryEngine {
                     .map_err(|_| DataFusionError::Execution("a shard core has stopped".into()))?,
             );
         }
-        let (files, flushed) = self.manifest.table_files(key.database(), key.measurement());
+        let (files, flushed, pins) = self
+            .manifest
+            .table_files_pinned(key.database(), key.measurement());
         let mut mem = Vec::new();
+        let mut mem_shards = Vec::new();
         for s in shards {
             let Some(t) = s.snapshot else { continue };
             let watermark = flushed.get(&s.shard).copied().unwrap_or(WalSeq::ZERO);
-            // Live rows are of entries after the flushing set; if the files
+            // In write order: the flushing set, then the live rows. Live
+            // rows are of entries after the flushing set; if the files
             // already cover every applied entry (a replication reader's
             // bootstrap swapped the shard meanwhile), they are in the files.
-            if s.applied_seq > watermark {
-                mem.extend(t.live.iter().map(|b| pad_to_schema(b, &schema)));
-            }
+            let mut batches: Vec<&RecordBatch> = Vec::new();
             if t.flushing_upto.is_some_and(|u| u > watermark) {
-                mem.extend(t.flushing.iter().map(|b| pad_to_schema(b, &schema)));
+                batches.extend(&t.flushing);
+            }
+            if s.applied_seq > watermark {
+                batches.extend(&t.live);
+            }
+            for b in batches.into_iter().filter(|b| b.num_rows() > 0) {
+                mem.push(pad_to_schema(b, &schema));
+                mem_shards.push(s.shard);
             }
         }
-        mem.retain(|b| b.num_rows() > 0);
         Ok(MeasurementTable {
             schema: schema.arrow().clone(),
+            table_schema: schema.clone(),
             store_url: self.store_url.clone(),
             files,
             mem,
+            mem_shards,
+            pins: Arc::new(pins),
             engine: self.arc(),
         })
     }

@@ -46,8 +46,11 @@ use datafusion::physical_plan::{
     ChildStats, DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties,
     ReplaceChildrenOptions, StatisticsArgs,
 };
-use tidemark_shards::manifest::FileMeta;
-use tidemark_shards::schema::{ColumnKind, TableKey, TIME_COLUMN};
+use tidemark_shards::manifest::{FileMeta, FilePins};
+use tidemark_shards::schema::{ColumnKind, TableKey, TableSchema, TIME_COLUMN};
+use tidemark_shards::ShardId;
+
+use super::dedup::{DedupExec, PointLayout, Ranges};
 
 use super::engine::QueryEngine;
 
@@ -55,10 +58,17 @@ use super::engine::QueryEngine;
 #[derive(Debug)]
 pub struct MeasurementTable {
     pub schema: SchemaRef,
+    /// `schema` with each column's kind.
+    pub table_schema: TableSchema,
     pub store_url: ObjectStoreUrl,
     pub files: Vec<FileMeta>,
-    /// Buffered rows of every shard, padded to `schema`.
+    /// Buffered rows of every shard, padded to `schema`; a shard's in
+    /// write order.
     pub mem: Vec<RecordBatch>,
+    /// The shard of each of `mem`.
+    pub mem_shards: Vec<ShardId>,
+    /// Keeps `files` on disk while the query runs.
+    pub pins: Arc<FilePins>,
     pub engine: Arc<QueryEngine>,
 }
 
@@ -153,56 +163,43 @@ impl TableProvider for MeasurementTable {
             .count_pruning(files_pruned as u64, kept.len() as u64);
         let time_idx = self.schema.index_of(TIME_COLUMN)?;
 
+        // Where a point may repeat (see `super::dedup`): times two sources
+        // cover, and every buffered row.
+        let mem_ranges: Vec<Option<(i64, i64)>> =
+            self.mem.iter().map(|b| time_range(b, time_idx)).collect();
+        let mut intervals: Vec<(i64, i64)> =
+            kept.iter().map(|f| (f.min_time, f.max_time)).collect();
+        intervals.extend(mem_ranges.iter().flatten());
+        let mut overlap = Ranges::overlaps(&intervals).intervals().to_vec();
+        overlap.extend(mem_ranges.iter().flatten());
+        let overlap = Ranges::union(overlap);
+        let (dirty, clean): (Vec<&FileMeta>, Vec<&FileMeta>) = kept
+            .iter()
+            .partition(|f| overlap.touches(f.min_time, f.max_time));
+
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-        if !kept.is_empty() {
-            // Files never change once written: keep their footers and page
-            // indexes in the runtime's metadata cache (shared by all
-            // queries) instead of reading them again for every query.
-            let store = state.runtime_env().object_store(&self.store_url)?;
-            let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
-            let source = ParquetSource::new(Arc::clone(&self.schema))
-                .with_table_parquet_options(state.default_table_options().parquet)
-                .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
-                    store,
-                    metadata_cache,
-                )));
-            let n_groups = state.config().target_partitions().max(1).min(kept.len());
-            let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n_groups];
-            for (i, f) in kept.iter().enumerate() {
-                let mut stats = Statistics::new_unknown(&self.schema)
-                    .with_num_rows(Precision::Exact(f.rows as usize));
-                stats.column_statistics[time_idx] = ColumnStatistics::new_unknown()
-                    .with_min_value(Precision::Exact(ScalarValue::TimestampNanosecond(
-                        Some(f.min_time),
-                        Some("UTC".into()),
-                    )))
-                    .with_max_value(Precision::Exact(ScalarValue::TimestampNanosecond(
-                        Some(f.max_time),
-                        Some("UTC".into()),
-                    )));
-                groups[i % n_groups].push(
-                    PartitionedFile::new(f.path.clone(), f.size).with_statistics(Arc::new(stats)),
-                );
-            }
-            let total_rows: u64 = kept.iter().map(|f| f.rows).sum();
-            let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
-                .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-                .with_statistics(
-                    Statistics::new_unknown(&self.schema)
-                        .with_num_rows(Precision::Exact(total_rows as usize)),
-                )
-                .with_projection_indices(projection.cloned())?
-                .with_limit(limit)
-                .build();
-            inputs.push(DataSourceExec::from_data_source(config));
+        if !clean.is_empty() {
+            inputs.push(self.file_scan(state, &clean, projection, limit, None)?);
         }
-        if !self.mem.is_empty() || inputs.is_empty() {
+        if !dirty.is_empty() {
+            inputs.push(self.dedup_scan(state, &dirty, projection, overlap)?);
+        } else if !self.mem.is_empty() {
+            // No file shares a time with the buffer: its repeated points, if
+            // any, are merged here, and the scan keeps exact statistics.
             let mem = MemorySourceConfig::try_new(
-                std::slice::from_ref(&self.mem),
+                &[self.resolved_buffer()?],
                 Arc::clone(&self.schema),
                 projection.cloned(),
             )?
             .with_limit(limit);
+            inputs.push(DataSourceExec::from_data_source(mem));
+        }
+        if inputs.is_empty() {
+            let mem = MemorySourceConfig::try_new(
+                &[Vec::new()],
+                Arc::clone(&self.schema),
+                projection.cloned(),
+            )?;
             inputs.push(DataSourceExec::from_data_source(mem));
         }
         let union = UnionExec::try_new(inputs)?;
@@ -215,11 +212,272 @@ impl TableProvider for MeasurementTable {
             .collect();
         Ok(Arc::new(TidemarkScanExec::new(
             union,
-            files_pruned,
-            kept.len(),
-            self.mem.len(),
+            ScanCounts {
+                files_pruned,
+                files_scanned: kept.len(),
+                files_merged: dirty.len(),
+                buffer_batches: self.mem.len(),
+            },
             Arc::new(distinct),
+            Arc::clone(&self.pins),
         )))
+    }
+}
+
+/// The name of the source-rank column of a dedup scan.
+const RANK_COLUMN: &str = "__tidemark_source";
+
+/// Columns a dedup scan reads, and where the point's parts land.
+struct ReadLayout {
+    read: Vec<usize>,
+    points: PointLayout,
+}
+
+/// Each source's rank in write order.
+struct SourceRanks {
+    files: Vec<u32>,
+    mem: Vec<u32>,
+    /// Per rank: a buffer batch (merged whole).
+    whole: Vec<bool>,
+}
+
+/// `batch` (with `schema`'s columns but the last) with a last column of `rank`.
+fn with_rank(batch: &RecordBatch, schema: &SchemaRef, rank: u32) -> Result<RecordBatch> {
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(datafusion::arrow::array::UInt32Array::from(
+        vec![rank; batch.num_rows()],
+    )));
+    Ok(RecordBatch::try_new(Arc::clone(schema), columns)?)
+}
+
+/// The smallest and largest time of a batch (`None` if it has no rows).
+fn time_range(batch: &RecordBatch, time_idx: usize) -> Option<(i64, i64)> {
+    let times = batch
+        .column(time_idx)
+        .as_primitive::<datafusion::arrow::datatypes::TimestampNanosecondType>();
+    let lo = datafusion::arrow::compute::min(times)?;
+    let hi = datafusion::arrow::compute::max(times)?;
+    Some((lo, hi))
+}
+
+impl MeasurementTable {
+    /// A Parquet scan of `files`; with `ranks`, each row also carries its
+    /// file's rank in a last column (`RANK_COLUMN`).
+    fn file_scan(
+        &self,
+        state: &dyn Session,
+        files: &[&FileMeta],
+        projection: Option<&Vec<usize>>,
+        limit: Option<usize>,
+        ranks: Option<&[u32]>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let time_idx = self.schema.index_of(TIME_COLUMN)?;
+        // Files never change once written: keep their footers and page
+        // indexes in the runtime's metadata cache (shared by all
+        // queries) instead of reading them again for every query.
+        let store = state.runtime_env().object_store(&self.store_url)?;
+        let metadata_cache = state.runtime_env().cache_manager.get_file_metadata_cache();
+        let mut table_schema =
+            datafusion::datasource::table_schema::TableSchema::builder(Arc::clone(&self.schema));
+        if ranks.is_some() {
+            table_schema = table_schema.with_table_partition_cols(vec![Arc::new(
+                datafusion::arrow::datatypes::Field::new(RANK_COLUMN, DataType::UInt32, false),
+            )]);
+        }
+        let table_schema = table_schema.build();
+        let full_schema = Arc::clone(table_schema.table_schema());
+        let source = ParquetSource::new(table_schema)
+            .with_table_parquet_options(state.default_table_options().parquet)
+            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
+                store,
+                metadata_cache,
+            )));
+        let n_groups = state.config().target_partitions().max(1).min(files.len());
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); n_groups];
+        for (i, f) in files.iter().enumerate() {
+            let mut stats = Statistics::new_unknown(&full_schema)
+                .with_num_rows(Precision::Exact(f.rows as usize));
+            stats.column_statistics[time_idx] = ColumnStatistics::new_unknown()
+                .with_min_value(Precision::Exact(ScalarValue::TimestampNanosecond(
+                    Some(f.min_time),
+                    Some("UTC".into()),
+                )))
+                .with_max_value(Precision::Exact(ScalarValue::TimestampNanosecond(
+                    Some(f.max_time),
+                    Some("UTC".into()),
+                )));
+            let mut file =
+                PartitionedFile::new(f.path.clone(), f.size).with_statistics(Arc::new(stats));
+            if let Some(ranks) = ranks {
+                file.partition_values = vec![ScalarValue::UInt32(Some(ranks[i]))];
+            }
+            groups[i % n_groups].push(file);
+        }
+        let total_rows: u64 = files.iter().map(|f| f.rows).sum();
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_statistics(
+                Statistics::new_unknown(&full_schema)
+                    .with_num_rows(Precision::Exact(total_rows as usize)),
+            )
+            .with_projection_indices(projection.cloned())?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+
+    /// The buffered rows with repeated points merged (as they are, when no
+    /// point repeats).
+    fn resolved_buffer(&self) -> Result<Vec<RecordBatch>> {
+        let layout = self.layout(&(0..self.schema.fields().len()).collect::<Vec<_>>());
+        let mut batches = Vec::with_capacity(self.mem.len());
+        let ranked = self.ranked_schema(&layout.read);
+        let order = self.source_ranks(&[]);
+        for (b, &rank) in self.mem.iter().zip(&order.mem) {
+            batches.push(with_rank(b, &ranked, rank)?);
+        }
+        let layout = PointLayout {
+            whole: order.whole,
+            ..layout.points
+        };
+        match super::dedup::merge_repeated(&ranked, &batches, &layout)? {
+            None => Ok(self.mem.clone()),
+            Some(merged) => Ok(vec![merged.project(&layout.output)?]),
+        }
+    }
+
+    /// The columns a dedup scan reads for the output columns `wanted`:
+    /// those plus tags and time (a point's identity), in table order, then
+    /// the source rank; and where each lands.
+    fn layout(&self, wanted: &[usize]) -> ReadLayout {
+        let n_columns = self.schema.fields().len();
+        let mut kinds = vec![None; n_columns];
+        for (name, kind) in self.table_schema.columns() {
+            if let Ok(i) = self.schema.index_of(name) {
+                kinds[i] = Some(kind);
+            }
+        }
+        let read: Vec<usize> = (0..n_columns)
+            .filter(|&i| {
+                wanted.contains(&i) || matches!(kinds[i], Some(ColumnKind::Tag | ColumnKind::Time))
+            })
+            .collect();
+        let at = |col: usize| read.iter().position(|&c| c == col).expect("read");
+        let of_kind = |want: fn(ColumnKind) -> bool| -> Vec<usize> {
+            read.iter()
+                .enumerate()
+                .filter(|(_, &c)| kinds[c].is_some_and(want))
+                .map(|(i, _)| i)
+                .collect()
+        };
+        let points = PointLayout {
+            tags: of_kind(|k| k == ColumnKind::Tag),
+            time: of_kind(|k| k == ColumnKind::Time)[0],
+            fields: of_kind(|k| matches!(k, ColumnKind::Field(_))),
+            rank: read.len(),
+            whole: Vec::new(),
+            output: wanted.iter().map(|&c| at(c)).collect(),
+        };
+        ReadLayout { read, points }
+    }
+
+    /// `read`'s columns of the table schema, then the rank column.
+    fn ranked_schema(&self, read: &[usize]) -> SchemaRef {
+        let mut fields: Vec<_> = read
+            .iter()
+            .map(|&i| Arc::new(self.schema.field(i).clone()))
+            .collect();
+        fields.push(Arc::new(datafusion::arrow::datatypes::Field::new(
+            RANK_COLUMN,
+            DataType::UInt32,
+            false,
+        )));
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields))
+    }
+
+    /// Ranks in write order: per shard, its files (of `dirty`) by flush
+    /// watermark, then its buffer batches as they are; shards in id order.
+    fn source_ranks(&self, dirty: &[&FileMeta]) -> SourceRanks {
+        let mut sources: Vec<(ShardId, u8, u64, usize)> = dirty
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.shard, 0, f.upto.0, i))
+            .chain(
+                self.mem_shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &s)| (s, 1, i as u64, i)),
+            )
+            .collect();
+        sources.sort_unstable();
+        let mut out = SourceRanks {
+            files: vec![0; dirty.len()],
+            mem: vec![0; self.mem.len()],
+            whole: vec![false; sources.len()],
+        };
+        for (rank, &(_, kind, _, i)) in sources.iter().enumerate() {
+            if kind == 0 {
+                out.files[i] = rank as u32;
+            } else {
+                out.mem[i] = rank as u32;
+                out.whole[rank] = true;
+            }
+        }
+        out
+    }
+
+    /// The files `dirty` and the buffer, through [`DedupExec`].
+    fn dedup_scan(
+        &self,
+        state: &dyn Session,
+        dirty: &[&FileMeta],
+        projection: Option<&Vec<usize>>,
+        overlap: Ranges,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let n_columns = self.schema.fields().len();
+        let wanted: Vec<usize> = projection
+            .cloned()
+            .unwrap_or_else(|| (0..n_columns).collect());
+        let ReadLayout { read, points } = self.layout(&wanted);
+        let ranks = self.source_ranks(dirty);
+        let (file_ranks, mem_ranks) = (ranks.files, ranks.mem);
+        let layout = PointLayout {
+            whole: ranks.whole,
+            ..points
+        };
+        let mut scan_projection = read.clone();
+        scan_projection.push(n_columns); // the rank (partition) column
+        let mut children: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+        if !dirty.is_empty() {
+            children.push(self.file_scan(
+                state,
+                dirty,
+                Some(&scan_projection),
+                None,
+                Some(&file_ranks),
+            )?);
+        }
+        let ranked_schema = self.ranked_schema(&read);
+        if !self.mem.is_empty() {
+            let batches = self
+                .mem
+                .iter()
+                .zip(&mem_ranks)
+                .map(|(b, &rank)| with_rank(&b.project(&read)?, &ranked_schema, rank))
+                .collect::<Result<Vec<_>>>()?;
+            let mem = MemorySourceConfig::try_new(&[batches], Arc::clone(&ranked_schema), None)?;
+            children.push(DataSourceExec::from_data_source(mem));
+        }
+        let input: Arc<dyn ExecutionPlan> = if children.len() == 1 {
+            children.remove(0)
+        } else {
+            UnionExec::try_new(children)?
+        };
+        Ok(Arc::new(DedupExec::try_new(
+            input,
+            Arc::new(overlap),
+            Arc::new(layout),
+        )?))
     }
 }
 
@@ -280,29 +538,37 @@ fn tag_distinct_bounds<'a>(
 pub struct TidemarkScanExec {
     input: Arc<dyn ExecutionPlan>,
     props: Arc<PlanProperties>,
-    files_pruned: usize,
-    files_scanned: usize,
-    buffer_batches: usize,
+    counts: ScanCounts,
     /// Per output column: an upper bound of its distinct values, if known.
     distinct: Arc<Vec<Option<usize>>>,
+    /// The scanned files stay on disk while this plan or a stream of it lives.
+    pins: Arc<FilePins>,
+}
+
+/// What a scan reads, for `EXPLAIN`.
+#[derive(Debug, Clone, Copy)]
+struct ScanCounts {
+    files_pruned: usize,
+    files_scanned: usize,
+    /// Of the files scanned, those read through `DedupExec`.
+    files_merged: usize,
+    buffer_batches: usize,
 }
 
 impl TidemarkScanExec {
     fn new(
         input: Arc<dyn ExecutionPlan>,
-        files_pruned: usize,
-        files_scanned: usize,
-        buffer_batches: usize,
+        counts: ScanCounts,
         distinct: Arc<Vec<Option<usize>>>,
+        pins: Arc<FilePins>,
     ) -> Self {
         let props = Arc::clone(input.properties());
         TidemarkScanExec {
             input,
             props,
-            files_pruned,
-            files_scanned,
-            buffer_batches,
+            counts,
             distinct,
+            pins,
         }
     }
 }
@@ -312,13 +578,19 @@ impl DisplayAs for TidemarkScanExec {
         match t {
             DisplayFormatType::Default | DisplayFormatType::Verbose => write!(
                 f,
-                "TidemarkScanExec: files_pruned={}, files_scanned={}, buffer_batches={}",
-                self.files_pruned, self.files_scanned, self.buffer_batches
+                "TidemarkScanExec: files_pruned={}, files_scanned={}, files_merged={}, buffer_batches={}",
+                self.counts.files_pruned,
+                self.counts.files_scanned,
+                self.counts.files_merged,
+                self.counts.buffer_batches
             ),
             DisplayFormatType::TreeRender => write!(
                 f,
-                "files_pruned={}\nfiles_scanned={}\nbuffer_batches={}",
-                self.files_pruned, self.files_scanned, self.buffer_batches
+                "files_pruned={}\nfiles_scanned={}\nfiles_merged={}\nbuffer_batches={}",
+                self.counts.files_pruned,
+                self.counts.files_scanned,
+                self.counts.files_merged,
+                self.counts.buffer_batches
             ),
         }
     }
@@ -353,10 +625,9 @@ impl ExecutionPlan for TidemarkScanExec {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(TidemarkScanExec::new(
             children.swap_remove(0),
-            self.files_pruned,
-            self.files_scanned,
-            self.buffer_batches,
+            self.counts,
             Arc::clone(&self.distinct),
+            Arc::clone(&self.pins),
         )))
     }
     fn with_new_children(
@@ -375,7 +646,18 @@ impl ExecutionPlan for TidemarkScanExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        self.input.execute(partition, context)
+        let stream = self.input.execute(partition, context)?;
+        let pins = Arc::clone(&self.pins);
+        let schema = stream.schema();
+        Ok(Box::pin(
+            datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                schema,
+                futures::StreamExt::map(stream, move |b| {
+                    let _held = &pins;
+                    b
+                }),
+            ),
+        ))
     }
     fn child_stats_requests(&self, partition: Option<usize>) -> Vec<ChildStats> {
         vec![ChildStats::At(partition)]
