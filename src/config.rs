@@ -30,6 +30,104 @@ pub struct Config {
     pub replication: ReplicationSettings,
     pub tls: TlsConfig,
     pub routing: RoutingConfig,
+    pub compaction: CompactionSettings,
+    pub retention: RetentionSettings,
+}
+
+/// Background compaction of each node's own files (see
+/// `tidemark_shards::compact`). Durations are written like `90s`, `10m`,
+/// `1h`, `7d`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompactionSettings {
+    /// Run compactions in the background (default true); `POST
+    /// /api/v1/compact` works either way.
+    pub enabled: bool,
+    /// Compact a (database, measurement, hour, shard) partition holding
+    /// more than this many files; default 8.
+    pub min_files: usize,
+    /// ... once its hour ended at least this long ago; default `1h`.
+    pub min_age: String,
+    /// Size of the files a compaction writes; default 268435456 (256 MiB).
+    pub target_file_bytes: u64,
+    /// zstd level of compacted files, 1 to 22; default 3.
+    pub zstd_level: i32,
+    /// Bytes read plus written per second, at most; 0: no limit. Default
+    /// 67108864 (64 MiB/s).
+    pub bytes_per_second: u64,
+    /// Nice value of the compaction thread, 0 to 19; default 10.
+    pub nice: i32,
+    /// How often to look for partitions to compact; default `1m`.
+    pub check_interval: String,
+}
+
+impl Default for CompactionSettings {
+    fn default() -> Self {
+        CompactionSettings {
+            enabled: true,
+            min_files: 8,
+            min_age: "1h".into(),
+            target_file_bytes: 256 << 20,
+            zstd_level: 3,
+            bytes_per_second: 64 << 20,
+            nice: 10,
+            check_interval: "1m".into(),
+        }
+    }
+}
+
+/// How long data is kept. Whole hour partitions are dropped once their
+/// hour ended longer ago than the limit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// For databases without their own: e.g. `30d`; empty or `0`: forever
+    /// (default).
+    pub default: String,
+    /// How often retention is applied; default `1m`.
+    pub check_interval: String,
+    /// Per database, its retention (as `default`); `PUT
+    /// /api/v1/databases/{db}/retention` overrides it at run time.
+    pub databases: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            default: String::new(),
+            check_interval: "1m".into(),
+            databases: Default::default(),
+        }
+    }
+}
+
+/// Parses a duration such as `30d`, `12h`, `90s` or `1h 30m`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 30d, 12h or 90s: {e}"))
+}
+
+/// A retention: `None` (forever) for an empty string or `0`.
+pub fn parse_retention(s: &str) -> Result<Option<std::time::Duration>, String> {
+    let s = s.trim();
+    if s.is_empty() || s == "0" {
+        return Ok(None);
+    }
+    let d = parse_duration(s)?;
+    Ok((!d.is_zero()).then_some(d))
+}
+
+impl CompactionSettings {
+    /// The compaction settings as the shards crate takes them.
+    pub fn to_config(&self) -> tidemark_shards::compact::CompactionConfig {
+        tidemark_shards::compact::CompactionConfig {
+            min_files: self.min_files,
+            min_age: parse_duration(&self.min_age).unwrap_or_default(),
+            target_file_bytes: self.target_file_bytes,
+            zstd_level: self.zstd_level,
+            bytes_per_second: self.bytes_per_second,
+        }
+    }
 }
 
 /// Where a node sends requests it does not serve (in a cluster; see
@@ -469,6 +567,54 @@ fn set_key(table: &mut toml::Table, section: &str, key: &str, value: toml::Value
 }
 
 impl Config {
+    fn validate_storage(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let c = &self.compaction;
+        for (key, v) in [
+            ("compaction.min_age", &c.min_age),
+            ("compaction.check_interval", &c.check_interval),
+            ("retention.check_interval", &self.retention.check_interval),
+        ] {
+            match parse_duration(v) {
+                Err(e) => return invalid(key, e),
+                Ok(d) if d.is_zero() && key != "compaction.min_age" => {
+                    return invalid(key, "must be more than 0".into())
+                }
+                Ok(_) => {}
+            }
+        }
+        if c.min_files == 0 {
+            return invalid("compaction.min_files", "must be at least 1".into());
+        }
+        if c.target_file_bytes < 1 << 20 {
+            return invalid(
+                "compaction.target_file_bytes",
+                format!("{} is less than 1048576 (1 MiB)", c.target_file_bytes),
+            );
+        }
+        if !(1..=22).contains(&c.zstd_level) {
+            return invalid(
+                "compaction.zstd_level",
+                format!("{} is not between 1 and 22", c.zstd_level),
+            );
+        }
+        if !(0..=19).contains(&c.nice) {
+            return invalid(
+                "compaction.nice",
+                format!("{} is not between 0 and 19", c.nice),
+            );
+        }
+        if let Err(e) = parse_retention(&self.retention.default) {
+            return invalid("retention.default", e);
+        }
+        for (db, v) in &self.retention.databases {
+            if let Err(e) = parse_retention(v) {
+                return invalid("retention.databases", format!("{db}: {e}"));
+            }
+        }
+        Ok(())
+    }
+
     /// Loads the configuration: defaults, `file`, the environment `env`
     /// (`TIDEMARK_*` pairs), then `flags`.
     pub fn load(
@@ -564,6 +710,7 @@ impl Config {
     /// Checks every setting; the first problem names its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        self.validate_storage()?;
         if self.http.addr.parse::<SocketAddr>().is_err() {
             return invalid(
                 "http.addr",

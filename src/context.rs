@@ -40,6 +40,10 @@ pub struct NodeShared {
     pub positions: Vec<[AtomicU64; 2]>,
     /// The primary's write lease (in a cluster).
     pub lease: crate::control::PrimaryLease,
+    /// The compactor lease (in a cluster), by compactor epoch.
+    pub compactor_lease: crate::control::PrimaryLease,
+    /// The compaction and retention thread.
+    pub storage: crate::storage::StorageHandle,
     /// Per shard: the writer epoch of the replication stream it follows
     /// now (0: none). Heartbeats derive `fenced_epoch` from it.
     pub following: Vec<AtomicU64>,

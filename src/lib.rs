@@ -11,4 +11,5 @@ pub mod node;
 pub mod query;
 pub mod replication;
 pub mod routing;
+pub mod storage;
 pub mod tls;

@@ -420,7 +420,7 @@ impl ReplicationFamilies {
 /// The ingest formats, as metric label values.
 pub const FORMATS: [&str; 2] = ["line_protocol", "msgpack"];
 /// The routes measured by the HTTP latency histogram.
-pub const ROUTES: [&str; 10] = [
+pub const ROUTES: [&str; 11] = [
     "write_line_protocol",
     "write_msgpack",
     "health",
@@ -431,6 +431,7 @@ pub const ROUTES: [&str; 10] = [
     "query",
     "replication",
     "cluster",
+    "storage",
 ];
 
 impl NodeMetrics {
@@ -555,6 +556,11 @@ impl NodeMetrics {
         );
         *m.registry.lock().expect("metrics lock") = r;
         Arc::new(m)
+    }
+
+    /// Registers more families (of other modules).
+    pub fn register_with(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().expect("metrics lock"));
     }
 
     /// Registers the query pool's pruning counters and the query families.

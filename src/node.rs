@@ -132,6 +132,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             "removed files of flushes that did not complete"
         );
     }
+    {
+        let store = store.clone();
+        manifest.set_deleter(Arc::new(move |path: &str| {
+            if let Err(e) = store.delete(path) {
+                tracing::warn!(path, error = %e, "cannot delete a file out of the manifest (removed at the next start)");
+            }
+        }));
+    }
+    crate::storage::apply_config(&config, &manifest).context("applying retention.*")?;
     let catalog = Catalog::new();
     seed_catalog(&catalog, &manifest);
     let shard_count = config.shard_cores();
@@ -167,6 +176,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     )
     .context("starting the query pool")?;
     metrics.register_query(&query);
+    let storage_metrics = Arc::new(crate::storage::StorageMetrics::new());
+    metrics.register_with(|r| storage_metrics.register(r, &manifest));
+    let (storage, storage_parts) = crate::storage::channel();
     let node = Arc::new(NodeShared {
         catalog: catalog.clone(),
         query: query.clone(),
@@ -181,6 +193,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
             .collect(),
         lease: crate::control::PrimaryLease::default(),
+        compactor_lease: crate::control::PrimaryLease::default(),
+        storage,
         following: (0..shard_count).map(|_| AtomicU64::new(0)).collect(),
         report: event_listener::Event::new(),
         fatal: Mutex::new(None),
@@ -212,6 +226,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(pool);
 
+    let storage_thread = crate::storage::start(node.clone(), storage_parts, storage_metrics)
+        .context("starting the compaction thread")?;
+
     // The control thread: Raft (in a cluster), signals, housekeeping, shutdown.
     let control_node = node.clone();
     let control = std::thread::Builder::new()
@@ -236,6 +253,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
     node.shutting_down.store(true, Ordering::Release);
     let _ = control.join();
+    let _ = storage_thread.join();
     query.shutdown();
     for t in flush_threads {
         let _ = t.join();

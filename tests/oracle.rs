@@ -6,55 +6,8 @@
 
 mod common;
 
-use std::io::Write;
-
+use common::oracle::{check_against_duckdb, dataset};
 use common::*;
-
-const T0: i64 = 1_700_000_000_000_000_000;
-const SEC: i64 = 1_000_000_000;
-
-fn rfc3339(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-}
-
-/// 30 hosts, 3 regions, one row per host every 37 s for about 7 hours.
-fn dataset() -> String {
-    let mut s = String::new();
-    let mut x: u64 = 12345;
-    for step in 0..700i64 {
-        for h in 0..30 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let user = (x % 10_000) as f64 / 100.0;
-            let system = ((x >> 16) % 5_000) as f64 / 100.0;
-            s += &format!(
-                "cpu,hostname=host_{h},region=r{} usage_user={user},usage_system={system},usage_idle={} {}\n",
-                h % 3,
-                100.0 - user,
-                T0 + step * 37 * SEC + h * SEC
-            );
-        }
-    }
-    s
-}
-
-/// A JSON value from tidemark with RFC 3339 times as nanoseconds, like the oracle's.
-fn norm(v: &serde_json::Value) -> serde_json::Value {
-    if let Some(s) = v.as_str() {
-        if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-            return serde_json::json!(t.timestamp_nanos_opt().unwrap());
-        }
-    }
-    v.clone()
-}
-
-fn same(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    match (a.as_f64(), b.as_f64()) {
-        (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
-        _ => a == b,
-    }
-}
 
 #[test]
 fn tsbs_queries_agree_with_duckdb() {
@@ -66,72 +19,5 @@ fn tsbs_queries_agree_with_duckdb() {
         assert_eq!(node.write_lp("bench", &body).status, 204);
     }
     node.flush();
-    let (from, to) = (rfc3339(T0 + 3600 * SEC), rfc3339(T0 + 5 * 3600 * SEC));
-    let queries = vec![
-        // lastpoint
-        "SELECT c.hostname, c.time, c.usage_user FROM cpu c JOIN (SELECT hostname, max(time) AS t FROM cpu GROUP BY hostname) l \
-         ON c.hostname = l.hostname AND c.time = l.t ORDER BY c.hostname".to_string(),
-        // single-groupby: one host, max per minute, over a window
-        format!("SELECT date_trunc('minute', time) AS minute, max(usage_user) AS m FROM cpu \
-                 WHERE hostname = 'host_7' AND time >= '{from}' AND time < '{to}' GROUP BY 1 ORDER BY 1"),
-        // double-groupby: mean per hour per host
-        format!("SELECT date_trunc('hour', time) AS hour, hostname, avg(usage_user) AS a FROM cpu \
-                 WHERE time >= '{from}' AND time < '{to}' GROUP BY 1, 2 ORDER BY 1, 2"),
-        // groupby-orderby-limit
-        format!("SELECT date_trunc('minute', time) AS minute, max(usage_user) AS m FROM cpu \
-                 WHERE time < '{to}' GROUP BY 1 ORDER BY 1 DESC LIMIT 5"),
-        // high-cpu
-        format!("SELECT time, hostname, usage_user FROM cpu WHERE usage_user > 99.5 \
-                 AND time >= '{from}' AND time < '{to}' ORDER BY time, hostname"),
-        // count per time bucket, and per region
-        "SELECT date_trunc('hour', time) AS h, count(*) AS n FROM cpu GROUP BY 1 ORDER BY 1".to_string(),
-        "SELECT region, count(*) AS n, sum(usage_system) AS s, min(usage_idle) AS lo FROM cpu GROUP BY region ORDER BY region".to_string(),
-        "SELECT count(*) FROM cpu".to_string(),
-    ];
-    let mut child = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oracle.py"))
-        .arg(dir.path().join("data").join("parquet"))
-        .args(["bench", "cpu"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with the duckdb package (scripts/test.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(&queries).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "oracle failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let expected: Vec<Vec<Vec<serde_json::Value>>> = serde_json::from_slice(&out.stdout).unwrap();
-    for (q, want) in queries.iter().zip(expected) {
-        let body = serde_json::to_vec(&serde_json::json!({ "sql": q })).unwrap();
-        let r = node.req(
-            "POST",
-            "/api/v1/query",
-            &[("x-arc-database", "bench")],
-            &body,
-        );
-        assert_eq!(r.status, 200, "{q}: {}", r.text());
-        let got: Vec<Vec<serde_json::Value>> = r.json()["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| row.as_array().unwrap().iter().map(norm).collect())
-            .collect();
-        assert!(!want.is_empty(), "{q}: the oracle returned no rows");
-        assert_eq!(got.len(), want.len(), "{q}");
-        for (g, w) in got.iter().zip(&want) {
-            assert!(
-                g.len() == w.len() && g.iter().zip(w).all(|(a, b)| same(a, b)),
-                "{q}\n tidemark {g:?}\n duckdb   {w:?}"
-            );
-        }
-    }
+    check_against_duckdb(&node, "bench");
 }

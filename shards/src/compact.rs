@@ -387,10 +387,17 @@ pub fn apply_retention(
     keep_for: &dyn Fn(&str) -> Option<Duration>,
     now_ns: i64,
 ) -> Result<RetentionReport, CompactError> {
+    let expired: Vec<String> = manifest
+        .files()
+        .into_iter()
+        .filter(|f| expired(f, keep_for(&f.database), now_ns))
+        .map(|f| f.path)
+        .collect();
+    if expired.is_empty() {
+        return Ok(RetentionReport::default());
+    }
     crash_point("retention.before_manifest");
-    let dropped = manifest
-        .commit_drop(|f| expired(f, keep_for(&f.database), now_ns))
-        .map_err(FlushError::from)?;
+    let dropped = manifest.commit_drop(&expired).map_err(FlushError::from)?;
     crash_point("retention.after_manifest");
     let partitions: std::collections::BTreeSet<(&str, &str, i64)> = dropped
         .iter()

@@ -239,7 +239,7 @@ fn write_local(root: &Path, path: &str, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Sets the calling thread's nice value (on Linux a per-thread attribute).
-fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
     // SAFETY: plain integer arguments; gettid names this thread.
     let r = unsafe {
         let tid = libc::gettid();

@@ -586,15 +586,14 @@ impl Manifest {
         st.generation
     }
 
-    /// Removes every file of the partitions `(database, measurement,
-    /// hour)` for which `drop` says so, durably, in one record. Returns the
-    /// files removed (for [`Manifest::retire`]).
-    pub fn commit_drop(
-        &self,
-        drop: impl Fn(&FileMeta) -> bool,
-    ) -> Result<Vec<FileMeta>, ManifestError> {
+    /// Removes the files `paths` (those still listed), durably, in one
+    /// record. Returns the files removed (for [`Manifest::retire`]).
+    pub fn commit_drop(&self, paths: &[String]) -> Result<Vec<FileMeta>, ManifestError> {
         let mut st = self.lock();
-        let removed: Vec<FileMeta> = st.files.values().filter(|f| drop(f)).cloned().collect();
+        let removed: Vec<FileMeta> = paths
+            .iter()
+            .filter_map(|p| st.files.get(p).cloned())
+            .collect();
         if removed.is_empty() {
             return Ok(removed);
         }

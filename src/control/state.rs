@@ -275,6 +275,10 @@ pub struct ClusterState {
     pub primary: Option<NodeId>,
     pub writer_epoch: WriterEpoch,
     pub compactor: Option<NodeId>,
+    /// Bumped on every change of `compactor`: a compaction commits only
+    /// under the lease of the epoch it started in.
+    #[serde(default)]
+    pub compactor_epoch: u64,
     #[serde(default)]
     pub failover: Option<Failover>,
     /// Wall-clock ms (the leader's) when the last failover ended.
@@ -347,6 +351,7 @@ impl ClusterState {
                 }
                 if self.compactor == Some(*id) {
                     self.compactor = None;
+                    self.compactor_epoch += 1;
                     effects.push(Effect::CompactorChanged {
                         from: Some(*id),
                         to: None,
@@ -469,6 +474,7 @@ impl ClusterState {
                     return Ok(Vec::new());
                 }
                 let from = std::mem::replace(&mut self.compactor, *id);
+                self.compactor_epoch += 1;
                 Ok(vec![Effect::CompactorChanged { from, to: *id }])
             }
         }

@@ -31,6 +31,7 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
         "/api/v1/query" | "/api/v1/query/arrow" | "/api/v1/measurements" => 7,
         "/api/v1/replication/manifest" | "/api/v1/replication/file" => 8,
         p if p == "/api/v1/cluster" || p.starts_with("/api/v1/cluster/") => 9,
+        p if p == "/api/v1/compact" || p.starts_with("/api/v1/databases/") => 10,
         _ => 6,
     };
     // The replication endpoints authenticate with the cluster secret.
@@ -151,6 +152,11 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
         ("GET", "/api/v1/replication/manifest" | "/api/v1/replication/file") => {
             crate::replication::bootstrap::serve(ctx, &req)
         }
+        ("POST", "/api/v1/compact") => compact_now(ctx, &req).await,
+        (_, p) if p.starts_with("/api/v1/databases/") && p.ends_with("/retention") => {
+            let db = &p["/api/v1/databases/".len()..p.len() - "/retention".len()];
+            retention(ctx, method, db, &req.body).await
+        }
         (
             _,
             "/health"
@@ -160,7 +166,8 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
             | "/api/v2/write"
             | "/api/v1/write/line-protocol"
             | "/api/v1/write/msgpack"
-            | "/api/v1/flush",
+            | "/api/v1/flush"
+            | "/api/v1/compact",
         ) => Response::error(405, format!("method {method} is not allowed on {path}")),
         _ => Response::error(404, format!("no endpoint {path}")),
     };
@@ -592,6 +599,20 @@ fn measurements(ctx: &CoreCtx, req: &Request) -> Response {
         .header("x-arc-database")
         .map(str::to_string)
         .or_else(|| req.query_param("db"));
+    // Per table: files, bytes, rows in files, hour partitions.
+    let mut stored: std::collections::HashMap<
+        (String, String),
+        (u64, u64, u64, std::collections::BTreeSet<i64>),
+    > = std::collections::HashMap::new();
+    for f in ctx.node.manifest.files() {
+        let e = stored
+            .entry((f.database.clone(), f.measurement.clone()))
+            .or_default();
+        e.0 += 1;
+        e.1 += f.size;
+        e.2 += f.rows;
+        e.3.insert(f.hour);
+    }
     let list: Vec<serde_json::Value> = ctx
         .node
         .catalog
@@ -599,15 +620,119 @@ fn measurements(ctx: &CoreCtx, req: &Request) -> Response {
         .into_iter()
         .filter(|(k, _)| only.as_deref().is_none_or(|d| d == k.database()))
         .map(|(k, s)| {
+            let none = Default::default();
+            let (files, bytes, rows, hours) = stored
+                .get(&(k.database().to_string(), k.measurement().to_string()))
+                .unwrap_or(&none);
             serde_json::json!({
                 "database": k.database(),
                 "measurement": k.measurement(),
                 "columns": s.columns().map(|(n, kind)| serde_json::json!({"name": n, "type": kind.to_string()})).collect::<Vec<_>>(),
+                "files": files,
+                "file_bytes": bytes,
+                "file_rows": rows,
+                "partitions": hours.len(),
             })
         })
         .collect();
     Response::json(
         200,
         &serde_json::json!({"success": true, "measurements": list}),
+    )
+}
+
+/// `POST /api/v1/compact`, optionally narrowed to a database (and a
+/// measurement) by `{"database": .., "measurement": ..}` or the same query
+/// parameters: retention, then a compaction of every partition that can
+/// shrink, now. Answers what they did.
+async fn compact_now(ctx: &CoreCtx, req: &Request) -> Response {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        database: Option<String>,
+        measurement: Option<String>,
+    }
+    let mut scope: Body = if req.body.iter().all(u8::is_ascii_whitespace) {
+        Body::default()
+    } else {
+        match serde_json::from_slice(&req.body) {
+            Ok(b) => b,
+            Err(e) => {
+                return Response::error(
+                    400,
+                    format!(
+                        "expected {{\"database\": .., \"measurement\": ..}} (both optional): {e}"
+                    ),
+                )
+            }
+        }
+    };
+    scope.database = scope.database.or_else(|| req.query_param("database"));
+    scope.measurement = scope.measurement.or_else(|| req.query_param("measurement"));
+    if scope.measurement.is_some() && scope.database.is_none() {
+        return Response::error(400, "a measurement needs its database (\"database\")");
+    }
+    let scope = crate::storage::Scope {
+        database: scope.database,
+        measurement: scope.measurement,
+    };
+    match ctx.node.storage.compact_now(scope).await {
+        Some(report) => Response::json(200, &serde_json::to_value(&report).unwrap_or_default()),
+        None => Response::error(503, "the compaction thread is busy or stopped; try again")
+            .with_header("Retry-After", "1"),
+    }
+}
+
+/// `GET` and `PUT /api/v1/databases/{db}/retention`. `PUT` takes
+/// `{"duration": "30d"}` (`"0"`: keep forever; `null`: back to
+/// `retention.default`).
+async fn retention(ctx: &CoreCtx, method: &str, db: &str, body: &[u8]) -> Response {
+    if let Err(e) = tidemark_shards::schema::validate_database_name(db) {
+        return Response::error(400, format!("database {db:?}: {e}"));
+    }
+    let manifest = &ctx.node.manifest;
+    match method {
+        "GET" => {}
+        "PUT" => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                duration: Option<String>,
+            }
+            let b: Body = match serde_json::from_slice(body) {
+                Ok(b) => b,
+                Err(e) => {
+                    return Response::error(
+                        400,
+                        format!("expected {{\"duration\": \"30d\"}} (\"0\": forever, null: the default): {e}"),
+                    )
+                }
+            };
+            let seconds = match b.duration.as_deref().map(crate::config::parse_retention) {
+                None => None,
+                Some(Ok(keep)) => Some(keep.map_or(0, |d| d.as_secs().max(1))),
+                Some(Err(e)) => return Response::error(400, format!("duration: {e}")),
+            };
+            if let Err(e) = manifest.set_retention(db, seconds) {
+                return Response::error(500, format!("cannot record the retention: {e}"));
+            }
+        }
+        _ => {
+            return Response::error(
+                405,
+                format!("method {method} is not allowed on /api/v1/databases/{{db}}/retention"),
+            )
+        }
+    }
+    let own = manifest.retention().get(db).copied();
+    let keep = manifest.keep_for(db);
+    Response::json(
+        200,
+        &serde_json::json!({
+            "database": db,
+            "duration": keep.map(|d| humantime::format_duration(d).to_string()),
+            "seconds": keep.map(|d| d.as_secs()),
+            "source": if own.is_some() { "database" } else if keep.is_some() { "default" } else { "none" },
+        }),
     )
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 pub mod cluster;
+pub mod oracle;
 pub mod proxy;
 
 use std::collections::BTreeMap;
@@ -423,6 +424,71 @@ pub fn mp_columnar(first: i64, n: i64) -> Vec<u8> {
     write_array_len(&mut out, n as u32).unwrap();
     for i in first..first + n {
         write_f64(&mut out, i as f64 + 0.5).unwrap();
+    }
+    out
+}
+
+/// A file the manifest lists: its rows, SHA-256 and hour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub rows: u64,
+    pub sha256: String,
+    pub hour: i64,
+}
+
+/// The files `manifest.log` of a stopped node lists, replayed here from the
+/// record format (`len u32 | crc32c u32 | JSON`), independently of the
+/// node's own reader. A torn last record is ignored.
+pub fn manifest_files(node_dir: &Path) -> BTreeMap<String, Listed> {
+    let data = std::fs::read(node_dir.join("data/manifest/manifest.log")).unwrap_or_default();
+    let mut files = BTreeMap::new();
+    let mut off = 0;
+    while off + 8 <= data.len() {
+        let len = u32::from_le_bytes(data[off..off + 4].try_into().unwrap()) as usize;
+        let Some(body) = data.get(off + 8..off + 8 + len) else {
+            break;
+        };
+        let rec: serde_json::Value = serde_json::from_slice(body).unwrap();
+        for p in rec["removed"].as_array().into_iter().flatten() {
+            files.remove(p.as_str().unwrap());
+        }
+        for f in rec["files"].as_array().into_iter().flatten() {
+            files.insert(
+                f["path"].as_str().unwrap().to_string(),
+                Listed {
+                    rows: f["rows"].as_u64().unwrap(),
+                    sha256: f["sha256"].as_str().unwrap().to_string(),
+                    hour: f["hour"].as_i64().unwrap(),
+                },
+            );
+        }
+        off += 8 + len;
+    }
+    files
+}
+
+/// Every Parquet file under the node's store, relative to it, with its SHA-256.
+pub fn stored_files(node_dir: &Path) -> BTreeMap<String, String> {
+    use sha2::Digest;
+    let root = node_dir.join("data/parquet");
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
+                out.insert(
+                    rel,
+                    hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap())),
+                );
+            }
+        }
     }
     out
 }

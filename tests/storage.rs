@@ -1,0 +1,323 @@
+//! Storage over time against the real binary: repeated points read as one
+//! (InfluxDB's rule) before and after compaction, compaction of many small
+//! flushes into one file with answers unchanged (and equal to DuckDB's over
+//! the compacted files), retention by whole hour partitions through the
+//! API, and `GET /api/v1/measurements` file counts.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::oracle::{check_against_duckdb, dataset, queries, tidemark_rows, SEC, T0};
+use common::*;
+
+fn sql(node: &Node, db: &str, q: &str) -> serde_json::Value {
+    let body = serde_json::to_vec(&serde_json::json!({ "sql": q })).unwrap();
+    let r = node.req("POST", "/api/v1/query", &[("x-arc-database", db)], &body);
+    assert_eq!(r.status, 200, "{q}: {}", r.text());
+    r.json()
+}
+
+fn compact(node: &Node, body: &str) -> serde_json::Value {
+    let r = node.req("POST", "/api/v1/compact", &[], body.as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["errors"], serde_json::json!([]), "{v}");
+    v
+}
+
+fn measurement<'a>(list: &'a serde_json::Value, db: &str, m: &str) -> &'a serde_json::Value {
+    list["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["database"] == db && x["measurement"] == m)
+        .unwrap_or_else(|| panic!("{db}.{m} in {list}"))
+}
+
+fn metric(node: &Node, name: &str) -> f64 {
+    let text = node.req("GET", "/metrics", &[], b"").text();
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+/// One hour: 30 hosts every 30 s.
+fn one_hour() -> Vec<String> {
+    let hour = T0 - T0.rem_euclid(3600 * SEC);
+    (0..120i64)
+        .flat_map(|step| {
+            (0..30).map(move |h| {
+                format!(
+                    "cpu,hostname=host_{h},region=r{} usage_user={},usage_idle={} {}",
+                    h % 3,
+                    (step * 7 + h) % 100,
+                    100 - (step * 7 + h) % 100,
+                    hour + step * 30 * SEC + h * SEC
+                )
+            })
+        })
+        .collect()
+}
+
+const SUMS: &str =
+    "SELECT count(*), sum(usage_user), sum(usage_idle), count(DISTINCT hostname) FROM cpu";
+
+#[test]
+fn two_hundred_flushes_compact_to_one_file_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &["--shard-cores", "1", "--set", "compaction.enabled=false"],
+    );
+    let lines = one_hour();
+    for chunk in lines.chunks(lines.len() / 200) {
+        assert_eq!(node.write_lp("a", &chunk.join("\n")).status, 204);
+        node.flush();
+    }
+    let before = sql(&node, "a", SUMS)["data"].clone();
+    assert_eq!(before[0][0], 3600);
+    let list = node
+        .req("GET", "/api/v1/measurements?db=a", &[], b"")
+        .json();
+    let cpu = measurement(&list, "a", "cpu");
+    assert_eq!(cpu["files"], 200, "{cpu}");
+    assert_eq!(cpu["partitions"], 1);
+    assert_eq!(cpu["file_rows"], 3600);
+
+    let report = compact(&node, r#"{"database": "a"}"#);
+    assert_eq!(report["jobs"].as_array().unwrap().len(), 1, "{report}");
+    assert_eq!(report["files_before"], 200);
+    assert_eq!(report["files_after"], 1);
+    assert_eq!(report["rows_deduplicated"], 0);
+    assert_eq!(sql(&node, "a", SUMS)["data"], before);
+    let list = node
+        .req("GET", "/api/v1/measurements?db=a", &[], b"")
+        .json();
+    let cpu = measurement(&list, "a", "cpu");
+    assert_eq!(
+        (cpu["files"].clone(), cpu["file_rows"].clone()),
+        (1.into(), 3600.into())
+    );
+    // The old files are gone from the disk, the new one matches its record.
+    let stored = stored_files(dir.path());
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    assert_eq!(
+        metric(&node, "tidemark_compaction_files_before_total"),
+        200.0
+    );
+    assert_eq!(metric(&node, "tidemark_compaction_files_after_total"), 1.0);
+    assert_eq!(metric(&node, "tidemark_storage_files"), 1.0);
+    // Nothing left to do: a second run compacts nothing.
+    assert_eq!(compact(&node, "")["jobs"], serde_json::json!([]));
+    // After a restart too.
+    drop(node);
+    let node = Node::start(
+        dir.path(),
+        &["--shard-cores", "1", "--set", "compaction.enabled=false"],
+    );
+    assert_eq!(sql(&node, "a", SUMS)["data"], before);
+}
+
+#[test]
+fn the_tsbs_answers_are_the_same_after_compaction_and_equal_duckdbs() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--set", "compaction.enabled=false"]);
+    let data = dataset();
+    for chunk in data.lines().collect::<Vec<_>>().chunks(700) {
+        assert_eq!(node.write_lp("bench", &chunk.join("\n")).status, 204);
+        node.flush();
+    }
+    let qs = queries();
+    let before: Vec<_> = qs
+        .iter()
+        .map(|q| tidemark_rows(&node, "bench", q))
+        .collect();
+    let report = compact(&node, "");
+    assert!(
+        report["files_after"].as_u64().unwrap() < report["files_before"].as_u64().unwrap(),
+        "{report}"
+    );
+    for (q, want) in qs.iter().zip(&before) {
+        common::oracle::assert_same_rows(q, &tidemark_rows(&node, "bench", q), want);
+    }
+    // DuckDB over the compacted files (no point is in two of them).
+    check_against_duckdb(&node, "bench");
+}
+
+/// A point is (measurement, tag set, time): written again with some of its
+/// fields, the fields merge and the latest write of each field wins, in the
+/// buffer, across flushed files, and after compaction.
+#[test]
+fn a_repeated_point_reads_back_as_one_with_the_latest_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &["--shard-cores", "1", "--set", "compaction.enabled=false"],
+    );
+    let t = T0;
+    let w = |body: &str| assert_eq!(node.write_lp("d", body).status, 204);
+    let q = "SELECT host, a, b, c, s FROM m ORDER BY host, time";
+    let expect = |want: serde_json::Value| {
+        assert_eq!(sql(&node, "d", q)["data"], want);
+        let n = sql(&node, "d", "SELECT count(*) FROM m");
+        assert_eq!(n["data"][0][0], want.as_array().unwrap().len());
+    };
+    // Other points around it, which must not change.
+    w(&format!(
+        "m,host=x a=1,b=1 {t}\nm,host=y a=5,s=\"y\" {t}\nm,host=x a=9 {}",
+        t + 1
+    ));
+    // The same point again within the buffer, with a new field and one rewritten.
+    w(&format!("m,host=x b=2,c=3 {t}"));
+    let buffered = serde_json::json!([
+        ["x", 1, 2, 3, null],
+        ["x", 9, null, null, null],
+        ["y", 5, null, null, "y"]
+    ]);
+    expect(buffered.clone());
+    node.flush();
+    expect(buffered);
+    // Across files: a partial rewrite after the flush, then another flush.
+    w(&format!("m,host=x a=7,s=\"late\" {t}"));
+    let merged = serde_json::json!([
+        ["x", 7, 2, 3, "late"],
+        ["x", 9, null, null, null],
+        ["y", 5, null, null, "y"]
+    ]);
+    expect(merged.clone());
+    node.flush();
+    expect(merged.clone());
+    // And in the buffer against the files, once more.
+    w(&format!("m,host=x c=4 {t}"));
+    let latest = serde_json::json!([
+        ["x", 7, 2, 4, "late"],
+        ["x", 9, null, null, null],
+        ["y", 5, null, null, "y"]
+    ]);
+    expect(latest.clone());
+    node.flush();
+    let plan = sql(&node, "d", &format!("EXPLAIN {q}"))["data"].to_string();
+    assert!(plan.contains("DedupExec"), "{plan}");
+    let report = compact(&node, r#"{"database": "d", "measurement": "m"}"#);
+    assert_eq!(report["files_before"], 3, "{report}");
+    assert_eq!(report["files_after"], 1, "{report}");
+    assert_eq!(report["rows_deduplicated"], 2, "{report}");
+    expect(latest.clone());
+    // One file, no point twice: the scan merges nothing.
+    let plan = sql(&node, "d", &format!("EXPLAIN {q}"))["data"].to_string();
+    assert!(!plan.contains("DedupExec"), "{plan}");
+    assert_eq!(count_rows(&node.parquet_rows("d", "m")), 3);
+    assert!(metric(&node, "tidemark_storage_rows_deduplicated_total") >= 3.0);
+}
+
+#[test]
+fn retention_drops_whole_hours_past_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--set",
+            "compaction.enabled=false",
+            "--set",
+            "retention.check_interval=1h",
+        ],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    let hour = 3600 * SEC;
+    // Rows 5, 3 and 1 days old, and now; one file each.
+    for (days, n) in [(5, 10), (3, 20), (1, 30), (0, 40)] {
+        let t = now - days * 24 * hour;
+        let body: Vec<String> = (0..n)
+            .map(|i| format!("m,host=h{i} v={i} {}", t + i))
+            .collect();
+        assert_eq!(node.write_lp("r", &body.join("\n")).status, 204);
+        assert_eq!(node.write_lp("keep", &body.join("\n")).status, 204);
+        node.flush();
+    }
+    let count =
+        |node: &Node, db: &str| sql(node, db, "SELECT count(*) FROM m")["data"][0][0].clone();
+    assert_eq!(count(&node, "r"), 100);
+    // No retention yet.
+    let got = node
+        .req("GET", "/api/v1/databases/r/retention", &[], b"")
+        .json();
+    assert_eq!(got["duration"], serde_json::Value::Null, "{got}");
+    assert_eq!(got["source"], "none");
+    // Bad input changes nothing.
+    for bad in [r#"{"duration": "soon"}"#, r#"{"days": 3}"#, "not json"] {
+        let r = node.req("PUT", "/api/v1/databases/r/retention", &[], bad.as_bytes());
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let r = node.req(
+        "PUT",
+        "/api/v1/databases/bad%20name/retention",
+        &[],
+        br#"{"duration":"2d"}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = node.req(
+        "PUT",
+        "/api/v1/databases/r/retention",
+        &[],
+        br#"{"duration": "2d"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["seconds"], 2 * 86_400);
+    let got = node
+        .req("GET", "/api/v1/databases/r/retention", &[], b"")
+        .json();
+    assert_eq!(
+        (got["seconds"].clone(), got["source"].clone()),
+        (172_800.into(), "database".into())
+    );
+    let report = compact(&node, "");
+    assert_eq!(report["retention"]["partitions_dropped"], 2, "{report}");
+    assert_eq!(count(&node, "r"), 70);
+    assert_eq!(count(&node, "keep"), 100);
+    assert_eq!(
+        metric(&node, "tidemark_retention_partitions_dropped_total"),
+        2.0
+    );
+    // Rows past the limit still in the buffer are dropped at their flush.
+    let old = now - 4 * 24 * hour;
+    assert_eq!(
+        node.write_lp("r", &format!("m,host=old v=1 {old}")).status,
+        204
+    );
+    assert_eq!(count(&node, "r"), 71);
+    node.flush();
+    assert_eq!(count(&node, "r"), 70);
+    assert_eq!(metric(&node, "tidemark_retention_rows_expired_total"), 1.0);
+    // The setting survives a restart; `null` goes back to the default.
+    drop(node);
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--set",
+            "retention.default=4d",
+            "--set",
+            "compaction.enabled=false",
+        ],
+    );
+    let got = node
+        .req("GET", "/api/v1/databases/r/retention", &[], b"")
+        .json();
+    assert_eq!(got["seconds"], 172_800, "{got}");
+    let r = node.req(
+        "PUT",
+        "/api/v1/databases/r/retention",
+        &[],
+        br#"{"duration": null}"#,
+    );
+    assert_eq!(r.json()["source"], "default", "{}", r.text());
+    compact(&node, "");
+    assert_eq!(
+        count(&node, "keep"),
+        90,
+        "the 5-day-old hour is past the 4d default"
+    );
+}
