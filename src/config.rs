@@ -16,6 +16,10 @@ use tidemark_shards::wal::{RecoveryMode, SyncMode, WalIo};
 /// Prefix of the environment variables that override settings.
 pub const ENV_PREFIX: &str = "TIDEMARK_";
 
+/// `TIDEMARK_*` variables that are not settings: the log filter, and the
+/// crash points of builds with the `failpoints` feature.
+const NOT_SETTINGS: [&str; 2] = ["TIDEMARK_LOG", "TIDEMARK_CRASH_AT"];
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -646,7 +650,7 @@ impl Config {
         }
         let mut env: Vec<(String, String)> = env
             .into_iter()
-            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != "TIDEMARK_LOG")
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && !NOT_SETTINGS.contains(&k.as_str()))
             .collect();
         env.sort();
         for (var, raw) in &env {
