@@ -321,3 +321,114 @@ fn retention_drops_whole_hours_past_the_limit() {
         "the 5-day-old hour is past the 4d default"
     );
 }
+
+/// One step of the property test.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Points (host, second, a, b): a point's fields as written (at least one).
+    Write(Vec<(u8, u8, Option<i64>, Option<i64>)>),
+    Flush,
+    Compact,
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    let point = (
+        0u8..3,
+        0u8..6,
+        proptest::option::of(0i64..100),
+        proptest::option::of(0i64..100),
+    )
+        .prop_filter("a point has a field", |p| p.2.is_some() || p.3.is_some());
+    prop_oneof![
+        4 => proptest::collection::vec(point, 1..8).prop_map(Op::Write),
+        2 => Just(Op::Flush),
+        1 => Just(Op::Compact),
+    ]
+}
+
+/// Any sequence of writes (repeating points, with partial field sets),
+/// flushes and compactions answers like a model of InfluxDB's rule: per
+/// (tags, time) one point, each field its latest written value.
+#[test]
+fn writes_flushes_and_compactions_answer_like_the_model() {
+    use proptest::test_runner::{Config, TestRunner};
+    use std::collections::BTreeMap;
+    let dir = tempfile::tempdir().unwrap();
+    // One shard core: write order is WAL order.
+    let node = Node::start(
+        dir.path(),
+        &["--shard-cores", "1", "--set", "compaction.enabled=false"],
+    );
+    let hour = T0 - T0.rem_euclid(3600 * SEC);
+    let time = |s: u8| hour + i64::from(s % 2) * 3600 * SEC + i64::from(s) * SEC;
+    let case = std::cell::Cell::new(0);
+    let mut runner = TestRunner::new(Config {
+        cases: 24,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&proptest::collection::vec(op(), 1..12), |ops| {
+            case.set(case.get() + 1);
+            let db = format!("p{}", case.get());
+            let mut model: BTreeMap<(u8, i64), (Option<i64>, Option<i64>)> = BTreeMap::new();
+            for op in &ops {
+                match op {
+                    Op::Write(points) => {
+                        let body: Vec<String> = points
+                            .iter()
+                            .map(|(h, s, a, b)| {
+                                let mut fields = Vec::new();
+                                if let Some(a) = a {
+                                    fields.push(format!("a={a}i"));
+                                }
+                                if let Some(b) = b {
+                                    fields.push(format!("b={b}.5"));
+                                }
+                                format!("m,host=h{h} {} {}", fields.join(","), time(*s))
+                            })
+                            .collect();
+                        let r = node.write_lp(&db, &body.join("\n"));
+                        assert_eq!(r.status, 204, "{}", r.text());
+                        for (h, s, a, b) in points {
+                            let e = model.entry((*h, time(*s))).or_default();
+                            e.0 = a.or(e.0);
+                            e.1 = b.or(e.1);
+                        }
+                    }
+                    Op::Flush => node.flush(),
+                    Op::Compact => {
+                        compact(&node, &format!(r#"{{"database": "{db}"}}"#));
+                    }
+                }
+                if model.is_empty() {
+                    continue; // no table yet
+                }
+                // Columns exist once written: select those that do.
+                let has_a = model.values().any(|v| v.0.is_some());
+                let has_b = model.values().any(|v| v.1.is_some());
+                let q = format!(
+                    "SELECT host, CAST(time AS BIGINT) AS t, {}, {} FROM m ORDER BY host, t",
+                    if has_a { "a" } else { "NULL" },
+                    if has_b { "b" } else { "NULL" }
+                );
+                let got = sql(&node, &db, &q)["data"].clone();
+                let want: Vec<serde_json::Value> = model
+                    .iter()
+                    .map(|((h, t), (a, b))| {
+                        serde_json::json!([format!("h{h}"), t, a, b.map(|b| b as f64 + 0.5)])
+                    })
+                    .collect();
+                proptest::prop_assert_eq!(
+                    &got,
+                    &serde_json::Value::Array(want),
+                    "after {:?} of {:?}",
+                    op,
+                    ops
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+}

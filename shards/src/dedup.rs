@@ -384,4 +384,99 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn repeated_points_merge_fields_with_the_latest_write_winning() {
+        use arrow_array::{Float64Array, Int64Array, TimestampNanosecondArray};
+        use arrow_schema::{DataType, Field, Schema};
+        use std::sync::Arc;
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(
+                "time",
+                DataType::Timestamp(arrow_schema::TimeUnit::Nanosecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new(
+                "host",
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                true,
+            ),
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Float64, true),
+        ]));
+        // In write order: x@1 {a:1}, x@1 {b:2}, y@1 {a:3}, x@1 {a:5}, x@2 {a:6}.
+        let batch = |hosts: Vec<&str>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(
+                        TimestampNanosecondArray::from(vec![1, 1, 1, 1, 2]).with_timezone("UTC"),
+                    ),
+                    Arc::new(
+                        hosts
+                            .into_iter()
+                            .map(Some)
+                            .collect::<DictionaryArray<Int32Type>>(),
+                    ),
+                    Arc::new(Int64Array::from(vec![
+                        Some(1),
+                        None,
+                        Some(3),
+                        Some(5),
+                        Some(6),
+                    ])),
+                    Arc::new(Float64Array::from(vec![None, Some(2.0), None, None, None])),
+                ],
+            )
+            .unwrap()
+        };
+        let b = batch(vec!["x", "x", "y", "x", "x"]);
+        let (out, merged) = sort_and_merge(&b, &[1], 0, &[2, 3]).unwrap();
+        assert_eq!(merged, 2);
+        let a: Vec<Option<i64>> = out
+            .column(2)
+            .as_primitive::<arrow_array::types::Int64Type>()
+            .iter()
+            .collect();
+        let f: Vec<Option<f64>> = out
+            .column(3)
+            .as_primitive::<arrow_array::types::Float64Type>()
+            .iter()
+            .collect();
+        let t: Vec<i64> = out
+            .column(0)
+            .as_primitive::<TimestampNanosecondType>()
+            .values()
+            .to_vec();
+        assert_eq!(
+            (t, a, f),
+            (
+                vec![1, 2, 1],
+                vec![Some(5), Some(6), Some(3)],
+                vec![Some(2.0), None, None]
+            )
+        );
+        // No repeat: rows only sorted, nothing merged.
+        let (_, merged) =
+            sort_and_merge(&batch(vec!["a", "b", "c", "d", "e"]), &[1], 0, &[2, 3]).unwrap();
+        assert_eq!(merged, 0);
+        // Point hashes agree across dictionaries, differ across points.
+        let h = point_hashes(&b, &[1], 0);
+        assert!(h[0] == h[1] && h[1] == h[3] && h[0] != h[2] && h[0] != h[4]);
+        let mut other = DictionaryArray::<Int32Type>::from_iter(["zz", "x"].into_iter().map(Some));
+        other = other.slice(1, 1);
+        let one = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(TimestampNanosecondArray::from(vec![1]).with_timezone("UTC")),
+                Arc::new(other),
+                Arc::new(Int64Array::from(vec![Some(9)])),
+                Arc::new(Float64Array::from(vec![None::<f64>])),
+            ],
+        )
+        .unwrap();
+        assert_eq!(point_hashes(&one, &[1], 0)[0], h[0]);
+        assert_eq!(repeated(&h), vec![0, 1, 3]);
+        assert!(repeated(&[1, 2, 3]).is_empty());
+    }
 }

@@ -762,4 +762,81 @@ mod tests {
             Err(ManifestError::Corrupt { offset: 0, .. })
         ));
     }
+
+    #[test]
+    fn retired_files_wait_for_the_queries_that_read_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(Manifest::open(dir.path()).unwrap());
+        let deleted = Arc::new(Mutex::new(Vec::<String>::new()));
+        let d = deleted.clone();
+        m.set_deleter(Arc::new(move |p: &str| {
+            d.lock().unwrap().push(p.to_string())
+        }));
+        m.commit_flush(ShardId(0), WalSeq(5), vec![meta("a"), meta("b")])
+            .unwrap();
+        // A query holds both files.
+        let (files, _, pins) = m.table_files_pinned("db", "cpu");
+        assert_eq!(files.len(), 2);
+        let (_, _, pins2) = m.table_files_pinned("db", "cpu");
+        // A compaction swaps them for `c`: both are out of the manifest at
+        // once, in one record, but stay on disk while read.
+        let mut c = meta("c");
+        c.upto = WalSeq(5);
+        m.commit_compaction(1, vec!["a".into(), "b".into()], vec![c])
+            .unwrap();
+        assert_eq!(m.retire(&["a".into(), "b".into()]), 0);
+        assert_eq!(m.pinned_retired(), 2);
+        assert!(deleted.lock().unwrap().is_empty());
+        drop(pins);
+        assert!(
+            deleted.lock().unwrap().is_empty(),
+            "another query still reads them"
+        );
+        drop(pins2);
+        assert_eq!(*deleted.lock().unwrap(), ["a", "b"]);
+        assert_eq!(m.pinned_retired(), 0);
+        // A file no query holds goes at once; a stale swap changes nothing.
+        let mut d = meta("d");
+        d.upto = WalSeq(5);
+        m.commit_compaction(2, vec!["c".into()], vec![d]).unwrap();
+        assert_eq!(m.retire(&["c".into()]), 1);
+        assert!(matches!(
+            m.commit_compaction(3, vec!["c".into()], vec![meta("e")]),
+            Err(ManifestError::Gone { .. })
+        ));
+        assert_eq!(
+            m.files()
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect::<Vec<_>>(),
+            ["d"]
+        );
+        // Reopened: the swaps replay, the generation survives.
+        drop(m);
+        let m = Manifest::open(dir.path()).unwrap();
+        assert_eq!(
+            m.files()
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect::<Vec<_>>(),
+            ["d"]
+        );
+        assert_eq!(m.next_generation(), 3);
+        // Retention: one record drops the listed files still there.
+        let gone = m.commit_drop(&["d".into(), "zz".into()]).unwrap();
+        assert_eq!(gone.len(), 1);
+        m.set_retention("db", Some(3600)).unwrap();
+        m.set_default_retention(Some(Duration::from_secs(60)));
+        assert_eq!(m.keep_for("db"), Some(Duration::from_secs(3600)));
+        assert_eq!(m.keep_for("other"), Some(Duration::from_secs(60)));
+        m.set_retention("other", Some(0)).unwrap();
+        assert_eq!(m.keep_for("other"), None, "0: forever");
+        drop(m);
+        let m = Manifest::open(dir.path()).unwrap();
+        assert!(m.files().is_empty());
+        assert_eq!(
+            m.retention(),
+            BTreeMap::from([("db".into(), 3600), ("other".into(), 0)])
+        );
+    }
 }

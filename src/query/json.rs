@@ -52,6 +52,8 @@ fn write_value(out: &mut Vec<u8>, array: &ArrayRef, i: usize) {
         }};
     }
     match array.data_type() {
+        // A NULL literal's column has no null buffer: every value is null.
+        DataType::Null => out.extend_from_slice(b"null"),
         DataType::Int8 => int!(Int8Type),
         DataType::Int16 => int!(Int16Type),
         DataType::Int32 => int!(Int32Type),
