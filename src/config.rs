@@ -17,8 +17,13 @@ use tidemark_shards::wal::{RecoveryMode, SyncMode, WalIo};
 pub const ENV_PREFIX: &str = "TIDEMARK_";
 
 /// `TIDEMARK_*` variables that are not settings: the log filter, and the
-/// crash points of builds with the `failpoints` feature.
-const NOT_SETTINGS: [&str; 2] = ["TIDEMARK_LOG", "TIDEMARK_CRASH_AT"];
+/// crash and pause points of builds with the `failpoints` feature.
+const NOT_SETTINGS: [&str; 4] = [
+    "TIDEMARK_LOG",
+    "TIDEMARK_CRASH_AT",
+    "TIDEMARK_PAUSE_AT",
+    "TIDEMARK_PAUSE_MS",
+];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -211,6 +216,10 @@ pub enum Role {
     Writer,
     /// Follows a writer's WAL and serves queries; refuses client writes (503).
     Reader,
+    /// In a cluster: follows the primary's WAL like a reader, is not sent
+    /// queries by routing nor promoted by a failover, and holds the
+    /// compactor lease (see `storage.rs`).
+    Compactor,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -856,6 +865,12 @@ impl Config {
         }
         let r = &self.replication;
         let role = self.cluster.role;
+        if role == Role::Compactor && !self.in_cluster() {
+            return invalid(
+                "cluster.role",
+                "a compactor is a cluster member: set cluster.control_addr".into(),
+            );
+        }
         if role != Role::Standalone && self.cluster.secret.is_empty() {
             return invalid(
                 "cluster.secret",

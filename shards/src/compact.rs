@@ -37,7 +37,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::buffer::pad_to_schema;
-use crate::failpoint::crash_point;
+use crate::failpoint::{crash_point, pause_point};
 use crate::flush::{encode_rows, partition_dir, EncodeOptions, FileStore, FlushError, HOUR_NS};
 use crate::ids::{ShardId, WalSeq};
 use crate::manifest::{FileMeta, Manifest};
@@ -343,6 +343,7 @@ pub fn run_job(
     }
     let paths: Vec<String> = written.iter().map(|m| m.path.clone()).collect();
     crash_point("compact.before_manifest");
+    pause_point("compact.before_manifest");
     if !may_commit() {
         cleanup(&paths);
         return Err(CompactError::LeaseLost);

@@ -12,6 +12,7 @@ fn role_name(r: crate::config::Role) -> &'static str {
         crate::config::Role::Standalone => "standalone",
         crate::config::Role::Writer => "writer",
         crate::config::Role::Reader => "reader",
+        crate::config::Role::Compactor => "compactor",
     }
 }
 
@@ -80,6 +81,7 @@ pub fn cluster_json(v: &ClusterView) -> Value {
         })),
         "last_failover_ms": v.state.last_failover_ms,
         "compactor": id(v.state.compactor),
+        "compactor_epoch": v.state.compactor_epoch,
         "nodes": nodes,
     })
 }

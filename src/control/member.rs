@@ -515,14 +515,34 @@ impl Member {
     /// quorum confirms it still leads.
     async fn renew_own_lease(&self) {
         let view = self.view.load_full();
-        if !view.is_primary() || view.state.failover.is_some() {
-            return;
-        }
         let sent = Instant::now();
-        let epoch = view.state.writer_epoch;
-        if self.confirm_lease(self.id, epoch).await {
-            self.node.lease.grant(epoch, sent, self.lease);
+        let mut confirmed = false;
+        if view.is_primary() && view.state.failover.is_none() {
+            let epoch = view.state.writer_epoch;
+            confirmed = self.confirm_lease(self.id, epoch).await;
+            if confirmed {
+                self.node.lease.grant(epoch, sent, self.lease);
+            }
         }
+        let epoch = view.state.compactor_epoch;
+        if view.state.compactor == Some(self.id)
+            && self.confirm_compactor(self.id, epoch, confirmed).await
+        {
+            self.node
+                .compactor_lease
+                .grant(WriterEpoch(epoch), sent, self.lease);
+        }
+    }
+
+    /// Whether node `id` may hold the compactor lease of `epoch` now: a
+    /// quorum still follows this leader (confirmed just now already when
+    /// `confirmed`), and `id` still holds the lease of `epoch`.
+    async fn confirm_compactor(&self, id: NodeId, epoch: u64, confirmed: bool) -> bool {
+        if !confirmed && !self.confirm_leadership().await {
+            return false;
+        }
+        let v = self.view.load();
+        v.state.compactor == Some(id) && v.state.compactor_epoch == epoch
     }
 
     /// Whether node `id` may hold the primary's lease of `epoch` now: no
@@ -664,6 +684,10 @@ impl Member {
             Action::AssignPrimary { id } => {
                 tracing::info!(node_id = %id, "assigning the primary writer");
                 Command::AssignPrimary { id: Some(id) }
+            }
+            Action::AssignCompactor { id } => {
+                tracing::info!(node_id = %id, "handing the compactor lease over");
+                Command::AssignCompactor { id: Some(id) }
             }
             Action::AddLearner { .. }
             | Action::PromoteVoter { .. }
@@ -820,6 +844,15 @@ impl Member {
                     warned_removed = false;
                     self.node.lease.grant(epoch, sent, self.lease);
                 }
+                Ok(Response::HeartbeatLeases { writer, compactor }) => {
+                    warned_removed = false;
+                    if let Some(epoch) = writer {
+                        self.node.lease.grant(epoch, sent, self.lease);
+                    }
+                    self.node
+                        .compactor_lease
+                        .grant(WriterEpoch(compactor), sent, self.lease);
+                }
                 Ok(Response::NotAMember) => {
                     if !warned_removed {
                         tracing::warn!(node_id = %self.id, "the leader says this node is not a member of the cluster (removed?)");
@@ -899,10 +932,18 @@ impl Member {
             );
         }
         let epoch = view.state.writer_epoch;
-        if is_primary && self.confirm_lease(spec.id, epoch).await {
-            Response::HeartbeatLease { epoch }
-        } else {
-            Response::HeartbeatOk
+        let writer = (is_primary && self.confirm_lease(spec.id, epoch).await).then_some(epoch);
+        let compactor = view.state.compactor == Some(spec.id)
+            && self
+                .confirm_compactor(spec.id, view.state.compactor_epoch, writer.is_some())
+                .await;
+        match (writer, compactor) {
+            (None, false) => Response::HeartbeatOk,
+            (Some(epoch), false) => Response::HeartbeatLease { epoch },
+            (writer, true) => Response::HeartbeatLeases {
+                writer,
+                compactor: view.state.compactor_epoch,
+            },
         }
     }
 

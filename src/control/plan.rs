@@ -119,6 +119,10 @@ pub enum Action {
     AssignPrimary {
         id: NodeId,
     },
+    /// The compactor lease to a new holder (its holder is dead or none).
+    AssignCompactor {
+        id: NodeId,
+    },
 }
 
 /// Plans the leader's next actions. `leader` is this node (always healthy).
@@ -171,6 +175,11 @@ pub fn plan(
             actions.push(Action::AssignPrimary { id: w.spec.id });
         }
     }
+    if let Some(id) = compactor_choice(state, |id| {
+        id == leader || health.state_after(liveness.silent_ms(id, now_ms)) == NodeState::Healthy
+    }) {
+        actions.push(Action::AssignCompactor { id });
+    }
     // Membership follows the state, one change at a time.
     let member_change = state
         .nodes
@@ -207,6 +216,30 @@ pub fn plan(
     actions
 }
 
+/// Who should hold the compactor lease, if not its holder: nobody new
+/// while the holder is in the state and not dead (a dead node was silent
+/// longer than any lease it had: `cluster.dead_after_ms` is more than
+/// `cluster.primary_lease_ms`); else the first healthy `compactor` node,
+/// else the primary writer if healthy.
+pub fn compactor_choice(state: &ClusterState, healthy: impl Fn(NodeId) -> bool) -> Option<NodeId> {
+    let holder_alive = state
+        .compactor
+        .and_then(|c| state.nodes.get(&c))
+        .is_some_and(|n| n.state != NodeState::Dead);
+    if holder_alive {
+        return None;
+    }
+    let want = state
+        .nodes
+        .values()
+        .find(|n| n.spec.role == Role::Compactor && healthy(n.spec.id))
+        .map(|n| n.spec.id)
+        .or(state
+            .primary
+            .filter(|p| state.failover.is_none() && healthy(*p)))?;
+    (state.compactor != Some(want)).then_some(want)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,10 +250,15 @@ mod tests {
         dead_after_ms: 2500,
     };
 
+    /// A state of `nodes`; its primary, if any, holds the compactor lease.
     fn state(nodes: &[NodeSpec]) -> ClusterState {
         let mut s = ClusterState::default();
         for n in nodes {
             s.apply(&Command::AddNode(n.clone())).unwrap();
+        }
+        if s.primary.is_some() {
+            s.apply(&Command::AssignCompactor { id: s.primary })
+                .unwrap();
         }
         s
     }
@@ -246,6 +284,7 @@ mod tests {
         let (a, b) = (spec(1, Role::Writer, true), spec(2, Role::Reader, true));
         let mut s = state(&[a.clone(), b.clone()]);
         s.primary = Some(NodeId(1));
+        s.compactor = s.primary;
         let m = members(&[1, 2], &[]);
         let mut l = Liveness::new(1000);
         l.heard(b.clone(), 1000);
@@ -351,6 +390,62 @@ mod tests {
     }
 
     #[test]
+    fn the_compactor_lease_goes_to_a_compactor_node_else_the_primary() {
+        let mut s = state(&[
+            spec(1, Role::Writer, true),
+            spec(2, Role::Reader, true),
+            spec(3, Role::Compactor, false),
+        ]);
+        s.primary = Some(NodeId(1));
+        s.compactor = s.primary;
+        s.compactor = None;
+        let all = |_: NodeId| true;
+        // A healthy compactor node first; then it keeps the lease.
+        assert_eq!(compactor_choice(&s, all), Some(NodeId(3)));
+        let e = s.compactor_epoch;
+        s.apply(&Command::AssignCompactor {
+            id: Some(NodeId(3)),
+        })
+        .unwrap();
+        assert_eq!(s.compactor_epoch, e + 1);
+        assert_eq!(compactor_choice(&s, all), None);
+        // Unhealthy: it keeps it (its lease may still run); dead: it goes
+        // to the primary (no other compactor node), under a new epoch.
+        s.apply(&Command::SetNodeState {
+            id: NodeId(3),
+            state: NodeState::Unhealthy,
+        })
+        .unwrap();
+        assert_eq!(compactor_choice(&s, |id| id != NodeId(3)), None);
+        s.apply(&Command::SetNodeState {
+            id: NodeId(3),
+            state: NodeState::Dead,
+        })
+        .unwrap();
+        assert_eq!(compactor_choice(&s, |id| id != NodeId(3)), Some(NodeId(1)));
+        s.apply(&Command::AssignCompactor {
+            id: Some(NodeId(1)),
+        })
+        .unwrap();
+        assert_eq!(s.compactor_epoch, e + 2);
+        // No holder and no healthy candidate: nobody; during a failover the
+        // primary is none.
+        s.apply(&Command::RemoveNode { id: NodeId(1) }).unwrap();
+        assert_eq!((s.compactor, s.compactor_epoch), (None, e + 3));
+        assert_eq!(compactor_choice(&s, |id| id != NodeId(3)), None);
+        // The plan carries it out.
+        let mut s = state(&[spec(1, Role::Writer, true)]);
+        s.primary = Some(NodeId(1));
+        s.compactor = s.primary;
+        s.compactor = None;
+        let acts = plan(&s, &members(&[1], &[]), &Liveness::new(0), NodeId(1), 10, H);
+        assert!(
+            acts.contains(&Action::AssignCompactor { id: NodeId(1) }),
+            "{acts:?}"
+        );
+    }
+
+    #[test]
     fn membership_follows_the_state_one_change_at_a_time() {
         let s = state(&[
             spec(1, Role::Writer, true),
@@ -359,6 +454,7 @@ mod tests {
         ]);
         let mut s = s;
         s.primary = Some(NodeId(1));
+        s.compactor = s.primary;
         let mut l = Liveness::new(0);
         l.heard(spec(2, Role::Reader, true), 10);
         l.heard(spec(3, Role::Reader, false), 10);
@@ -405,6 +501,7 @@ mod tests {
         l.heard(moved.clone(), 10);
         let mut s = s;
         s.primary = Some(NodeId(1));
+        s.compactor = s.primary;
         let acts = plan(&s, &members(&[1, 2], &[]), &l, NodeId(1), 20, H);
         assert_eq!(acts, vec![Action::UpdateSpec(moved)]);
     }

@@ -61,6 +61,13 @@ pub enum Response {
     HeartbeatLease {
         epoch: WriterEpoch,
     },
+    /// As `HeartbeatLease`, for the holder of the compactor lease of
+    /// `compactor` (its compactor epoch), and the primary's lease too when
+    /// `writer` is set.
+    HeartbeatLeases {
+        writer: Option<WriterEpoch>,
+        compactor: u64,
+    },
     /// The node is not (or no longer) a member: it must not act as one.
     NotAMember,
     /// The operator's change is committed.

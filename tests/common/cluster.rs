@@ -72,6 +72,8 @@ pub struct Spec {
     pub extra: Vec<String>,
     /// Raw flags.
     pub flags: Vec<String>,
+    /// Environment variables of the process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Spec {
@@ -83,6 +85,7 @@ impl Spec {
             seeds: Vec::new(),
             extra: Vec::new(),
             flags: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -122,10 +125,15 @@ pub fn start(root: &Path, s: &Spec, wait: bool) -> Member {
         .collect();
     flags.extend(s.flags.iter().cloned());
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = s
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let node = if wait {
-        Node::start(&dir, &flags)
+        Node::start_with_env(&dir, &flags, &env)
     } else {
-        Node::launch(&dir, &flags, &[])
+        Node::launch(&dir, &flags, &env)
     };
     Member {
         id: s.id,
