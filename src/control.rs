@@ -170,6 +170,11 @@ pub enum Admin {
     RemoveNode(NodeId),
     /// `PUT /api/v1/cluster/compactor`: who holds the compactor lease.
     AssignCompactor(Option<NodeId>),
+    /// `PUT /api/v1/databases/{db}/retention` in a cluster.
+    SetRetention {
+        database: String,
+        seconds: Option<u64>,
+    },
     /// `POST /api/v1/cluster/failover`: a planned hand-over to `target`
     /// (or to the best candidate).
     Failover { target: Option<NodeId> },

@@ -278,6 +278,23 @@ pub fn apply_config(config: &Config, manifest: &Manifest) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// In a cluster, copies the retention settings of the cluster state into
+/// this node's manifest (those that differ).
+pub fn sync_retention(node: &NodeShared) {
+    let view = node.control.view();
+    if view.state.retention.is_empty() {
+        return;
+    }
+    let mine = node.manifest.retention();
+    for (db, seconds) in &view.state.retention {
+        if mine.get(db) != seconds.as_ref() {
+            if let Err(e) = node.manifest.set_retention(db, *seconds) {
+                tracing::error!(database = %db, error = %e, "cannot record the cluster's retention");
+            }
+        }
+    }
+}
+
 fn now_ns() -> i64 {
     chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX)
 }
@@ -412,6 +429,7 @@ pub fn start(
             let mut next_retain = Instant::now() + retain_every;
             let tick = Duration::from_millis(100);
             while !node.is_shutting_down() {
+                sync_retention(&node);
                 match parts.rx.recv_timeout(tick) {
                     Ok(req) => {
                         let report = run_once(&node, &metrics, Some(&req.scope), true);

@@ -142,5 +142,26 @@ fn a_compactor_paused_past_its_lease_cannot_commit() {
         stored.keys().collect::<Vec<_>>(),
         listed.keys().collect::<Vec<_>>()
     );
-    drop(n2);
+
+    // A database's retention set on one node holds on every node.
+    let r = n2.node.req(
+        "PUT",
+        "/api/v1/databases/l/retention",
+        &[],
+        br#"{"duration": "90d"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    for m in [&n1, &n2, &n3] {
+        wait_for("every node to show the retention", T, || {
+            let r = try_request(
+                m.node.port,
+                "GET",
+                "/api/v1/databases/l/retention",
+                &[],
+                b"",
+            )
+            .ok()?;
+            (r.json()["seconds"] == 90 * 86_400).then_some(())
+        });
+    }
 }

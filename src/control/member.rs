@@ -960,6 +960,9 @@ impl Member {
             }
             Admin::RemoveNode(id) => Command::RemoveNode { id },
             Admin::AssignCompactor(id) => Command::AssignCompactor { id },
+            Admin::SetRetention { database, seconds } => {
+                Command::SetRetention { database, seconds }
+            }
             Admin::Failover { target } => {
                 let state = &self.view.load().state;
                 if let Some(t) = target.filter(|t| Some(*t) == state.primary) {

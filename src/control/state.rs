@@ -187,6 +187,12 @@ pub enum Command {
     AssignCompactor {
         id: Option<NodeId>,
     },
+    /// A database's retention in seconds (0: forever; `None`: back to
+    /// each node's `retention.default`).
+    SetRetention {
+        database: String,
+        seconds: Option<u64>,
+    },
     /// Deposes the primary (if any): the epoch moves on with no primary.
     BeginFailover {
         target: Option<NodeId>,
@@ -232,6 +238,9 @@ pub enum Rejection {
 /// What a command did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Effect {
+    RetentionSet {
+        database: String,
+    },
     NodeAdded(NodeId),
     NodeUpdated(NodeId),
     NodeRemoved(NodeId),
@@ -287,6 +296,11 @@ pub struct ClusterState {
     /// Per shard, the first entry the current primary wrote as primary.
     #[serde(default)]
     pub primary_start: Vec<WalSeq>,
+    /// Databases' retention set through the API, in seconds (0: forever;
+    /// `None`: cleared, each node's default applies). Every node copies it
+    /// into its manifest.
+    #[serde(default)]
+    pub retention: BTreeMap<String, Option<u64>>,
 }
 
 impl ClusterState {
@@ -463,6 +477,12 @@ impl ClusterState {
                     start: start.clone(),
                 });
                 Ok(effects)
+            }
+            Command::SetRetention { database, seconds } => {
+                self.retention.insert(database.clone(), *seconds);
+                Ok(vec![Effect::RetentionSet {
+                    database: database.clone(),
+                }])
             }
             Command::AssignCompactor { id } => {
                 if let Some(id) = id {

@@ -713,7 +713,18 @@ async fn retention(ctx: &CoreCtx, method: &str, db: &str, body: &[u8]) -> Respon
                 Some(Ok(keep)) => Some(keep.map_or(0, |d| d.as_secs().max(1))),
                 Some(Err(e)) => return Response::error(400, format!("duration: {e}")),
             };
-            if let Err(e) = manifest.set_retention(db, seconds) {
+            if ctx.node.config.in_cluster() {
+                // For every node: through the control core; each node
+                // copies it into its manifest (this one at once).
+                let admin = crate::control::Admin::SetRetention {
+                    database: db.to_string(),
+                    seconds,
+                };
+                if let Err(e) = ctx.node.control.admin(admin).await {
+                    return Response::error(e.status(), e.to_string());
+                }
+                crate::storage::sync_retention(&ctx.node);
+            } else if let Err(e) = manifest.set_retention(db, seconds) {
                 return Response::error(500, format!("cannot record the retention: {e}"));
             }
         }
@@ -724,8 +735,24 @@ async fn retention(ctx: &CoreCtx, method: &str, db: &str, body: &[u8]) -> Respon
             )
         }
     }
-    let own = manifest.retention().get(db).copied();
-    let keep = manifest.keep_for(db);
+    // In a cluster the cluster state decides (the manifest follows it).
+    let cluster = ctx.node.control.view().state.retention.get(db).copied();
+    let own = match cluster {
+        Some(set) => set,
+        None => manifest.retention().get(db).copied(),
+    };
+    let keep = match own {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+        None => manifest
+            .keep_for(db)
+            .filter(|_| cluster.is_none())
+            .or_else(|| {
+                crate::config::parse_retention(&ctx.node.config.retention.default)
+                    .ok()
+                    .flatten()
+            }),
+    };
     Response::json(
         200,
         &serde_json::json!({
