@@ -7,6 +7,9 @@ reads no file).
 
 usage: query_bench.py <tidemark url> <parquet root> <database> [runs] [threads]
 The node must already hold the data, flushed (perf/query-bench.sh does it).
+DuckDB reads <parquet root>: a node's own files, or (perf/storage-bench.sh)
+a copy of the compacted files, which hold every point once, while the node
+answers from files not compacted yet, or holding repeated points.
 """
 import datetime
 import json
