@@ -6,6 +6,8 @@
 //! * [`buffer`]: the in-memory Arrow buffer of the shard's unflushed rows.
 //! * [`flush`], [`manifest`]: turning frozen buffers into Parquet files on
 //!   flush workers, and the durable list of those files.
+//! * [`dedup`], [`compact`]: InfluxDB's duplicate-point rule; compaction of
+//!   a partition's small files and retention by whole hours.
 //! * [`shard`]: one shard, tying WAL, buffer and flushes together.
 //! * [`replication`]: the WAL replication protocol (frames and decisions,
 //!   no sockets).

@@ -272,11 +272,9 @@ pub async fn run(ctx: &Rc<CoreCtx>, shard: &Shard, http_addr: &str) -> Result<Wa
         .commit_replace(id, upto, files)
         .map_err(|e| e.to_string())?;
     shard.restart_at(upto).await.map_err(|e| e.to_string())?;
-    for p in &removed {
-        if let Err(e) = node.store.delete(p) {
-            tracing::warn!(path = %p, error = %e, "cannot delete a file replaced by the bootstrap; it is removed at the next start");
-        }
-    }
+    // Deleted once no running query reads them (a failed delete is logged;
+    // the file is an orphan removed at the next start).
+    node.manifest.retire(&removed);
     tracing::info!(shard = %id, %upto, files = count, replaced = removed.len(), "bootstrapped from the writer's files");
     Ok(upto)
 }
