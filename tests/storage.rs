@@ -249,22 +249,12 @@ fn retention_drops_whole_hours_past_the_limit() {
     assert_eq!(got["source"], "none");
     // Bad input changes nothing.
     for bad in [r#"{"duration": "soon"}"#, r#"{"days": 3}"#, "not json"] {
-        let r = node.req("PUT", "/api/v1/databases/r/retention", &[], bad.as_bytes());
+        let r = node.put_retention("r", bad);
         assert_eq!(r.status, 400, "{bad}: {}", r.text());
     }
-    let r = node.req(
-        "PUT",
-        "/api/v1/databases/bad%20name/retention",
-        &[],
-        br#"{"duration":"2d"}"#,
-    );
+    let r = node.put_retention("bad%20name", r#"{"duration":"2d"}"#);
     assert_eq!(r.status, 400, "{}", r.text());
-    let r = node.req(
-        "PUT",
-        "/api/v1/databases/r/retention",
-        &[],
-        br#"{"duration": "2d"}"#,
-    );
+    let r = node.put_retention("r", r#"{"duration": "2d"}"#);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["seconds"], 2 * 86_400);
     let got = node
@@ -307,12 +297,7 @@ fn retention_drops_whole_hours_past_the_limit() {
         .req("GET", "/api/v1/databases/r/retention", &[], b"")
         .json();
     assert_eq!(got["seconds"], 172_800, "{got}");
-    let r = node.req(
-        "PUT",
-        "/api/v1/databases/r/retention",
-        &[],
-        br#"{"duration": null}"#,
-    );
+    let r = node.put_retention("r", r#"{"duration": null}"#);
     assert_eq!(r.json()["source"], "default", "{}", r.text());
     compact(&node, "");
     assert_eq!(

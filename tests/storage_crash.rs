@@ -87,12 +87,7 @@ fn crash_at(point: &str, retention: bool) {
     let rows_before = check_listed(dir.path());
     assert_eq!(rows_before.values().sum::<u64>(), 2 * 6 * 30);
     if retention {
-        let r = node.req(
-            "PUT",
-            "/api/v1/databases/c/retention",
-            &[],
-            br#"{"duration": "2d"}"#,
-        );
+        let r = node.put_retention("c", r#"{"duration": "2d"}"#);
         assert_eq!(r.status, 200, "{}", r.text());
     }
     // The node aborts inside the job: the request gets no answer.

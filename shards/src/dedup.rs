@@ -291,12 +291,12 @@ pub fn repeated(hashes: &[u64]) -> Vec<u32> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use arrow_array::DictionaryArray;
 
     /// A deterministic pseudo-random sequence (xorshift64) for test data.
-    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
         move || {
             state ^= state << 13;
             state ^= state >> 7;

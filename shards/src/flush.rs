@@ -724,6 +724,7 @@ impl FlushPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dedup::tests::xorshift;
     use crate::schema::{tag_data_type, time_data_type, TableSchema};
     use arrow_array::types::Int32Type;
     use arrow_array::{DictionaryArray, Float64Array, TimestampNanosecondArray};
@@ -891,16 +892,6 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["2026", "b.parquet"]);
-    }
-
-    /// A deterministic pseudo-random sequence (xorshift64) for test data.
-    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        }
     }
 
     #[test]

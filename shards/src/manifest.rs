@@ -763,6 +763,10 @@ mod tests {
         ));
     }
 
+    fn paths(m: &Manifest) -> Vec<String> {
+        m.files().into_iter().map(|f| f.path).collect()
+    }
+
     #[test]
     fn retired_files_wait_for_the_queries_that_read_them() {
         let dir = tempfile::tempdir().unwrap();
@@ -804,23 +808,11 @@ mod tests {
             m.commit_compaction(3, vec!["c".into()], vec![meta("e")]),
             Err(ManifestError::Gone { .. })
         ));
-        assert_eq!(
-            m.files()
-                .iter()
-                .map(|f| f.path.as_str())
-                .collect::<Vec<_>>(),
-            ["d"]
-        );
+        assert_eq!(paths(&m), ["d"]);
         // Reopened: the swaps replay, the generation survives.
         drop(m);
         let m = Manifest::open(dir.path()).unwrap();
-        assert_eq!(
-            m.files()
-                .iter()
-                .map(|f| f.path.as_str())
-                .collect::<Vec<_>>(),
-            ["d"]
-        );
+        assert_eq!(paths(&m), ["d"]);
         assert_eq!(m.next_generation(), 3);
         // Retention: one record drops the listed files still there.
         let gone = m.commit_drop(&["d".into(), "zz".into()]).unwrap();

@@ -185,33 +185,25 @@ impl Node {
 
     /// Every row of `db.measurement` in the node's Parquet files (flush first).
     pub fn parquet_rows(&self, db: &str, measurement: &str) -> Vec<RecordBatch> {
+        let root = self.dir.join("data/parquet").join(db).join(measurement);
         let mut out = Vec::new();
-        let root = self
-            .dir
-            .join("data")
-            .join("parquet")
-            .join(db)
-            .join(measurement);
-        let mut stack = vec![root];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if p.extension().is_some_and(|x| x == "parquet") {
-                    let f = std::fs::File::open(&p).unwrap();
-                    let r = ParquetRecordBatchReaderBuilder::try_new(f)
-                        .unwrap()
-                        .build()
-                        .unwrap();
-                    out.extend(r.map(|b| b.unwrap()));
-                }
+        for p in files_under(&root) {
+            if p.extension().is_some_and(|x| x == "parquet") {
+                let f = std::fs::File::open(&p).unwrap();
+                let r = ParquetRecordBatchReaderBuilder::try_new(f)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+                out.extend(r.map(|b| b.unwrap()));
             }
         }
         out
+    }
+
+    /// `PUT /api/v1/databases/{db}/retention` with `body`.
+    pub fn put_retention(&self, db: &str, body: &str) -> Resp {
+        let path = format!("/api/v1/databases/{db}/retention");
+        self.req("PUT", &path, &[], body.as_bytes())
     }
 }
 
@@ -467,12 +459,10 @@ pub fn manifest_files(node_dir: &Path) -> BTreeMap<String, Listed> {
     files
 }
 
-/// Every Parquet file under the node's store, relative to it, with its SHA-256.
-pub fn stored_files(node_dir: &Path) -> BTreeMap<String, String> {
-    use sha2::Digest;
-    let root = node_dir.join("data/parquet");
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.clone()];
+/// Every file under `root` (none if it does not exist).
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else {
             continue;
@@ -482,13 +472,25 @@ pub fn stored_files(node_dir: &Path) -> BTreeMap<String, String> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
-                out.insert(
-                    rel,
-                    hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap())),
-                );
+                out.push(p);
             }
         }
     }
     out
+}
+
+/// Every file under the node's store, relative to it, with its SHA-256.
+pub fn stored_files(node_dir: &Path) -> BTreeMap<String, String> {
+    use sha2::Digest;
+    let root = node_dir.join("data/parquet");
+    files_under(&root)
+        .into_iter()
+        .map(|p| {
+            let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_string();
+            (
+                rel,
+                hex::encode(sha2::Sha256::digest(std::fs::read(&p).unwrap())),
+            )
+        })
+        .collect()
 }
