@@ -226,10 +226,44 @@ pub fn point_hashes(batch: &RecordBatch, tags: &[usize], time: usize) -> Vec<u64
         .column(time)
         .as_primitive::<TimestampNanosecondType>()
         .values();
-    let mut hashes: Vec<u64> = times
-        .iter()
-        .map(|&t| mix(0x51_7c_c1_b7_27_22_0a_95, t as u64))
-        .collect();
+    let mut hashes = series_hashes(batch, tags);
+    for (h, &t) in hashes.iter_mut().zip(times.iter()) {
+        *h = mix(*h, t as u64);
+    }
+    hashes
+}
+
+/// Whether every series' times strictly increase through `batches` (in
+/// order): then no point repeats. Costs one lookup per row in a map of the
+/// series (small, unlike a map of the points); `false` says only that a
+/// point may repeat (rows out of order, or two series hashing alike).
+pub fn each_series_ascends(batches: &[RecordBatch], tags: &[usize], time: usize) -> bool {
+    let mut last: HashMap<u64, i64, foldhash::fast::RandomState> = HashMap::default();
+    for b in batches {
+        let times = b
+            .column(time)
+            .as_primitive::<TimestampNanosecondType>()
+            .values();
+        for (h, &t) in series_hashes(b, tags).into_iter().zip(times.iter()) {
+            match last.entry(h) {
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if t <= *e.get() {
+                        return false;
+                    }
+                    e.insert(t);
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(t);
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Per row, a 64-bit hash of its tag values (its series).
+fn series_hashes(batch: &RecordBatch, tags: &[usize]) -> Vec<u64> {
+    let mut hashes = vec![0x51_7c_c1_b7_27_22_0a_95_u64; batch.num_rows()];
     for &t in tags {
         let column = batch.column(t);
         if let Some(dict) = column.as_dictionary_opt::<Int32Type>() {
@@ -478,5 +512,14 @@ pub(crate) mod tests {
         assert_eq!(point_hashes(&one, &[1], 0)[0], h[0]);
         assert_eq!(repeated(&h), vec![0, 1, 3]);
         assert!(repeated(&[1, 2, 3]).is_empty());
+        // Series that only ascend cannot repeat a point; x@1 twice can.
+        let ascending = batch(vec!["a", "b", "c", "d", "e"]);
+        assert!(each_series_ascends(&[ascending.clone()], &[1], 0));
+        assert!(!each_series_ascends(
+            &[ascending.clone(), ascending],
+            &[1],
+            0
+        ));
+        assert!(!each_series_ascends(&[b], &[1], 0));
     }
 }

@@ -271,6 +271,11 @@ pub fn merge_repeated(
     batches: &[RecordBatch],
     layout: &PointLayout,
 ) -> Result<Option<RecordBatch>> {
+    // Most data arrives in time order per series: then nothing repeats,
+    // and a map of the series (not of every point) shows it.
+    if tidemark_shards::dedup::each_series_ascends(batches, &layout.tags, layout.time) {
+        return Ok(None);
+    }
     let mut hashes = Vec::new();
     for b in batches {
         hashes.extend(tidemark_shards::dedup::point_hashes(
