@@ -57,7 +57,8 @@ pub struct CompactionSettings {
     pub min_files: usize,
     /// ... once its hour ended at least this long ago; default `1h`.
     pub min_age: String,
-    /// Size of the files a compaction writes; default 268435456 (256 MiB).
+    /// Size of the files a compaction writes, and of the input of one job
+    /// (held in memory, decoded); default 134217728 (128 MiB).
     pub target_file_bytes: u64,
     /// zstd level of compacted files, 1 to 22; default 3.
     pub zstd_level: i32,
@@ -76,7 +77,7 @@ impl Default for CompactionSettings {
             enabled: true,
             min_files: 8,
             min_age: "1h".into(),
-            target_file_bytes: 256 << 20,
+            target_file_bytes: 128 << 20,
             zstd_level: 3,
             bytes_per_second: 64 << 20,
             nice: 10,

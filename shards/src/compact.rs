@@ -63,7 +63,7 @@ impl Default for CompactionConfig {
         CompactionConfig {
             min_files: 8,
             min_age: Duration::from_secs(3600),
-            target_file_bytes: 256 << 20,
+            target_file_bytes: 128 << 20,
             zstd_level: 3,
             bytes_per_second: 64 << 20,
         }
@@ -121,6 +121,7 @@ pub fn plan(
             .push(f.clone());
     }
     let min_age = i64::try_from(config.min_age.as_nanos()).unwrap_or(i64::MAX);
+    let budget = config.target_file_bytes.max(1);
     partitions
         .into_iter()
         .filter(|(p, files)| {
@@ -137,11 +138,41 @@ pub fn plan(
             let needed = bytes.div_ceil(config.target_file_bytes.max(1)).max(1) as usize;
             files.len() > min_files && old_enough && files.len() > needed
         })
-        .map(|(partition, mut files)| {
+        .flat_map(|(partition, mut files)| {
             files.sort_by_key(|f| (f.upto, f.path.clone()));
-            Job { partition, files }
+            runs(files, budget)
+                .into_iter()
+                .filter(|run| run.len() > 1)
+                .map(move |files| Job {
+                    partition: partition.clone(),
+                    files,
+                })
         })
         .collect()
+}
+
+/// Splits a partition's files (in write order) into runs of consecutive
+/// files of at most `budget` bytes together (a file larger than that is a
+/// run of its own). A job holds its inputs in memory, so this bounds it;
+/// and a run's files are consecutive in write order, so the run's output,
+/// placed at the newest of their flush watermarks, keeps the write order
+/// against every file outside it.
+fn runs(files: Vec<FileMeta>, budget: u64) -> Vec<Vec<FileMeta>> {
+    let mut out: Vec<Vec<FileMeta>> = Vec::new();
+    let mut bytes = 0u64;
+    for f in files {
+        match out.last_mut() {
+            Some(run) if bytes + f.size <= budget => {
+                bytes += f.size;
+                run.push(f);
+            }
+            _ => {
+                bytes = f.size;
+                out.push(vec![f]);
+            }
+        }
+    }
+    out
 }
 
 /// Whether retention drops `file`: its hour ended at least `keep` before
@@ -493,6 +524,18 @@ mod tests {
         assert_eq!(
             plan(&files, &config, now, Some(("db", Some("x"))), false).len(),
             0
+        );
+        // A partition bigger than a job: runs of consecutive flushes.
+        let big: Vec<FileMeta> = (1..=7).map(|u| file("db", 4, 0, u, 400)).collect();
+        let jobs = plan(&big, &config, now, None, false);
+        let runs: Vec<Vec<u64>> = jobs
+            .iter()
+            .map(|j| j.files.iter().map(|f| f.upto.0).collect())
+            .collect();
+        assert_eq!(
+            runs,
+            [vec![1, 2], vec![3, 4], vec![5, 6]],
+            "7 alone is no job"
         );
         // Forced: the young hour and the two-file partition too.
         let forced = plan(&files, &config, now, None, true);
