@@ -2,22 +2,24 @@
 # Storage over time, measured (perf/results/<date>-<commit>-storage.md):
 #
 #  A. ROWS rows (default 10M, TSBS cpu-only, 1,000 hosts every 10 s, every
-#     row distinct) written as 1,000 small flushes (buffer.flush_rows =
-#     ROWS/1000, one request each), so every query reads ~1,000 files.
+#     row distinct) written as about 1,000 small flushes (buffer.flush_rows
+#     = ROWS/1000, checked every 20 ms, the load paced at LOAD_RATE rows/s so
+#     each flush takes about one request), so every query reads ~1,000 files.
 #  B. The same node's data, copied, compacted (`POST /api/v1/compact`, no
 #     rate limit): compaction throughput in rows/s on its one thread.
 #  C. B plus 1% of the points written again (same series and times, new
 #     values), flushed: the scan merges the overlapping files.
-#  D. The same rows with requests of 10,500 rows: every flush shares its
-#     first and last timestamp with the next (other hosts), so the scan
-#     runs its dedup path over files without a repeated point.
-#  For A, B, C, D: perf/query_bench.py, tidemark vs DuckDB 2 threads each,
-#  DuckDB always over the compacted files of B (every point once); results
-#  checked equal. Then E: ingest p99 (line protocol, RATE rows/s, one
+#  D. As A with requests of 10,500 rows: a flush can end in the middle of a
+#     10 s step, so neighbouring files share a timestamp (other hosts), and
+#     the scan runs its dedup path over files without a repeated point.
+#  For A, B, C: perf/query_bench.py, tidemark vs DuckDB, 2 threads each,
+#  DuckDB over the compacted files of B (every point once); for D, DuckDB
+#  over D's own files (no point twice there). Results checked equal. Then E: ingest p99 (line protocol, RATE rows/s, one
 #  connection) into a node with A's files, with and without a compaction
 #  of them running (default compaction settings: nice 10, 64 MiB/s).
 #
 # Settings: ROWS, RUNS (default 5), THREADS (2), RATE (default 100000),
+# LOAD_RATE (default 200000),
 # CARGO_TARGET_DIR (binaries in ${CARGO_TARGET_DIR:-target}/release),
 # BUILD=0 to use the binaries already built, OUT for the output file.
 set -euo pipefail
@@ -26,6 +28,7 @@ ROWS=${ROWS:-10000000}
 RUNS=${RUNS:-5}
 THREADS=${THREADS:-2}
 RATE=${RATE:-100000}
+LOAD_RATE=${LOAD_RATE:-200000}
 BATCH=10000
 PORT=18750
 BIN=${CARGO_TARGET_DIR:-target}/release
@@ -52,20 +55,20 @@ start() {
   cat "$WORK/$name.log"; exit 1
 }
 stop() { kill "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true; unset 'PIDS[-1]'; }
-load() { # load <port> <rows> <batch> [start ns]
+load() { # load <port> <rows> <batch> [start ns] [rate]
   "$BIN/tidemark-loadgen" --url http://127.0.0.1:$1 --format msgpack-columnar \
-    --batch-size "$3" --connections 1 --rows "$2" --warmup 0 --series 1000 \
+    --batch-size "$3" --connections 1 --rows "$2" --warmup 0 --series 1000 --rate "${5:-0}" \
     --start-time "${4:-1767225600000000000}" --interval-ms 10000 --database bench \
     --pool $((($2 + $3 - 1) / $3)) >/dev/null
   curl -sf -XPOST 127.0.0.1:$1/api/v1/flush >/dev/null
 }
 files() { find "$1" -name '*.parquet' | wc -l; }
-bench() { # bench <port> <title>
+bench() { # bench <port> <title> [DuckDB's parquet root]
   echo "### $2"
   echo
   echo "Load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
   echo
-  python3 perf/query_bench.py http://127.0.0.1:$1 "$WORK/compacted" bench "$RUNS" "$THREADS"
+  python3 perf/query_bench.py http://127.0.0.1:$1 "${3:-$WORK/compacted}" bench "$RUNS" "$THREADS"
   echo
 }
 
@@ -80,8 +83,8 @@ OUT=${OUT:-perf/results/$(date -u +%F)-$COMMIT-storage.md}
     "$(nproc) CPUs."
   echo
   # A: 1,000 small flushes.
-  start a $PORT --set buffer.flush_rows=$FLUSH_ROWS
-  load $PORT "$ROWS" $BATCH
+  start a $PORT --set buffer.flush_rows=$FLUSH_ROWS --set flush.check_interval_ms=20
+  load $PORT "$ROWS" $BATCH 1767225600000000000 "$LOAD_RATE"
   A_FILES=$(files "$WORK/a/parquet"); A_BYTES=$(du -sb "$WORK/a/parquet" | cut -f1)
   stop
   # B: a copy, compacted with no rate limit.
@@ -113,15 +116,15 @@ PY
   stop
   # A's queries (the node again on its files).
   start a $PORT
-  bench $PORT "A. $A_FILES files from 1,000 small flushes, no repeated point"
+  bench $PORT "A. $A_FILES files from small flushes, no repeated point"
   stop
   # D: flushes that share their edge timestamps.
-  start d $((PORT + 2)) --set buffer.flush_rows=$FLUSH_ROWS
-  load $((PORT + 2)) "$ROWS" 10500
+  start d $((PORT + 2)) --set buffer.flush_rows=$FLUSH_ROWS --set flush.check_interval_ms=20
+  load $((PORT + 2)) "$ROWS" 10500 1767225600000000000 "$LOAD_RATE"
   curl -sf -H 'x-arc-database: bench' -d '{"sql":"EXPLAIN SELECT count(*) FROM cpu"}' \
     127.0.0.1:$((PORT + 2))/api/v1/query | grep -o 'files_merged=[0-9]*' | head -1 | sed 's/^/D plan: /'
   echo
-  bench $((PORT + 2)) "D. $(files "$WORK/d/parquet") files whose edges share a timestamp, no repeated point"
+  bench $((PORT + 2)) "D. $(files "$WORK/d/parquet") files whose edges share a timestamp, no repeated point (DuckDB over the same files)" "$WORK/d/parquet"
   stop
   # E: ingest p99 with and without a compaction running (A's files, default limits).
   cp -r "$WORK/a" "$WORK/e"
