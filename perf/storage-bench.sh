@@ -39,7 +39,9 @@ if [ "${BUILD:-1}" != 0 ]; then cargo build --release -p tidemark -p tidemark-lo
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
+  local rc=$?
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  if [ "$rc" != 0 ]; then tail -n 20 "$WORK"/*.log >&2 || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -59,7 +61,8 @@ load() { # load <port> <rows> <batch> [start ns] [rate]
   "$BIN/tidemark-loadgen" --url http://127.0.0.1:$1 --format msgpack-columnar \
     --batch-size "$3" --connections 1 --rows "$2" --warmup 0 --series 1000 --rate "${5:-0}" \
     --start-time "${4:-1767225600000000000}" --interval-ms 10000 --database bench \
-    --pool $((($2 + $3 - 1) / $3)) >/dev/null
+    --pool $((($2 + $3 - 1) / $3)) --json >"$WORK/load.json"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); assert r["errors"] == 0, r' "$WORK/load.json"
   curl -sf -XPOST 127.0.0.1:$1/api/v1/flush >/dev/null
 }
 files() { find "$1" -name '*.parquet' | wc -l; }

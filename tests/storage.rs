@@ -340,10 +340,18 @@ fn writes_flushes_and_compactions_answer_like_the_model() {
     use proptest::test_runner::{Config, TestRunner};
     use std::collections::BTreeMap;
     let dir = tempfile::tempdir().unwrap();
-    // One shard core: write order is WAL order.
+    // One shard core: write order is WAL order. Two query threads: scans
+    // (and the merge) run in two partitions.
     let node = Node::start(
         dir.path(),
-        &["--shard-cores", "1", "--set", "compaction.enabled=false"],
+        &[
+            "--shard-cores",
+            "1",
+            "--set",
+            "compaction.enabled=false",
+            "--set",
+            "query.threads=2",
+        ],
     );
     let hour = T0 - T0.rem_euclid(3600 * SEC);
     let time = |s: u8| hour + i64::from(s % 2) * 3600 * SEC + i64::from(s) * SEC;

@@ -99,7 +99,9 @@ pub struct PointLayout {
     pub output: Vec<usize>,
 }
 
-/// See the [module docs](self). One output partition.
+/// See the [module docs](self). As many output partitions as its input:
+/// each passes its own input partition's rows outside the overlap on at
+/// once; the partition that finishes last merges the rows inside it.
 #[derive(Debug)]
 pub struct DedupExec {
     input: Arc<dyn ExecutionPlan>,
@@ -107,6 +109,15 @@ pub struct DedupExec {
     layout: Arc<PointLayout>,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
+    /// The rows held back for the merge, and how many partitions have not
+    /// finished yet (set when the first partition starts).
+    run: Arc<Mutex<Option<Run>>>,
+}
+
+#[derive(Debug)]
+struct Run {
+    pending: Vec<RecordBatch>,
+    running: usize,
 }
 
 impl DedupExec {
@@ -116,9 +127,10 @@ impl DedupExec {
         layout: Arc<PointLayout>,
     ) -> Result<DedupExec> {
         let schema = Arc::new(input.schema().project(&layout.output)?);
+        let partitions = input.properties().partitioning.partition_count();
         let props = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(Arc::clone(&schema)),
-            Partitioning::UnknownPartitioning(1),
+            Partitioning::UnknownPartitioning(partitions),
             EmissionType::Both,
             Boundedness::Bounded,
         ));
@@ -128,6 +140,7 @@ impl DedupExec {
             layout,
             schema,
             props,
+            run: Arc::default(),
         })
     }
 }
@@ -181,30 +194,54 @@ impl ExecutionPlan for DedupExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
-        if partition != 0 {
+        let partitions = self.input.properties().partitioning.partition_count();
+        if partition >= partitions {
             return Err(DataFusionError::Internal(format!(
-                "DedupExec has one partition, not {partition}"
+                "DedupExec has {partitions} partitions, not {partition}"
             )));
         }
-        let n = self.input.properties().partitioning.partition_count();
-        let streams = (0..n)
-            .map(|p| self.input.execute(p, Arc::clone(&context)))
-            .collect::<Result<Vec<_>>>()?;
+        {
+            let mut run = self.run.lock().expect("dedup lock");
+            if run.as_ref().is_none_or(|r| r.running == 0) {
+                *run = Some(Run {
+                    pending: Vec::new(),
+                    running: partitions,
+                });
+            }
+        }
+        let input = self.input.execute(partition, context)?;
         let input_schema = self.input.schema();
-        let pending: Arc<Mutex<Vec<RecordBatch>>> = Arc::default();
         let (overlap, layout) = (Arc::clone(&self.overlap), Arc::clone(&self.layout));
-        let held = Arc::clone(&pending);
+        let (held, run) = (Arc::clone(&self.run), Arc::clone(&self.run));
         let out_layout = Arc::clone(&layout);
-        let head = futures::stream::select_all(streams).map(move |batch| {
+        let head = input.map(move |batch| {
             let batch = batch?;
             let (pass, merge) = split(&batch, &overlap, &layout)?;
             if let Some(m) = merge {
-                held.lock().expect("pending lock").push(m);
+                let mut run = held.lock().expect("dedup lock");
+                if let Some(r) = run.as_mut() {
+                    r.pending.push(m);
+                }
             }
-            Ok(pass.project(&layout.output)?)
+            Ok(pass)
         });
+        // The last partition to finish merges what every one held back.
         let tail = futures::stream::once(async move {
-            let batches = std::mem::take(&mut *pending.lock().expect("pending lock"));
+            let batches = {
+                let mut run = run.lock().expect("dedup lock");
+                match run.as_mut() {
+                    Some(r) => {
+                        r.running -= 1;
+                        if r.running > 0 {
+                            return Ok(RecordBatch::new_empty(Arc::new(
+                                input_schema.project(&out_layout.output)?,
+                            )));
+                        }
+                        std::mem::take(&mut r.pending)
+                    }
+                    None => Vec::new(),
+                }
+            };
             let merged = merge(&input_schema, &batches, &out_layout)?;
             Ok(merged.project(&out_layout.output)?)
         });
@@ -217,15 +254,17 @@ impl ExecutionPlan for DedupExec {
     }
 }
 
-/// Splits a batch into rows that cannot repeat a point of another source
-/// (outside the overlap) and rows that may (inside it, or of a buffer batch).
+/// Splits a batch into the rows that cannot repeat a point of another
+/// source (outside the overlap), projected to the output, and the rows
+/// that may (inside it, or of a buffer batch), whole.
 fn split(
     batch: &RecordBatch,
     overlap: &Ranges,
     layout: &PointLayout,
 ) -> Result<(RecordBatch, Option<RecordBatch>)> {
+    let output = batch.project(&layout.output)?;
     if batch.num_rows() == 0 {
-        return Ok((batch.clone(), None));
+        return Ok((output, None));
     }
     let ranks = batch.column(layout.rank).as_primitive::<UInt32Type>();
     let times = batch
@@ -235,22 +274,38 @@ fn split(
     let whole = |r: u32| layout.whole.get(r as usize).copied().unwrap_or(true);
     // A batch comes from one source: a buffer batch is merged whole.
     if ranks.values().iter().all(|&r| whole(r)) {
-        return Ok((batch.slice(0, 0), Some(batch.clone())));
+        return Ok((output.slice(0, 0), Some(batch.clone())));
     }
     let (lo, hi) = times
         .iter()
         .fold((i64::MAX, i64::MIN), |(lo, hi), &t| (lo.min(t), hi.max(t)));
-    if !overlap.touches(lo, hi) {
-        return Ok((batch.clone(), None));
+    // The overlap's ranges within this batch's times: usually a file's
+    // first and last timestamps, so a row is checked against a few bounds.
+    let near: Vec<(i64, i64)> = overlap
+        .intervals()
+        .iter()
+        .filter(|&&(a, b)| a <= hi && b >= lo)
+        .copied()
+        .collect();
+    if near.is_empty() {
+        return Ok((output, None));
     }
+    let mut any = false;
     let inside: BooleanArray = times
         .iter()
         .zip(ranks.values())
-        .map(|(&t, &r)| Some(whole(r) || overlap.contains(t)))
+        .map(|(&t, &r)| {
+            let i = whole(r) || near.iter().any(|&(a, b)| a <= t && t <= b);
+            any |= i;
+            Some(i)
+        })
         .collect();
+    if !any {
+        return Ok((output, None));
+    }
     let outside = datafusion::arrow::compute::not(&inside)?;
     Ok((
-        filter_record_batch(batch, &outside)?,
+        filter_record_batch(&output, &outside)?,
         Some(filter_record_batch(batch, &inside)?),
     ))
 }
