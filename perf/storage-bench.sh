@@ -38,9 +38,12 @@ if ! git diff --quiet HEAD -- Cargo.toml src shards perf/loadgen; then COMMIT="$
 if [ "${BUILD:-1}" != 0 ]; then cargo build --release -p tidemark -p tidemark-loadgen; fi
 WORK=$(mktemp -d)
 PIDS=()
+# The nodes run inside the `{ ... } | tee` subshell: their pids go to a file
+# too, so the trap (in this shell) can stop any left running.
 cleanup() {
   local rc=$?
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  for p in $(cat "$WORK/pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  sleep 0.5
   if [ "$rc" != 0 ]; then tail -n 20 "$WORK"/*.log >&2 || true; fi
   rm -rf "$WORK"
 }
@@ -53,6 +56,7 @@ start() {
     --set wal.sync_mode=none --set query.threads="$THREADS" --set query.max_rows=10000000 \
     --set query.timeout_ms=600000 --set compaction.enabled=false "$@" >>"$WORK/$name.log" 2>&1 &
   PIDS+=($!)
+  echo $! >>"$WORK/pids"
   for _ in $(seq 300); do curl -sf 127.0.0.1:$port/ready >/dev/null && return; sleep 0.2; done
   cat "$WORK/$name.log"; exit 1
 }

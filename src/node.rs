@@ -116,6 +116,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&data)?;
     let tokens = config.load_tokens()?;
     let addr = config.socket_addr();
+    // Every core binds the address with SO_REUSEPORT, which would also let
+    // a second node on the same port bind it and silently take half the
+    // connections: refuse to start while anything listens there.
+    std::net::TcpListener::bind(addr)
+        .with_context(|| format!("http.addr {addr} is in use (another tidemark?)"))?;
     if !config.auth.enabled && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening on a non-loopback address without auth: anyone who can reach it can write; set auth.enabled = true");
     }

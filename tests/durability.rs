@@ -127,6 +127,37 @@ fn a_second_node_on_the_same_data_dir_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is in use by another tidemark process"));
 }
 
+/// Every core binds with SO_REUSEPORT; a second node must not be able to
+/// share the port (the kernel would split the connections between them).
+#[test]
+fn a_second_node_on_the_same_port_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
+        .args(["serve", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .args(["--http-addr", &format!("127.0.0.1:{}", node.port)])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("a second node started on port {}", node.port);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("is in use (another tidemark?)"), "{err}");
+    assert_eq!(node.req("GET", "/ready", &[], b"").status, 200);
+}
+
 #[test]
 fn invalid_configuration_is_refused_at_start_with_the_key_named() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidemark"))
