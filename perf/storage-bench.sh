@@ -131,6 +131,13 @@ PY
   curl -sf -H 'x-arc-database: bench' -d '{"sql":"EXPLAIN SELECT count(*) FROM cpu"}' \
     127.0.0.1:$((PORT + 2))/api/v1/query | grep -o 'files_merged=[0-9]*' | head -1 | sed 's/^/D plan: /'
   echo
+  for i in 1 2; do
+    curl -s -o /dev/null -w "D count(*) query $i: %{time_total} s\n" -H 'x-arc-database: bench' \
+      -d '{"sql":"SELECT count(*) FROM cpu"}' 127.0.0.1:$((PORT + 2))/api/v1/query
+  done
+  curl -sf -H 'x-arc-database: bench' -d '{"sql":"EXPLAIN SELECT hostname FROM cpu"}' \
+    127.0.0.1:$((PORT + 2))/api/v1/query | grep -o 'files_merged=[0-9]*' | head -1 | sed 's/^/D plan after a merge found no repeat: /'
+  echo
   bench $((PORT + 2)) "D. $(files "$WORK/d/parquet") files whose edges share a timestamp, no repeated point (DuckDB over the same files)" "$WORK/d/parquet"
   stop
   # E: ingest p99 with and without a compaction running (A's files, default limits).
@@ -144,14 +151,16 @@ PY
   echo "|---|---:|---:|---:|---:|---:|"
   gen() { "$BIN/tidemark-loadgen" --url http://127.0.0.1:$PORT --format lp --batch-size 1000 \
       --connections 1 --duration 10 --warmup 1 --rate "$RATE" --series 1000 --database live --json; }
-  row() { python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); l=r.get("latency_ms", r)
-print(f"| '"$1"' | {r.get(\"rows_per_sec\", 0):.0f} | {l.get(\"p50\", 0):.2f} | {l.get(\"p99\", 0):.2f} | {l.get(\"p999\", 0):.2f} | {l.get(\"max\", 0):.2f} |")'; }
+  row() { python3 -c '
+import json, sys
+r = json.loads(sys.stdin.read()); l = r["latency_ms"]
+print("| %s | %.0f | %.2f | %.2f | %.2f | %.2f |" % (sys.argv[1], r["rows_per_sec"], l["p50"], l["p99"], l["p999"], l["max"]))' "$1"; }
   gen | row "no compaction"
   ( curl -sf -XPOST 127.0.0.1:$PORT/api/v1/compact >"$WORK/e-compact.json" ) &
   CPID=$!
   gen | row "compaction running"
   wait $CPID
-  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"\nThe compaction: {len(r[\"jobs\"])} jobs, {r[\"seconds\"]:.1f} s.")' "$WORK/e-compact.json"
+  python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print("\nThe compaction: %d jobs, %.1f s." % (len(r["jobs"]), r["seconds"]))' "$WORK/e-compact.json"
   echo
   echo "Load average after: $(cut -d' ' -f1-3 /proc/loadavg)."
 } | tee "$OUT"

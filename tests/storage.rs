@@ -425,3 +425,45 @@ fn writes_flushes_and_compactions_answer_like_the_model() {
         })
         .unwrap();
 }
+
+/// Files that share a timestamp are merged by the scan until a merge finds
+/// no point twice among them; from then on they are read as they are,
+/// until a new file shares their times.
+#[test]
+fn files_found_free_of_repeats_are_read_without_merging() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &["--shard-cores", "1", "--set", "compaction.enabled=false"],
+    );
+    let t = T0;
+    let merged = |node: &Node| -> String {
+        let plan = sql(node, "e", "EXPLAIN SELECT host, v FROM m")["data"].to_string();
+        let at = plan.find("files_merged=").unwrap();
+        plan[at..].split(',').next().unwrap().to_string()
+    };
+    // Two flushes sharing the time t (other hosts).
+    assert_eq!(node.write_lp("e", &format!("m,host=a v=1 {t}")).status, 204);
+    node.flush();
+    assert_eq!(node.write_lp("e", &format!("m,host=b v=2 {t}")).status, 204);
+    node.flush();
+    assert_eq!(merged(&node), "files_merged=2");
+    assert_eq!(sql(&node, "e", "SELECT count(*) FROM m")["data"][0][0], 2);
+    assert_eq!(merged(&node), "files_merged=0");
+    // A third file repeating a point: merged again, and read as one.
+    assert_eq!(node.write_lp("e", &format!("m,host=a v=3 {t}")).status, 204);
+    node.flush();
+    assert_eq!(merged(&node), "files_merged=3");
+    let q = "SELECT host, v FROM m ORDER BY host";
+    for _ in 0..2 {
+        assert_eq!(
+            sql(&node, "e", q)["data"],
+            serde_json::json!([["a", 3], ["b", 2]])
+        );
+        assert_eq!(
+            merged(&node),
+            "files_merged=3",
+            "a repeat was found: not verified"
+        );
+    }
+}

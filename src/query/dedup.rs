@@ -29,6 +29,52 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions,
 };
 use futures::StreamExt;
+use tidemark_shards::manifest::FileMeta;
+
+/// Files among which no point repeats, as a merge found (files never
+/// change, so this stays true while they are listed). A file then needs
+/// no merge when every file that shares a time with it is one of them.
+#[derive(Debug, Clone, Default)]
+pub struct Verified(std::collections::HashSet<String>);
+
+impl Verified {
+    /// Forgets files no longer in `files` (compacted, dropped).
+    pub fn retain_listed(&mut self, files: &[FileMeta]) {
+        let listed: std::collections::HashSet<&str> =
+            files.iter().map(|f| f.path.as_str()).collect();
+        self.0.retain(|p| listed.contains(p.as_str()));
+    }
+
+    /// Whether `f` and every file of `files` sharing a time with it are
+    /// verified.
+    pub fn covers(&self, f: &FileMeta, files: &[FileMeta]) -> bool {
+        self.0.contains(&f.path)
+            && files
+                .iter()
+                .filter(|g| g.min_time <= f.max_time && g.max_time >= f.min_time)
+                .all(|g| self.0.contains(&g.path))
+    }
+
+    /// A merge over `checked` found no point twice. Each of them joins the
+    /// set if every file sharing a time with it was checked too or is in
+    /// the set already: no point repeats across the union then (files
+    /// that share no time cannot hold the same point).
+    pub fn add(&mut self, checked: &[FileMeta], files: &[FileMeta]) {
+        let checked_paths: std::collections::HashSet<&str> =
+            checked.iter().map(|f| f.path.as_str()).collect();
+        let joining: Vec<String> = checked
+            .iter()
+            .filter(|f| {
+                files
+                    .iter()
+                    .filter(|g| g.min_time <= f.max_time && g.max_time >= f.min_time)
+                    .all(|g| checked_paths.contains(g.path.as_str()) || self.0.contains(&g.path))
+            })
+            .map(|f| f.path.clone())
+            .collect();
+        self.0.extend(joining);
+    }
+}
 
 /// Sorted, disjoint, inclusive time ranges.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -102,7 +148,6 @@ pub struct PointLayout {
 /// See the [module docs](self). As many output partitions as its input:
 /// each passes its own input partition's rows outside the overlap on at
 /// once; the partition that finishes last merges the rows inside it.
-#[derive(Debug)]
 pub struct DedupExec {
     input: Arc<dyn ExecutionPlan>,
     overlap: Arc<Ranges>,
@@ -112,6 +157,16 @@ pub struct DedupExec {
     /// The rows held back for the merge, and how many partitions have not
     /// finished yet (set when the first partition starts).
     run: Arc<Mutex<Option<Run>>>,
+    /// Called when the merge found no point twice.
+    on_clean: Arc<dyn Fn() + Send + Sync>,
+}
+
+impl fmt::Debug for DedupExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DedupExec")
+            .field("overlap", &self.overlap.0.len())
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -125,6 +180,7 @@ impl DedupExec {
         input: Arc<dyn ExecutionPlan>,
         overlap: Arc<Ranges>,
         layout: Arc<PointLayout>,
+        on_clean: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<DedupExec> {
         let schema = Arc::new(input.schema().project(&layout.output)?);
         let partitions = input.properties().partitioning.partition_count();
@@ -141,6 +197,7 @@ impl DedupExec {
             schema,
             props,
             run: Arc::default(),
+            on_clean,
         })
     }
 }
@@ -176,6 +233,7 @@ impl ExecutionPlan for DedupExec {
             children.swap_remove(0),
             Arc::clone(&self.overlap),
             Arc::clone(&self.layout),
+            Arc::clone(&self.on_clean),
         )?))
     }
     fn with_new_children(
@@ -214,6 +272,7 @@ impl ExecutionPlan for DedupExec {
         let (overlap, layout) = (Arc::clone(&self.overlap), Arc::clone(&self.layout));
         let (held, run) = (Arc::clone(&self.run), Arc::clone(&self.run));
         let out_layout = Arc::clone(&layout);
+        let on_clean = Arc::clone(&self.on_clean);
         let head = input.map(move |batch| {
             let batch = batch?;
             let (pass, merge) = split(&batch, &overlap, &layout)?;
@@ -242,7 +301,13 @@ impl ExecutionPlan for DedupExec {
                     None => Vec::new(),
                 }
             };
-            let merged = merge(&input_schema, &batches, &out_layout)?;
+            let merged = match merge_repeated(&input_schema, &batches, &out_layout)? {
+                Some(merged) => merged,
+                None => {
+                    on_clean();
+                    concat_batches(&input_schema, &batches)?
+                }
+            };
             Ok(merged.project(&out_layout.output)?)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
@@ -312,15 +377,8 @@ fn split(
 
 /// Merges the rows that may repeat a point: those whose point hash
 /// repeats are sorted by source rank (write order) and merged; the others
-/// pass on as they are.
-fn merge(schema: &SchemaRef, batches: &[RecordBatch], layout: &PointLayout) -> Result<RecordBatch> {
-    match merge_repeated(schema, batches, layout)? {
-        Some(merged) => Ok(merged),
-        None => Ok(concat_batches(schema, batches)?),
-    }
-}
-
-/// [`merge`], or `None` if no point repeats (the batches are then the answer).
+/// pass on as they are. `None` if no point repeats (the batches are then
+/// the answer).
 pub fn merge_repeated(
     schema: &SchemaRef,
     batches: &[RecordBatch],

@@ -1,6 +1,7 @@
 //! The query pool: DataFusion on a dedicated tokio runtime, fed from shard
 //! cores without blocking their event loops.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -71,6 +72,9 @@ pub struct QueryEngine {
     settings: QuerySettings,
     pub files_pruned: AtomicU64,
     pub files_scanned: AtomicU64,
+    /// Per table, files a merge found to hold no point twice among them
+    /// (see `super::dedup::Verified`).
+    pub verified: Mutex<HashMap<TableKey, super::dedup::Verified>>,
     /// Queries executing on the pool now.
     pub running: AtomicI64,
 }
@@ -152,6 +156,7 @@ impl QueryEngine {
             settings,
             files_pruned: AtomicU64::new(0),
             files_scanned: AtomicU64::new(0),
+            verified: Mutex::new(HashMap::new()),
             running: AtomicI64::new(0),
         }))
     }
@@ -171,6 +176,31 @@ impl QueryEngine {
 
     pub fn catalog(&self) -> &Arc<Catalog> {
         &self.catalog
+    }
+
+    /// The files of `key` verified to hold no point twice among them, of
+    /// the table's current `files` (forgetting files no longer there).
+    pub fn verified_files(
+        &self,
+        key: &TableKey,
+        files: &[tidemark_shards::manifest::FileMeta],
+    ) -> super::dedup::Verified {
+        let mut all = self.verified.lock().expect("verified lock");
+        let v = all.entry(key.clone()).or_default();
+        v.retain_listed(files);
+        v.clone()
+    }
+
+    /// A merge over `checked` (with every file they share times with, of
+    /// `files`, verified or checked) found no point twice: remember them.
+    pub fn verify_files(
+        &self,
+        key: &TableKey,
+        checked: &[tidemark_shards::manifest::FileMeta],
+        files: &[tidemark_shards::manifest::FileMeta],
+    ) {
+        let mut all = self.verified.lock().expect("verified lock");
+        all.entry(key.clone()).or_default().add(checked, files);
     }
 
     pub fn count_pruning(&self, pruned: u64, scanned: u64) {
@@ -231,6 +261,7 @@ impl QueryEngine {
             }
         }
         Ok(MeasurementTable {
+            key: key.clone(),
             schema: schema.arrow().clone(),
             table_schema: schema.clone(),
             store_url: self.store_url.clone(),

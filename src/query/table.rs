@@ -57,6 +57,7 @@ use super::engine::QueryEngine;
 /// A snapshot of one measurement for one query.
 #[derive(Debug)]
 pub struct MeasurementTable {
+    pub key: TableKey,
     pub schema: SchemaRef,
     /// `schema` with each column's kind.
     pub table_schema: TableSchema,
@@ -173,16 +174,29 @@ impl TableProvider for MeasurementTable {
         let mut overlap = Ranges::overlaps(&intervals).intervals().to_vec();
         overlap.extend(mem_ranges.iter().flatten());
         let overlap = Ranges::union(overlap);
-        let (dirty, clean): (Vec<&FileMeta>, Vec<&FileMeta>) = kept
-            .iter()
-            .partition(|f| overlap.touches(f.min_time, f.max_time));
+        // A file that shares times only with files an earlier merge found
+        // to repeat no point with it is read as it is.
+        let verified = self.engine.verified_files(&self.key, &self.files);
+        let mem_overlap = Ranges::union(mem_ranges.iter().flatten().copied().collect());
+        let (dirty, clean): (Vec<&FileMeta>, Vec<&FileMeta>) = kept.iter().partition(|f| {
+            overlap.touches(f.min_time, f.max_time)
+                && (mem_overlap.touches(f.min_time, f.max_time) || !verified.covers(f, &self.files))
+        });
+        let on_clean = {
+            let engine = Arc::clone(&self.engine);
+            let key = self.key.clone();
+            let checked: Vec<FileMeta> = dirty.iter().map(|f| (*f).clone()).collect();
+            let all = self.files.clone();
+            Arc::new(move || engine.verify_files(&key, &checked, &all))
+                as Arc<dyn Fn() + Send + Sync>
+        };
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !clean.is_empty() {
             inputs.push(self.file_scan(state, &clean, projection, limit, None)?);
         }
         if !dirty.is_empty() {
-            inputs.push(self.dedup_scan(state, &dirty, projection, overlap)?);
+            inputs.push(self.dedup_scan(state, &dirty, projection, overlap, on_clean)?);
         } else if !self.mem.is_empty() {
             // No file shares a time with the buffer: its repeated points, if
             // any, are merged here, and the scan keeps exact statistics.
@@ -433,6 +447,7 @@ impl MeasurementTable {
         dirty: &[&FileMeta],
         projection: Option<&Vec<usize>>,
         overlap: Ranges,
+        on_clean: Arc<dyn Fn() + Send + Sync>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let n_columns = self.schema.fields().len();
         let wanted: Vec<usize> = projection
@@ -477,6 +492,7 @@ impl MeasurementTable {
             input,
             Arc::new(overlap),
             Arc::new(layout),
+            on_clean,
         )?))
     }
 }
