@@ -97,7 +97,7 @@ fn loadgen_row_counts_match_what_the_node_stores() {
                 "--warmup",
                 "0",
                 "--pool",
-                "8",
+                "20",
             ],
         );
         assert_eq!(v["errors"], 0, "{v}");
@@ -140,8 +140,11 @@ fn loadgen_row_counts_match_what_the_node_stores() {
     );
     let acked = v["acked_rows_total"].as_u64().unwrap();
     assert!(acked > v["rows"].as_u64().unwrap(), "{v}");
-    assert_eq!(count(&node, "timed", "cpu"), acked);
-    expected.push(("timed".into(), "cpu".into(), acked));
+    // The 64 bodies of 2,000 rows go out in order: past them, rows repeat
+    // as the same points, which are stored once.
+    let distinct = acked.min(64 * 2000);
+    assert_eq!(count(&node, "timed", "cpu"), distinct);
+    expected.push(("timed".into(), "cpu".into(), distinct));
 
     // Flushed to Parquet, the counts do not change.
     node.flush();

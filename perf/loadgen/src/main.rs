@@ -85,7 +85,10 @@ struct Args {
     /// API token, sent as `Authorization: Bearer`.
     #[arg(long)]
     token: Option<String>,
-    /// Distinct request bodies generated up front and cycled.
+    /// Distinct request bodies generated up front, sent in order over all
+    /// connections and cycled: once the pool wraps around, rows repeat as
+    /// the same points (a server that merges repeated points, as tidemark
+    /// and InfluxDB do, then stores fewer rows than were sent).
     #[arg(long, default_value_t = 64)]
     pool: usize,
     /// Print one JSON object instead of a table.
@@ -277,6 +280,11 @@ struct Shared {
     rate: f64,
     batch_size: usize,
     connections: usize,
+    /// The next body of the pool to send, over all connections: bodies go
+    /// out in order, so no row is sent twice until the pool wraps around
+    /// (a server that merges repeated points, as tidemark and InfluxDB do,
+    /// stores every row only then).
+    next_body: std::sync::atomic::AtomicUsize,
 }
 
 impl Shared {
@@ -340,7 +348,8 @@ async fn connection(
             }
         }
         let s = stream.as_mut().expect("connected above");
-        let req = shared.requests[(index + k as usize) % shared.requests.len()].clone();
+        let body = shared.next_body.fetch_add(1, Ordering::Relaxed);
+        let req = shared.requests[body % shared.requests.len()].clone();
         let len = req.len() as u64;
         let (res, _) = s.write_all(req).await;
         let result = match res {
@@ -400,6 +409,7 @@ fn main() -> anyhow::Result<()> {
         rate: args.rate,
         batch_size: args.batch_size,
         connections: args.connections,
+        next_body: std::sync::atomic::AtomicUsize::new(0),
     });
     let stats = Arc::new(std::sync::Mutex::new(Stats::new()));
     let mut threads = Vec::new();
