@@ -97,7 +97,10 @@ pub fn cpu_rows(first_id: i64, n: usize, base_time: i64) -> Vec<CpuRow> {
         .map(|i| {
             let id = first_id + i;
             CpuRow {
-                time: base_time + (id % 1_000_000).wrapping_mul(3_700_000_001) % (3 * HOUR),
+                // Scattered over three hours, one time per id (3,700,000,001
+                // is coprime with 3 h in ns): no two ids are the same point.
+                time: base_time
+                    + (i128::from(id) * 3_700_000_001).rem_euclid(i128::from(3 * HOUR)) as i64,
                 host: (id % 7) as u32,
                 id,
                 usage: id as f64 * 0.5,
