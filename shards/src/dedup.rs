@@ -514,7 +514,11 @@ pub(crate) mod tests {
         assert!(repeated(&[1, 2, 3]).is_empty());
         // Series that only ascend cannot repeat a point; x@1 twice can.
         let ascending = batch(vec!["a", "b", "c", "d", "e"]);
-        assert!(each_series_ascends(&[ascending.clone()], &[1], 0));
+        assert!(each_series_ascends(
+            std::slice::from_ref(&ascending),
+            &[1],
+            0
+        ));
         assert!(!each_series_ascends(
             &[ascending.clone(), ascending],
             &[1],

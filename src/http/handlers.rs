@@ -599,19 +599,24 @@ fn measurements(ctx: &CoreCtx, req: &Request) -> Response {
         .header("x-arc-database")
         .map(str::to_string)
         .or_else(|| req.query_param("db"));
-    // Per table: files, bytes, rows in files, hour partitions.
-    let mut stored: std::collections::HashMap<
-        (String, String),
-        (u64, u64, u64, std::collections::BTreeSet<i64>),
-    > = std::collections::HashMap::new();
+    /// One table's files: how many, their bytes and rows, their hours.
+    #[derive(Default)]
+    struct Stored {
+        files: u64,
+        bytes: u64,
+        rows: u64,
+        hours: std::collections::BTreeSet<i64>,
+    }
+    let mut stored: std::collections::HashMap<(String, String), Stored> =
+        std::collections::HashMap::new();
     for f in ctx.node.manifest.files() {
         let e = stored
             .entry((f.database.clone(), f.measurement.clone()))
             .or_default();
-        e.0 += 1;
-        e.1 += f.size;
-        e.2 += f.rows;
-        e.3.insert(f.hour);
+        e.files += 1;
+        e.bytes += f.size;
+        e.rows += f.rows;
+        e.hours.insert(f.hour);
     }
     let list: Vec<serde_json::Value> = ctx
         .node
@@ -620,8 +625,13 @@ fn measurements(ctx: &CoreCtx, req: &Request) -> Response {
         .into_iter()
         .filter(|(k, _)| only.as_deref().is_none_or(|d| d == k.database()))
         .map(|(k, s)| {
-            let none = Default::default();
-            let (files, bytes, rows, hours) = stored
+            let none = Stored::default();
+            let Stored {
+                files,
+                bytes,
+                rows,
+                hours,
+            } = stored
                 .get(&(k.database().to_string(), k.measurement().to_string()))
                 .unwrap_or(&none);
             serde_json::json!({
