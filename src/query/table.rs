@@ -166,36 +166,46 @@ impl TableProvider for MeasurementTable {
 
         // Where a point may repeat (see `super::dedup`): times two sources
         // cover, and every buffered row.
-        let mem_ranges: Vec<Option<(i64, i64)>> =
-            self.mem.iter().map(|b| time_range(b, time_idx)).collect();
+        let mem_ranges: Vec<(i64, i64)> = self
+            .mem
+            .iter()
+            .filter_map(|b| time_range(b, time_idx))
+            .collect();
+        let mem_overlap = Ranges::union(mem_ranges.clone());
         let mut intervals: Vec<(i64, i64)> =
             kept.iter().map(|f| (f.min_time, f.max_time)).collect();
-        intervals.extend(mem_ranges.iter().flatten());
+        intervals.extend(&mem_ranges);
         let mut overlap = Ranges::overlaps(&intervals).intervals().to_vec();
-        overlap.extend(mem_ranges.iter().flatten());
+        overlap.extend(mem_overlap.intervals());
         let overlap = Ranges::union(overlap);
-        // A file that shares times only with files an earlier merge found
-        // to repeat no point with it is read as it is.
-        let verified = self.engine.verified_files(&self.key, &self.files);
-        let mem_overlap = Ranges::union(mem_ranges.iter().flatten().copied().collect());
-        let (dirty, clean): (Vec<&FileMeta>, Vec<&FileMeta>) = kept.iter().partition(|f| {
-            overlap.touches(f.min_time, f.max_time)
-                && (mem_overlap.touches(f.min_time, f.max_time) || !verified.covers(f, &self.files))
-        });
-        let on_clean = {
-            let engine = Arc::clone(&self.engine);
-            let key = self.key.clone();
-            let checked: Vec<FileMeta> = dirty.iter().map(|f| (*f).clone()).collect();
-            let all = self.files.clone();
-            Arc::new(move || engine.verify_files(&key, &checked, &all))
-                as Arc<dyn Fn() + Send + Sync>
-        };
+        let (mut dirty, mut clean): (Vec<&FileMeta>, Vec<&FileMeta>) = kept
+            .iter()
+            .partition(|f| overlap.touches(f.min_time, f.max_time));
+        if !dirty.is_empty() {
+            // A file that shares times only with files an earlier merge
+            // found to repeat no point with it is read as it is.
+            let verified = self.engine.verified_files(&self.key, &self.files);
+            let (merge, plain): (Vec<&FileMeta>, Vec<&FileMeta>) =
+                dirty.into_iter().partition(|f| {
+                    mem_overlap.touches(f.min_time, f.max_time) || !verified.covers(f, &self.files)
+                });
+            dirty = merge;
+            clean.extend(plain);
+        }
 
         let mut inputs: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
         if !clean.is_empty() {
             inputs.push(self.file_scan(state, &clean, projection, limit, None)?);
         }
         if !dirty.is_empty() {
+            let on_clean = {
+                let engine = Arc::clone(&self.engine);
+                let key = self.key.clone();
+                let checked: Vec<FileMeta> = dirty.iter().map(|f| (*f).clone()).collect();
+                let all = self.files.clone();
+                Arc::new(move || engine.verify_files(&key, &checked, &all))
+                    as Arc<dyn Fn() + Send + Sync>
+            };
             inputs.push(self.dedup_scan(state, &dirty, projection, overlap, on_clean)?);
         } else if !self.mem.is_empty() {
             // No file shares a time with the buffer: its repeated points, if
