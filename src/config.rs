@@ -482,6 +482,19 @@ pub struct BufferSettings {
     pub flush_age_ms: u64,
     /// Writes to a shard wait while its buffer holds this many bytes; default 1 GiB.
     pub max_bytes: u64,
+    /// While a flush runs, writes to a shard are slowed, more as its buffer
+    /// (rows not yet being flushed) fills, the most from this many bytes
+    /// on, so that a flush sharing the core keeps up and writes rarely
+    /// reach `max_bytes`: see "Backpressure" in ARCHITECTURE.md. Default:
+    /// a quarter of `max_bytes`; at most `max_bytes`.
+    pub slow_bytes: Option<u64>,
+}
+
+impl BufferSettings {
+    /// `slow_bytes`, or its default.
+    pub fn slow_bytes(&self) -> u64 {
+        self.slow_bytes.unwrap_or(self.max_bytes / 4)
+    }
 }
 
 impl Default for BufferSettings {
@@ -491,6 +504,7 @@ impl Default for BufferSettings {
             flush_bytes: 256 << 20,
             flush_age_ms: 60_000,
             max_bytes: 1 << 30,
+            slow_bytes: None,
         }
     }
 }
@@ -502,12 +516,16 @@ pub struct FlushSettings {
     pub workers: usize,
     /// How often a shard checks whether a flush is due, in ms; default 100.
     pub check_interval_ms: u64,
-    /// Nice value of the flush worker threads, 0 (default) to 19. Above 0,
-    /// a flush sharing a CPU with a shard core yields to it: lower request
-    /// latency while the core has idle time to flush in, but under
-    /// sustained overload the buffer fills and writes stall until a flush
-    /// completes. See tuning.md.
+    /// Nice value of the flush worker threads, 0 to 19 (default). Above 0,
+    /// a flush sharing a CPU with a shard core yields to it, so it does not
+    /// move request latency; under sustained overload the backpressure
+    /// (`buffer.slow_bytes`) leaves the core idle long enough for the flush
+    /// to keep up. See tuning.md.
     pub nice: i32,
+    /// Codec of the Parquet files a flush writes: "lz4_raw" (default),
+    /// "snappy", "zstd" (level 3) or "none". Compaction rewrites them with
+    /// zstd (`compaction.zstd_level`).
+    pub compression: tidemark_shards::flush::FlushCodec,
 }
 
 impl Default for FlushSettings {
@@ -515,7 +533,8 @@ impl Default for FlushSettings {
         FlushSettings {
             workers: 1,
             check_interval_ms: 100,
-            nice: 0,
+            nice: 19,
+            compression: tidemark_shards::flush::FlushCodec::default(),
         }
     }
 }
@@ -796,6 +815,16 @@ impl Config {
                 format!(
                     "{} is less than buffer.flush_bytes ({})",
                     self.buffer.max_bytes, self.buffer.flush_bytes
+                ),
+            );
+        }
+        let slow = self.buffer.slow_bytes();
+        if slow == 0 || slow > self.buffer.max_bytes {
+            return invalid(
+                "buffer.slow_bytes",
+                format!(
+                    "{slow} is not between 1 and buffer.max_bytes ({})",
+                    self.buffer.max_bytes
                 ),
             );
         }

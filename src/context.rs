@@ -177,6 +177,7 @@ impl CoreCtx {
             let (rows, bytes) = shard.buffered();
             self.metrics.buffer_rows.set(rows as i64);
             self.metrics.buffer_bytes.set(bytes as i64);
+            self.metrics.update_throttle(shard.throttle_stats());
             self.node
                 .metrics
                 .forward

@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
+use tidemark_shards::throttle::ThrottleStats;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabel {
@@ -72,6 +73,10 @@ pub struct NodeMetrics {
     http_seconds: HistogramFamily<RouteLabels>,
     connections: Family<ShardLabel, Gauge>,
     core_busy: Family<ShardLabel, Counter<f64, AtomicU64>>,
+    ingest_slowed: Family<ShardLabel, Counter>,
+    ingest_slowed_seconds: Family<ShardLabel, Counter<f64, AtomicU64>>,
+    ingest_stalled: Family<ShardLabel, Counter>,
+    ingest_stalled_seconds: Family<ShardLabel, Counter<f64, AtomicU64>>,
     pub ready: Gauge,
     pub replication: ReplicationFamilies,
     pub control: ControlFamilies,
@@ -454,6 +459,10 @@ impl NodeMetrics {
             http_seconds: Family::new_with_constructor(latency_histogram),
             connections: Family::default(),
             core_busy: Family::default(),
+            ingest_slowed: Family::default(),
+            ingest_slowed_seconds: Family::default(),
+            ingest_stalled: Family::default(),
+            ingest_stalled_seconds: Family::default(),
             ready: Gauge::default(),
             replication: ReplicationFamilies::default(),
             control: ControlFamilies::default(),
@@ -550,6 +559,28 @@ impl NodeMetrics {
             m.core_busy.clone(),
         );
         r.register(
+            "ingest_slowed_writes",
+            "Writes that waited at the backpressure gate (buffer past buffer.slow_bytes)",
+            m.ingest_slowed.clone(),
+        );
+        r.register_with_unit(
+            "ingest_slowed",
+            "Time writes waited at the backpressure gate, in all",
+            Unit::Seconds,
+            m.ingest_slowed_seconds.clone(),
+        );
+        r.register(
+            "ingest_stalled_writes",
+            "Writes that found the buffer full (buffer.max_bytes) and waited for a flush to start",
+            m.ingest_stalled.clone(),
+        );
+        r.register_with_unit(
+            "ingest_stalled",
+            "Time writes waited for room in a full buffer, in all",
+            Unit::Seconds,
+            m.ingest_stalled_seconds.clone(),
+        );
+        r.register(
             "ready",
             "1 once the node has recovered and serves writes, 0 otherwise",
             m.ready.clone(),
@@ -608,6 +639,11 @@ impl NodeMetrics {
             }),
             connections: self.connections.get_or_create(&sl).clone(),
             core_busy: self.core_busy.get_or_create(&sl).clone(),
+            ingest_slowed: self.ingest_slowed.get_or_create(&sl).clone(),
+            ingest_slowed_seconds: self.ingest_slowed_seconds.get_or_create(&sl).clone(),
+            ingest_stalled: self.ingest_stalled.get_or_create(&sl).clone(),
+            ingest_stalled_seconds: self.ingest_stalled_seconds.get_or_create(&sl).clone(),
+            throttle_seen: Default::default(),
         }
     }
 
@@ -719,9 +755,28 @@ pub struct CoreMetrics {
     pub http_seconds: [Histogram; ROUTES.len()],
     pub connections: Gauge,
     pub core_busy: Counter<f64, AtomicU64>,
+    ingest_slowed: Counter,
+    ingest_slowed_seconds: Counter<f64, AtomicU64>,
+    ingest_stalled: Counter,
+    ingest_stalled_seconds: Counter<f64, AtomicU64>,
+    /// The shard's backpressure counts already added to the counters above.
+    throttle_seen: Arc<Mutex<ThrottleStats>>,
 }
 
 impl CoreMetrics {
+    /// Adds what the shard's backpressure gate did since the last call.
+    pub fn update_throttle(&self, now: ThrottleStats) {
+        let seen = std::mem::replace(&mut *self.throttle_seen.lock().expect("throttle lock"), now);
+        self.ingest_slowed
+            .inc_by(now.slowed.saturating_sub(seen.slowed));
+        self.ingest_slowed_seconds
+            .inc_by((now.slowed_seconds - seen.slowed_seconds).max(0.0));
+        self.ingest_stalled
+            .inc_by(now.stalled.saturating_sub(seen.stalled));
+        self.ingest_stalled_seconds
+            .inc_by((now.stalled_seconds - seen.stalled_seconds).max(0.0));
+    }
+
     /// Counts a refused write (errors are rare: the family's lock is fine here).
     pub fn ingest_error(&self, format: usize, status: u16) {
         self.ingest_errors

@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context;
 use event_listener::Event;
 use tidemark_shards::buffer::BufferConfig;
-use tidemark_shards::flush::{FileStore, FlushPool};
+use tidemark_shards::flush::{FileStore, FlushPool, PoolOptions};
 use tidemark_shards::manifest::Manifest;
 use tidemark_shards::runtime;
 use tidemark_shards::shard::{Shard, ShardConfig};
@@ -103,6 +103,7 @@ fn shard_config(config: &Config, data: &Path, i: usize) -> ShardConfig {
         ..BufferConfig::default()
     };
     sc.max_buffer_bytes = config.buffer.max_bytes as usize;
+    sc.slow_buffer_bytes = config.buffer.slow_bytes() as usize;
     // A reader's rows are durable on the writer: show them before the local
     // sync. In a cluster every node starts as a follower; the primary turns
     // this off at its first write.
@@ -149,12 +150,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let catalog = Catalog::new();
     seed_catalog(&catalog, &manifest);
     let shard_count = config.shard_cores();
-    let (pool, flush_threads) = FlushPool::start_niced(
+    let (pool, flush_threads) = FlushPool::start_with(
         config.flush.workers,
         shard_count * 2,
         store.clone(),
         manifest.clone(),
-        config.flush.nice,
+        PoolOptions {
+            nice: config.flush.nice,
+            codec: config.flush.compression,
+        },
     );
     let metrics = NodeMetrics::new();
     let tls = crate::tls::Tls::load(&config.tls).context("loading the TLS files (tls.*)")?;
@@ -330,13 +334,7 @@ async fn watch_signals(node: &NodeShared) {
 
 /// CPU time of the calling thread, in seconds.
 fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+    tidemark_shards::flush::thread_cpu_time().as_secs_f64()
 }
 
 async fn core_main(
@@ -466,6 +464,10 @@ async fn core_main(
                     since_check = Duration::ZERO;
                     if shard.flush_due().is_some() {
                         crate::http::handlers::flush_shard(&ctx, &shard).await.ok();
+                        // Rows buffered during the flush may be due already:
+                        // look again at the next tick, not a whole interval
+                        // later (writes may be waiting at the throttle).
+                        since_check = flush_interval;
                     }
                 }
             }

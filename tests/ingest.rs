@@ -517,3 +517,84 @@ fn a_client_still_sending_an_oversized_body_reads_the_413() {
     let r = &parse_responses(&raw)[0];
     assert_eq!(r.status, 413);
 }
+
+/// A node driven past its flush rate for a while (a buffer a few MiB
+/// large, four clients writing as fast as they can): the gradual
+/// backpressure slows the writes (the metric says so) and never refuses
+/// one; every acknowledged row is there afterwards, once, in the buffer and
+/// then in the files. Behaviour only: how long writes waited is not
+/// checked.
+#[test]
+fn writes_past_the_flush_rate_are_slowed_never_refused_or_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(
+        dir.path(),
+        &[
+            "--set",
+            "buffer.flush_rows=20000",
+            "--set",
+            "buffer.flush_bytes=2097152",
+            "--set",
+            "buffer.max_bytes=8388608",
+            "--set",
+            "buffer.slow_bytes=3145728",
+            "--set",
+            "flush.nice=19",
+            "--set",
+            "flush.check_interval_ms=10",
+        ],
+    );
+    const CLIENTS: i64 = 4;
+    const BATCHES: i64 = 60;
+    const ROWS: i64 = 2_000;
+    let port = node.port;
+    let statuses: Vec<Vec<u16>> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|c| {
+                s.spawn(move || {
+                    (0..BATCHES)
+                        .map(|b| {
+                            let first = (c * BATCHES + b) * ROWS;
+                            try_request(
+                                port,
+                                "POST",
+                                "/write?db=a",
+                                &[],
+                                lp(first, ROWS).as_bytes(),
+                            )
+                            .map(|r| r.status)
+                            .unwrap_or(0)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        clients.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (c, s) in statuses.iter().enumerate() {
+        assert!(s.iter().all(|&st| st == 204), "client {c}: {s:?}");
+    }
+    assert!(
+        node.metric_sum("tidemark_ingest_slowed_writes_total") > 0.0,
+        "the node was not driven past its flush rate: no write was slowed"
+    );
+    assert!(node.metric_sum("tidemark_flushes_total") >= 2.0);
+    let total = CLIENTS * BATCHES * ROWS;
+    let counted = node.req(
+        "POST",
+        "/api/v1/query",
+        &[("content-type", "application/json")],
+        br#"{"sql": "SELECT count(*) AS n, count(DISTINCT id) AS d, min(id) AS lo, max(id) AS hi FROM a.m"}"#,
+    );
+    assert_eq!(counted.status, 200, "{}", counted.text());
+    let row = &counted.json()["data"][0];
+    assert_eq!(
+        *row,
+        serde_json::json!([total, total, 0, total - 1]),
+        "{}",
+        counted.text()
+    );
+    let mut all = row_ids(&node);
+    all.sort_unstable();
+    assert_eq!(all, (0..total).collect::<Vec<_>>());
+}

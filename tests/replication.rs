@@ -130,14 +130,6 @@ fn write(port: u16, ids: std::ops::Range<u64>) -> Option<u16> {
         .map(|r| r.status)
 }
 
-fn metric(node: &Node, name: &str) -> f64 {
-    let text = node.req("GET", "/metrics", &[], b"").text();
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
@@ -326,21 +318,21 @@ fn readers_hold_exactly_the_writers_rows_through_kills_and_cut_connections() {
         "acked {} rows, writer holds {total}, proxy cuts {}, reader b resyncs {}, writer resyncs {}, bootstraps a {} b {}",
         acked.len(),
         proxy.cuts.load(Ordering::Relaxed),
-        metric(&b, "tidemark_replication_reader_resyncs_total"),
-        metric(&writer, "tidemark_replication_resyncs_total"),
-        metric(&a, "tidemark_replication_reader_bootstraps_total"),
-        metric(&b, "tidemark_replication_reader_bootstraps_total"),
+        b.metric_sum("tidemark_replication_reader_resyncs_total"),
+        writer.metric_sum("tidemark_replication_resyncs_total"),
+        a.metric_sum("tidemark_replication_reader_bootstraps_total"),
+        b.metric_sum("tidemark_replication_reader_bootstraps_total"),
     );
     assert!(
         proxy.cuts.load(Ordering::Relaxed) > 0,
         "the proxy cut nothing"
     );
-    assert!(metric(&a, "tidemark_replication_reader_bootstraps_total") >= 1.0);
-    assert!(metric(&b, "tidemark_replication_reader_resyncs_total") >= 1.0);
-    assert!(metric(&writer, "tidemark_replication_sent_bytes_total") > 0.0);
+    assert!(a.metric_sum("tidemark_replication_reader_bootstraps_total") >= 1.0);
+    assert!(b.metric_sum("tidemark_replication_reader_resyncs_total") >= 1.0);
+    assert!(writer.metric_sum("tidemark_replication_sent_bytes_total") > 0.0);
     // Caught up: no lag left on the writer.
     wait_until("the lag metric to reach 0", Duration::from_secs(10), || {
-        metric(&writer, "tidemark_replication_lag_entries") == 0.0
+        writer.metric_sum("tidemark_replication_lag_entries") == 0.0
     });
 }
 
@@ -357,7 +349,7 @@ fn with_min_acks_a_write_is_on_the_readers_before_its_204() {
     let b = start_reader(&dir.path().join("b"), repl, "reader-b", SECRET);
     // Two readers, a stream per shard each.
     wait_until("both readers to connect", Duration::from_secs(20), || {
-        metric(&writer, "tidemark_replication_connected") == 4.0
+        writer.metric_sum("tidemark_replication_connected") == 4.0
     });
     for i in 0..30u64 {
         assert_eq!(write(writer.port, i * 10..i * 10 + 10), Some(204));
@@ -380,7 +372,10 @@ fn without_min_acks_readers_see_writes_within_moments() {
             count(&a) == n
         });
     }
-    assert_eq!(metric(&a, "tidemark_replication_applied_rows_total"), 200.0);
+    assert_eq!(
+        a.metric_sum("tidemark_replication_applied_rows_total"),
+        200.0
+    );
 }
 
 #[test]
@@ -433,7 +428,7 @@ fn a_reader_refuses_writes_and_a_wrong_secret_is_refused() {
         writer.log().contains("AUTH_FAILED")
     });
     assert_eq!(count(&bad), 0);
-    assert_eq!(metric(&bad, "tidemark_replication_connected"), 0.0);
+    assert_eq!(bad.metric_sum("tidemark_replication_connected"), 0.0);
 }
 
 #[test]
@@ -480,14 +475,9 @@ fn a_reader_behind_the_retained_wal_bootstraps_from_the_writers_files() {
         Duration::from_secs(60),
         || count(&a) == total,
     );
-    assert!(metric(&a, "tidemark_replication_reader_bootstraps_total") >= 1.0);
-    assert!(metric(&writer, "tidemark_replication_bootstraps_total") >= 1.0);
-    assert!(
-        metric(
-            &writer,
-            "tidemark_replication_forced_segment_removals_total"
-        ) >= 1.0
-    );
+    assert!(a.metric_sum("tidemark_replication_reader_bootstraps_total") >= 1.0);
+    assert!(writer.metric_sum("tidemark_replication_bootstraps_total") >= 1.0);
+    assert!(writer.metric_sum("tidemark_replication_forced_segment_removals_total") >= 1.0);
     assert_eq!(per_series(&a), per_series(&writer));
     // The reader's store holds the writer's files under bootstrap names.
     let bootstrapped = walk(&dir.path().join("a").join("data").join("parquet"))

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::basic::{Compression, ZstdLevel};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -341,7 +342,7 @@ pub fn run_job(
         .unwrap_or(WalSeq::ZERO);
     let generation = manifest.next_generation();
     let options = EncodeOptions {
-        zstd_level: config.zstd_level,
+        compression: Compression::ZSTD(ZstdLevel::try_new(config.zstd_level).unwrap_or_default()),
         target_file_bytes: Some(config.target_file_bytes),
         bytes_per_row: bytes_before as f64 / rows_before.max(1) as f64,
         name: compacted_path,

@@ -299,8 +299,8 @@ pub struct EncodedFile {
 /// How [`encode_rows`] writes files.
 #[derive(Debug, Clone)]
 pub struct EncodeOptions {
-    /// zstd level.
-    pub zstd_level: i32,
+    /// The files' codec.
+    pub compression: Compression,
     /// Split an hour's rows into files of about this many bytes (estimated
     /// from `bytes_per_row`); `None` writes one file per hour.
     pub target_file_bytes: Option<u64>,
@@ -325,10 +325,10 @@ pub struct Encoded {
 }
 
 impl EncodeOptions {
-    /// A flush's files: one per hour, zstd level 3.
-    pub fn flush() -> EncodeOptions {
+    /// A flush's files: one per hour, in `codec`.
+    pub fn flush(codec: FlushCodec) -> EncodeOptions {
         EncodeOptions {
-            zstd_level: 3,
+            compression: codec.parquet(),
             target_file_bytes: None,
             bytes_per_row: 0.0,
             name: |table, hour, shard, upto, _, _| file_path(table, hour, shard, upto),
@@ -351,7 +351,7 @@ pub fn encode_table(
         &frozen.batches,
         shard,
         upto,
-        &EncodeOptions::flush(),
+        &EncodeOptions::flush(FlushCodec::default()),
     )?
     .files)
 }
@@ -436,9 +436,7 @@ pub fn encode_rows(
     // falling back to plain (14-20% of a flush in flamegraphs/).
     let mut props = WriterProperties::builder()
         .set_dictionary_enabled(false)
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(options.zstd_level).unwrap_or_default(),
-        ))
+        .set_compression(options.compression)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(Some(sorting))
         .set_key_value_metadata(Some(vec![
@@ -587,12 +585,50 @@ fn distinct_dictionary_values(column: &ArrayRef) -> Option<u64> {
     Some(seen.len() as u64)
 }
 
+/// The codec of flush files (`flush.compression`). Flush files are
+/// written for speed: compaction rewrites them with zstd into large files
+/// (`compaction.zstd_level`), so the codec only sets how much disk the
+/// newest, not yet compacted, hours take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlushCodec {
+    /// LZ4 (the raw block format Parquet names LZ4_RAW): fast both ways.
+    #[default]
+    Lz4Raw,
+    Snappy,
+    /// zstd level 3: smaller files, about twice the flush's encoding CPU.
+    Zstd,
+    None,
+}
+
+impl FlushCodec {
+    pub fn parquet(self) -> Compression {
+        match self {
+            FlushCodec::Lz4Raw => Compression::LZ4_RAW,
+            FlushCodec::Snappy => Compression::SNAPPY,
+            FlushCodec::Zstd => {
+                Compression::ZSTD(ZstdLevel::try_new(3).expect("3 is a zstd level"))
+            }
+            FlushCodec::None => Compression::UNCOMPRESSED,
+        }
+    }
+}
+
+/// How flush workers run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolOptions {
+    /// Nice value of the worker threads (0 to 19).
+    pub nice: i32,
+    pub codec: FlushCodec,
+}
+
 /// Writes every file of `set` and commits them to the manifest.
 pub fn run_flush(
     store: &FileStore,
     manifest: &Manifest,
     shard: ShardId,
     set: &FlushingSet,
+    codec: FlushCodec,
 ) -> Result<Vec<FileMeta>, FlushError> {
     let mut metas = Vec::new();
     let mut seen = BTreeSet::new();
@@ -603,7 +639,7 @@ pub fn run_flush(
                 manifest.keep_for(table.database()),
                 now_ns,
             ),
-            ..EncodeOptions::flush()
+            ..EncodeOptions::flush(codec)
         };
         let encoded = encode_rows(
             table,
@@ -633,6 +669,17 @@ struct Task {
     reply: futures::channel::oneshot::Sender<Result<Vec<FileMeta>, FlushError>>,
 }
 
+/// CPU time the calling thread has used.
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// The sending side of the flush workers. Cheap to clone; `Send`.
 #[derive(Clone)]
 pub struct FlushPool {
@@ -654,19 +701,21 @@ impl FlushPool {
         store: Arc<FileStore>,
         manifest: Arc<Manifest>,
     ) -> (FlushPool, Vec<JoinHandle<()>>) {
-        FlushPool::start_niced(workers, capacity, store, manifest, 0)
+        FlushPool::start_with(workers, capacity, store, manifest, PoolOptions::default())
     }
 
-    /// [`FlushPool::start`], with every worker thread at nice value `nice`
-    /// (0 to 19): a worker sharing a CPU with a shard core then yields to
-    /// it (see `flush.nice` in tuning.md for what that costs).
-    pub fn start_niced(
+    /// [`FlushPool::start`], with every worker thread at nice value
+    /// `options.nice` (0 to 19: a worker sharing a CPU with a shard core
+    /// then yields to it; see `flush.nice` in tuning.md) writing files in
+    /// `options.codec`.
+    pub fn start_with(
         workers: usize,
         capacity: usize,
         store: Arc<FileStore>,
         manifest: Arc<Manifest>,
-        nice: i32,
+        options: PoolOptions,
     ) -> (FlushPool, Vec<JoinHandle<()>>) {
+        let PoolOptions { nice, codec } = options;
         let (tx, rx) = crossbeam_channel::bounded::<Task>(capacity.max(1));
         let handles = (0..workers.max(1))
             .map(|i| {
@@ -682,7 +731,7 @@ impl FlushPool {
                             }
                         }
                         for task in rx {
-                            let res = run_flush(&store, &manifest, task.shard, &task.set);
+                            let res = run_flush(&store, &manifest, task.shard, &task.set, codec);
                             if let Err(e) = &res {
                                 tracing::error!(shard = %task.shard, upto = %task.set.upto, error = %e, "flush failed");
                             }
@@ -835,7 +884,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(FileStore::local(&dir.path().join("p")).unwrap());
         let manifest = Arc::new(Manifest::open(&dir.path().join("m")).unwrap());
-        let (pool, handles) = FlushPool::start_niced(2, 1, store, manifest, 7);
+        let (pool, handles) = FlushPool::start_with(
+            2,
+            1,
+            store,
+            manifest,
+            PoolOptions {
+                nice: 7,
+                codec: FlushCodec::default(),
+            },
+        );
         let nices = || -> Vec<i64> {
             let mut v = Vec::new();
             for t in std::fs::read_dir("/proc/self/task").unwrap() {

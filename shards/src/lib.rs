@@ -8,7 +8,8 @@
 //!   flush workers, and the durable list of those files.
 //! * [`dedup`], [`compact`]: InfluxDB's duplicate-point rule; compaction of
 //!   a partition's small files and retention by whole hours.
-//! * [`shard`]: one shard, tying WAL, buffer and flushes together.
+//! * [`shard`]: one shard, tying WAL, buffer and flushes together;
+//!   [`throttle`]: its gradual backpressure.
 //! * [`replication`]: the WAL replication protocol (frames and decisions,
 //!   no sockets).
 //! * [`runtime`]: the seam between shard cores and their I/O driver.
@@ -32,6 +33,7 @@ pub mod replication;
 pub mod runtime;
 pub mod schema;
 pub mod shard;
+pub mod throttle;
 pub mod wal;
 
 pub use batch::WriteBatch;

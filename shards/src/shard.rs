@@ -35,6 +35,7 @@ use crate::flush::{FlushError, FlushPool};
 use crate::ids::{ShardId, WalSeq};
 use crate::manifest::{FileMeta, Manifest};
 use crate::schema::{SchemaError, TableKey, TableSchema};
+use crate::throttle::{Admit, Throttle, ThrottleConfig, ThrottleStats};
 use crate::wal::payload::{decode_writes, encode_writes};
 use crate::wal::{
     read_segments, EntryKind, Recovered, RecoveryMode, RecoveryReport, Wal, WalConfig, WalError,
@@ -48,6 +49,9 @@ pub struct ShardConfig {
     /// Writes wait while the buffer (flushing set excluded) holds this many
     /// bytes, until a flush frees it. Default 1 GiB.
     pub max_buffer_bytes: usize,
+    /// While a flush runs, writes are slowed more as the buffer fills, the
+    /// most from this many bytes on ([`crate::throttle`]). Default 256 MiB.
+    pub slow_buffer_bytes: usize,
     /// Replication readers only: entries received from the writer (durable
     /// there) are applied to the buffer, and so visible, as soon as they are
     /// queued for this shard's WAL, without waiting for the local sync; they
@@ -63,6 +67,7 @@ impl ShardConfig {
             wal,
             buffer: BufferConfig::default(),
             max_buffer_bytes: 1 << 30,
+            slow_buffer_bytes: 256 << 20,
             visible_before_durable: false,
         }
     }
@@ -132,6 +137,8 @@ pub struct Shard {
     applied: Event,
     flushed_seq: Cell<WalSeq>,
     flush_running: Cell<bool>,
+    /// Gradual backpressure ([`crate::throttle`]).
+    throttle: RefCell<Throttle>,
     /// Starts as `config.visible_before_durable`; a follower promoted to
     /// primary turns it off ([`Shard::set_visible_before_durable`]).
     visible_before_durable: Cell<bool>,
@@ -187,6 +194,10 @@ impl Shard {
             "shard recovered"
         );
         let visible_before_durable = config.visible_before_durable;
+        let throttle = Throttle::new(ThrottleConfig {
+            slow_bytes: config.slow_buffer_bytes.min(config.max_buffer_bytes),
+            max_bytes: config.max_buffer_bytes,
+        });
         Ok((
             Shard {
                 id,
@@ -198,6 +209,7 @@ impl Shard {
                 applied: Event::new(),
                 flushed_seq: Cell::new(flushed_seq),
                 flush_running: Cell::new(false),
+                throttle: RefCell::new(throttle),
                 visible_before_durable: Cell::new(visible_before_durable),
                 flushes,
                 manifest,
@@ -325,17 +337,52 @@ impl Shard {
         Ok(rows)
     }
 
-    /// Backpressure: waits while the buffer is full, until a flush makes room.
+    /// Backpressure: past the slow mark a write waits while the core is
+    /// busier than the fill allows ([`crate::throttle`]); at the max it
+    /// waits for room (a flush starting).
     async fn wait_buffer_room(&self) {
+        let mut stalled: Option<Instant> = None;
         loop {
-            let listener = {
-                if self.buffer.borrow().bytes() < self.config.max_buffer_bytes {
-                    return;
-                }
-                self.applied.listen()
+            let admit = {
+                let buffer = self.buffer.borrow();
+                self.throttle.borrow_mut().admit(
+                    Instant::now(),
+                    crate::flush::thread_cpu_time(),
+                    buffer.bytes(),
+                    buffer.is_flushing(),
+                )
             };
-            listener.await;
+            match admit {
+                Admit::Now => break,
+                Admit::After(wait) => {
+                    {
+                        let mut t = self.throttle.borrow_mut();
+                        t.stats.slowed += 1;
+                        t.stats.slowed_seconds += wait.as_secs_f64();
+                    }
+                    monoio::time::sleep(wait).await;
+                    break;
+                }
+                Admit::Full => {
+                    stalled.get_or_insert_with(Instant::now);
+                    let listener = self.applied.listen();
+                    if self.buffer.borrow().bytes() < self.config.max_buffer_bytes {
+                        continue;
+                    }
+                    listener.await;
+                }
+            }
         }
+        if let Some(since) = stalled {
+            let mut t = self.throttle.borrow_mut();
+            t.stats.stalled += 1;
+            t.stats.stalled_seconds += since.elapsed().as_secs_f64();
+        }
+    }
+
+    /// What the backpressure gate did so far.
+    pub fn throttle_stats(&self) -> ThrottleStats {
+        self.throttle.borrow().stats
     }
 
     /// Waits until entry `seq` (durable or about to be) is in the buffer.
@@ -503,6 +550,8 @@ impl Shard {
         let Some(set) = self.buffer.borrow_mut().begin_flush() else {
             return Ok(None);
         };
+        // The buffer is empty again: writes waiting for room may go.
+        self.applied.notify(usize::MAX);
         self.flush_running.set(true);
         let rows = set.tables.values().map(|t| t.num_rows() as u64).sum();
         let upto = set.upto;

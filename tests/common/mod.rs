@@ -174,6 +174,19 @@ impl Node {
         try_request(self.port, method, path, headers, body).unwrap()
     }
 
+    /// The sum of metric `name` over all its label sets (0 when absent).
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let text = self.req("GET", "/metrics", &[], b"").text();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     pub fn write_lp(&self, db: &str, body: &str) -> Resp {
         self.req("POST", &format!("/write?db={db}"), &[], body.as_bytes())
     }
