@@ -7,7 +7,7 @@
 #   perf/ingest-cell.sh msgpack-columnar 4 310000 10 --set wal.io=uring
 #
 # tidemark (one shard core, fdatasync) is pinned to CPU $SERVER_CPU and
-# tidemark-loadgen (1,000-row requests, TSBS cpu-only, 1,000 hosts, 2 s
+# tidemark-loadgen ($BATCH rows per request, default 1,000; TSBS cpu-only, 1,000 hosts, 2 s
 # warm-up) to CPU $CLIENT_CPU. Prints the loadgen's report, the WAL's
 # fdatasync count and seconds and the write route's request count and
 # seconds (from /metrics), and the server's CPU seconds. RATE 0 = as fast as
@@ -35,7 +35,7 @@ if [[ -n ${FLUSH_RENICE:-} ]]; then
   done
 fi
 taskset -c "$CLIENT_CPU" "$LOADGEN_BIN" --url http://127.0.0.1:$PORT --format "$FORMAT" \
-  --batch-size 1000 --connections "$CONNS" --threads 1 --duration "$SECONDS_" --warmup 2 \
+  --batch-size "${BATCH:-1000}" --connections "$CONNS" --threads 1 --duration "$SECONDS_" --warmup 2 \
   --rate "$RATE" --series 1000 --schema cpu --database bench
 curl -fsS http://127.0.0.1:$PORT/metrics | grep -E \
   '^tidemark_wal_fsync_duration_seconds_(count|sum)|^tidemark_http_request_duration_seconds_(count|sum)\{shard="0",route="write'

@@ -6,8 +6,9 @@
 # it runs the load generator for $DURATION s after $WARMUP s of warm-up and
 # reads the server's CPU time (utime + stime of every thread, from
 # /proc/<pid>/stat) before and after. Then, per server and format, one
-# fixed-rate run at half the best rate of that format (same batch size and
-# connections as the best cell) for the latency at half load.
+# fixed-rate run per batch size at half the best rate of that format (with
+# the connections of that batch size's best cell) for the latency at half
+# load.
 #
 # Writes perf/results/<date>-<commit>-ingest.md (the table, the machine, the
 # load average before and after) and the raw loadgen JSON next to it
@@ -235,20 +236,24 @@ for server in $SERVERS; do
       done
     done
     if [[ $HALF_RATE == 1 ]]; then
-      # The best cell of this server and format, at half its rate.
-      read -r rate batch conns < <(python3 - "$RAW" "$server" "$format" <<'EOF'
+      # Half the best rate of this server and format, once per batch size,
+      # with the connections of that batch size's best cell.
+      while read -r rate batch conns; do
+        if [[ $rate -gt 0 ]]; then
+          run_cell "$server" "$format" "$batch" "$conns" "$rate" half
+        fi
+      done < <(python3 - "$RAW" "$server" "$format" <<'EOF'
 import json, sys
 raw, server, fmt = sys.argv[1:]
 rows = [json.loads(l) for l in open(raw)]
 rows = [r for r in rows if r["server"] == server and r.get("format") == fmt and r["kind"] == "max"
         and r.get("compression", "none") == "none"]
-best = max(rows, key=lambda r: r.get("rows_per_sec", 0))
-print(round(best.get("rows_per_sec", 0) / 2), best["batch_size"], best["connections"])
+half = round(max(r.get("rows_per_sec", 0) for r in rows) / 2)
+for batch in sorted({r["batch_size"] for r in rows}):
+    best = max((r for r in rows if r["batch_size"] == batch), key=lambda r: r.get("rows_per_sec", 0))
+    print(half, batch, best["connections"])
 EOF
       )
-      if [[ $rate -gt 0 ]]; then
-        run_cell "$server" "$format" "$batch" "$conns" "$rate" half
-      fi
     fi
   done
   stop_server

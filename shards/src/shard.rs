@@ -184,7 +184,7 @@ impl Shard {
         buffer.skip_to(wal.durable_seq());
         // A crash between a flush's commit and its segment removal leaves
         // segments that are wholly flushed.
-        wal.remove_segments_through(flushed_seq)?;
+        wal.remove_segments_through(flushed_seq).await?;
         tracing::info!(
             shard = %id,
             flushed_seq = %flushed_seq,
@@ -469,7 +469,7 @@ impl Shard {
         *self.buffer.borrow_mut() = ShardBuffer::new(self.config.buffer.clone(), upto);
         self.flushed_seq.set(upto);
         self.applied.notify(usize::MAX);
-        self.wal.remove_segments_through(upto)?;
+        self.wal.remove_segments_through(upto).await?;
         Ok(())
     }
 
@@ -562,7 +562,7 @@ impl Shard {
         self.flushed_seq.set(upto);
         self.buffer.borrow_mut().finish_flush(upto);
         self.applied.notify(usize::MAX);
-        let segments_removed = self.wal.remove_segments_through(upto)?;
+        let segments_removed = self.wal.remove_segments_through(upto).await?;
         tracing::debug!(shard = %self.id, %upto, rows, files = files.len(), segments_removed, "flushed");
         Ok(Some(FlushOutcome {
             upto,

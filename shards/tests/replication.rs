@@ -175,7 +175,7 @@ fn segments_a_reader_needs_are_kept_up_to_the_retention_cap() {
         // within the cap.
         let hold = WalSeq(100);
         wal.set_hold(Some(hold));
-        wal.remove_segments_through(WalSeq(150)).unwrap();
+        wal.remove_segments_through(WalSeq(150)).await.unwrap();
         assert!(wal.oldest_seq() <= hold);
         assert_eq!(wal.forced_removals(), 0);
         let mut cursor = ReadCursor::default();
@@ -183,7 +183,7 @@ fn segments_a_reader_needs_are_kept_up_to_the_retention_cap() {
         assert_eq!(c.first, hold);
         // Flushed further, and the reader still at 100: the kept flushed
         // segments pass the 200 KiB cap, so the oldest go anyway.
-        wal.remove_segments_through(durable).unwrap();
+        wal.remove_segments_through(durable).await.unwrap();
         assert!(wal.forced_removals() > 0);
         assert!(wal.oldest_seq() > hold);
         match wal.read_chunk(hold, 1, &mut ReadCursor::default()) {
@@ -199,7 +199,7 @@ fn segments_a_reader_needs_are_kept_up_to_the_retention_cap() {
         assert!(kept <= 200 << 10, "{kept}");
         // Nobody holding: flushed segments all go.
         wal.set_hold(None);
-        wal.remove_segments_through(durable).unwrap();
+        wal.remove_segments_through(durable).await.unwrap();
         assert_eq!(wal.segments().len(), 1);
         wal.close().await;
     })

@@ -116,7 +116,7 @@ fn rotation_read_from_and_segment_removal() {
     // Remove what is wholly at or below 200, reopen, continue numbering.
     block_on(DriverChoice::Auto, async {
         let (wal, _) = Wal::open(cfg.clone(), WalSeq(1)).await.unwrap();
-        let removed = wal.remove_segments_through(WalSeq(200)).unwrap();
+        let removed = wal.remove_segments_through(WalSeq(200)).await.unwrap();
         assert!(removed > 0);
         let first = wal.segments()[0].first_seq;
         assert!(first <= WalSeq(201) && first > WalSeq(1));
