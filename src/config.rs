@@ -393,6 +393,12 @@ pub struct NodeConfig {
     pub pin_cores: bool,
     /// I/O driver: `auto` (io_uring when allowed), `io_uring`, `legacy`.
     pub driver: DriverChoice,
+    /// How long the allocator (mimalloc) keeps freed memory before giving
+    /// it back to the OS, in ms; -1 (default) keeps it for reuse. Given
+    /// back, it is faulted in and zeroed again at the next flush or freeze
+    /// (huge pages): 20-30 ms stalls of the shard core, which doubled the
+    /// half-rate p99 (tuning.md). -1 holds the process at its peak memory.
+    pub allocator_purge_delay_ms: i64,
 }
 
 impl Default for NodeConfig {
@@ -402,6 +408,7 @@ impl Default for NodeConfig {
             shard_cores: 0,
             pin_cores: true,
             driver: DriverChoice::Auto,
+            allocator_purge_delay_ms: -1,
         }
     }
 }
@@ -751,6 +758,12 @@ impl Config {
                     "{:?} is not an IP address and port, e.g. 127.0.0.1:8000",
                     self.http.addr
                 ),
+            );
+        }
+        if self.node.allocator_purge_delay_ms < -1 {
+            return invalid(
+                "node.allocator_purge_delay_ms",
+                format!("{} is less than -1", self.node.allocator_purge_delay_ms),
             );
         }
         if self.node.shard_cores > 256 {

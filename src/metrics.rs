@@ -560,7 +560,7 @@ impl NodeMetrics {
         );
         r.register(
             "ingest_slowed_writes",
-            "Writes that waited at the backpressure gate (buffer past buffer.slow_bytes)",
+            "Writes that waited at the backpressure gate (a flush running, the core busier than the buffer's fill allows)",
             m.ingest_slowed.clone(),
         );
         r.register_with_unit(

@@ -113,6 +113,7 @@ fn shard_config(config: &Config, data: &Path, i: usize) -> ShardConfig {
 
 /// Runs a node until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    set_allocator_purge_delay(config.node.allocator_purge_delay_ms);
     let data: PathBuf = config.node.data_dir.clone();
     let _lock = lock_data_dir(&data)?;
     let tokens = config.load_tokens()?;
@@ -330,6 +331,18 @@ async fn watch_signals(node: &NodeShared) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// mimalloc's `purge_delay` option (its index in mimalloc v2's
+/// `mi_option_t`): how long freed memory is kept before it is returned to
+/// the OS, -1 never.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Sets `node.allocator_purge_delay_ms` (see its docs).
+fn set_allocator_purge_delay(ms: i64) {
+    // SAFETY: mi_option_set only stores the value; options may be set at
+    // any time (mimalloc reads them when it decides to purge).
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, ms as std::ffi::c_long) };
 }
 
 /// CPU time of the calling thread, in seconds.
