@@ -7,16 +7,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
-    UInt64Builder,
+    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, UInt64Builder,
 };
 use arrow_array::types::Int32Type;
-use arrow_array::{ArrayRef, RecordBatch, TimestampNanosecondArray};
+use arrow_array::{ArrayRef, DictionaryArray, Int32Array, RecordBatch, TimestampNanosecondArray};
+use arrow_buffer::NullBufferBuilder;
 use arrow_schema::Schema;
 use tidemark_shards::schema::{validate_column_name, TIME_COLUMN, TIME_ZONE};
 use tidemark_shards::{ColumnKind, FieldType, TableKey, WriteBatch};
 
 use crate::error::IngestError;
+use crate::tags::TagDict;
 
 /// Maps keyed by column and measurement names, probed once per value of a
 /// row when the row's columns differ from the previous row's: a fast
@@ -48,8 +49,54 @@ impl Value<'_> {
     }
 }
 
+/// A tag column being built: a key per row (0 for a null) and the
+/// dictionary of its values ([`TagDict`]).
+#[derive(Default)]
+struct TagBuilder {
+    dict: TagDict,
+    keys: Vec<i32>,
+    null_at: Vec<usize>,
+}
+
+impl TagBuilder {
+    #[inline]
+    fn append(&mut self, s: &str) {
+        let key = self
+            .dict
+            .key(s.as_bytes())
+            .expect("a str is UTF-8, and one request holds far fewer than 2^31 values");
+        self.keys.push(key);
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        let at = self.keys.len();
+        self.null_at.extend(at..at + n);
+        self.keys.resize(at + n, 0);
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        let n = self.keys.len();
+        let mut validity = NullBufferBuilder::new(n);
+        let mut done = 0;
+        for &i in &self.null_at {
+            validity.append_n_non_nulls(i - done);
+            validity.append_null();
+            done = i + 1;
+        }
+        validity.append_n_non_nulls(n - done);
+        let keys = Int32Array::new(std::mem::take(&mut self.keys).into(), validity.finish());
+        self.null_at.clear();
+        let values = self.dict.values();
+        self.dict.clear();
+        Arc::new(
+            DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values))
+                .expect("every key is a value's index"),
+        )
+    }
+}
+
 enum Data {
-    Tag(StringDictionaryBuilder<Int32Type>),
+    Tag(TagBuilder),
     Float(Float64Builder),
     Integer(Int64Builder),
     Unsigned(UInt64Builder),
@@ -60,7 +107,7 @@ enum Data {
 impl Data {
     fn new(kind: ColumnKind) -> Data {
         match kind {
-            ColumnKind::Tag | ColumnKind::Time => Data::Tag(StringDictionaryBuilder::new()),
+            ColumnKind::Tag | ColumnKind::Time => Data::Tag(TagBuilder::default()),
             ColumnKind::Field(FieldType::Float) => Data::Float(Float64Builder::new()),
             ColumnKind::Field(FieldType::Integer) => Data::Integer(Int64Builder::new()),
             ColumnKind::Field(FieldType::Unsigned) => Data::Unsigned(UInt64Builder::new()),
@@ -83,9 +130,7 @@ impl Data {
     /// Appends `v`, whose kind was checked to be this column's.
     fn append(&mut self, v: &Value<'_>) {
         match (self, v) {
-            (Data::Tag(b), Value::Tag(s)) => {
-                b.append_value(s.as_ref());
-            }
+            (Data::Tag(b), Value::Tag(s)) => b.append(s.as_ref()),
             (Data::Float(b), Value::Float(x)) => b.append_value(*x),
             (Data::Integer(b), Value::Integer(x)) => b.append_value(*x),
             (Data::Unsigned(b), Value::Unsigned(x)) => b.append_value(*x),

@@ -11,6 +11,7 @@ pub mod error;
 pub mod line_protocol;
 pub mod msgpack;
 pub mod precision;
+mod tags;
 
 pub use error::{IngestError, IngestErrors, Unit};
 pub use precision::Precision;

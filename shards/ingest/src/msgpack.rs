@@ -31,8 +31,6 @@
 //! (the tests below check both on the same bodies).
 
 use std::borrow::Cow;
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow_array::builder::{
@@ -51,6 +49,7 @@ use tidemark_shards::{ColumnKind, FieldType, TableKey, WriteBatch};
 
 use crate::builder::{Decoded, RequestBuilder, Value};
 use crate::error::{IngestError, IngestErrors, Unit};
+use crate::tags::TagDict;
 
 /// One decoded MessagePack value; containers give their length.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -994,7 +993,9 @@ struct Fast<'a, 'd> {
     rows: RequestBuilder,
     columnar: Vec<(WriteBatch, usize)>,
     record: usize,
-    dict: TagDict<'a>,
+    dict: TagDict,
+    /// The body the decoded columns borrow from.
+    body: std::marker::PhantomData<&'a [u8]>,
     /// Tests: decode every column the general way (type pass, fill pass).
     general_columns: bool,
 }
@@ -1015,6 +1016,7 @@ fn parse_fast(body: &[u8], database: &str, now_ns: i64, general_columns: bool) -
         columnar: Vec::new(),
         record: 0,
         dict: TagDict::default(),
+        body: std::marker::PhantomData,
         general_columns,
     };
     let mut r = Reader { b: body, pos: 0 };
@@ -1153,7 +1155,7 @@ impl<'a> Fast<'a, '_> {
             let fast = match (first, listed) {
                 // Without tag_keys, string columns are tags.
                 (Some(0xa0..=0xbf | 0xd9..=0xdb), None | Some(true)) => {
-                    self.dict.column(r, n).map(|a| (ColumnKind::Tag, a))
+                    tag_column(&mut self.dict, r, n).map(|a| (ColumnKind::Tag, a))
                 }
                 (Some(0xa0..=0xbf | 0xd9..=0xdb), Some(false)) => {
                     str_column(r, n).map(|a| (ColumnKind::Field(FieldType::String), a))
@@ -1254,163 +1256,27 @@ fn str_column(r: &mut Reader<'_>, n: usize) -> Option<ArrayRef> {
     Some(Arc::new(b.finish()))
 }
 
-/// How many slots a [`TagDict`] lookup probes before it turns to the
-/// `HashMap`.
-const TAG_MAX_PROBE: usize = 16;
-
-/// Dictionary-encodes tag columns (strings and nils) into the same
+/// Decodes `n` tag values (strings and nils) into the same
 /// `DictionaryArray<Int32Type>` as `StringDictionaryBuilder`: values unique,
-/// in order of first appearance, nils as null keys. A value is checked as
-/// UTF-8 once, when first seen (a later equal value is the same bytes).
-///
-/// Values are found in an open-addressing table with a cheap hash (std's
-/// SipHash took a fifth of the decoding). So that values which collide, by
-/// chance or by design of whoever sent them, cannot make lookups quadratic,
-/// a lookup probes at most [`TAG_MAX_PROBE`] slots; a value that finds them
-/// all taken goes to a `HashMap` with std's DoS-resistant hasher instead.
-/// Slots are only emptied by a rehash, so a probe that meets an empty slot
-/// proves the value new.
-#[derive(Default)]
-struct TagDict<'a> {
-    /// Slot -> index in `values`, `u32::MAX` when empty; a power of two
-    /// long, at least twice as long as `values`.
-    slots: Vec<u32>,
-    /// 64 - log2 of the slots: a hash's top bits are its slot.
-    shift: u32,
-    values: Vec<(&'a str, TagWords)>,
-    overflow: HashMap<&'a [u8], i32>,
-}
-
-/// A tag value's length and its first and last (up to) 8 bytes: all of its
-/// bytes when it is 16 bytes long at most, so comparing these compares the
-/// values without a call to `memcmp` (which dominated).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct TagWords(usize, u64, u64);
-
-impl TagWords {
-    #[inline]
-    fn of(s: &[u8]) -> TagWords {
-        let (a, b) = match (s.first_chunk::<8>(), s.last_chunk::<8>()) {
-            (Some(a), Some(b)) => (u64::from_le_bytes(*a), u64::from_le_bytes(*b)),
-            _ => match (s.first_chunk::<4>(), s.last_chunk::<4>()) {
-                (Some(a), Some(b)) => {
-                    (u32::from_le_bytes(*a) as u64, u32::from_le_bytes(*b) as u64)
-                }
-                _ => (s.iter().fold(0, |h, &x| (h << 8) | x as u64), 0),
-            },
-        };
-        TagWords(s.len(), a, b)
-    }
-
-    /// Whether `s`, whose words these are, equals `v`, whose are `other`.
-    #[inline]
-    fn same(self, s: &[u8], other: TagWords, v: &str) -> bool {
-        self == other && (s.len() <= 16 || s == v.as_bytes())
-    }
-
-    /// The hash of `s`, whose words these are: the words, and the middle
-    /// bytes of a longer value, mixed by multiplies (the top bits are best
-    /// mixed).
-    #[inline]
-    fn hash(self, s: &[u8]) -> u64 {
-        const K: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut h = (self.1 ^ self.2.rotate_left(32) ^ self.0 as u64).wrapping_mul(K);
-        if s.len() > 16 {
-            for c in s.chunks_exact(8) {
-                let c = u64::from_le_bytes(c.try_into().unwrap_or_default());
-                h = (h.rotate_left(26) ^ c).wrapping_mul(K);
-            }
-        }
-        h
-    }
-}
-
-impl<'a> TagDict<'a> {
-    fn column(&mut self, r: &mut Reader<'a>, n: usize) -> Option<ArrayRef> {
-        self.values.clear();
-        self.overflow.clear();
-        if self.slots.is_empty() {
-            self.rehash(1024);
+/// in order of first appearance, nils as null keys; `dict` is scratch
+/// space reused across columns.
+fn tag_column<'a>(dict: &mut TagDict, r: &mut Reader<'a>, n: usize) -> Option<ArrayRef> {
+    dict.clear();
+    let mut c = r.clone();
+    let mut keys = Vec::with_capacity(n);
+    let mut null_at = Vec::new();
+    for i in 0..n {
+        if c.nil() {
+            keys.push(0);
+            null_at.push(i);
         } else {
-            self.slots.fill(u32::MAX);
-        }
-        let mut c = r.clone();
-        let mut keys = Vec::with_capacity(n);
-        let mut null_at = Vec::new();
-        for i in 0..n {
-            if c.nil() {
-                keys.push(0);
-                null_at.push(i);
-            } else {
-                keys.push(self.key(c.raw_str()?)?);
-            }
-        }
-        let bytes = self.values.iter().map(|(v, _)| v.len()).sum();
-        let mut values = StringBuilder::with_capacity(self.values.len(), bytes);
-        for (v, _) in &self.values {
-            values.append_value(v);
-        }
-        let keys = Int32Array::try_new(keys.into(), validity(n, &null_at).finish()).ok()?;
-        let dict = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(values.finish())).ok()?;
-        *r = c;
-        Some(Arc::new(dict))
-    }
-
-    /// The key of `s`, added if new; `None` if `s` is not UTF-8.
-    #[inline]
-    fn key(&mut self, s: &'a [u8]) -> Option<i32> {
-        let words = TagWords::of(s);
-        let mask = self.slots.len() - 1;
-        let mut slot = (words.hash(s) >> self.shift) as usize;
-        for _ in 0..TAG_MAX_PROBE {
-            let k = self.slots[slot];
-            match self.values.get(k as usize) {
-                Some(&(v, w)) if words.same(s, w, v) => return Some(k as i32),
-                Some(_) => slot = (slot + 1) & mask,
-                None => {
-                    let k = self.push(s, words)?;
-                    self.slots[slot] = k as u32;
-                    if self.values.len() * 2 > self.slots.len() {
-                        self.rehash(self.slots.len() * 2);
-                    }
-                    return Some(k);
-                }
-            }
-        }
-        match self.overflow.entry(s) {
-            Entry::Occupied(e) => Some(*e.get()),
-            Entry::Vacant(e) => {
-                let k = i32::try_from(self.values.len()).ok()?;
-                self.values.push((std::str::from_utf8(s).ok()?, words));
-                Some(*e.insert(k))
-            }
+            keys.push(dict.key(c.raw_str()?)?);
         }
     }
-
-    fn push(&mut self, s: &'a [u8], words: TagWords) -> Option<i32> {
-        let k = i32::try_from(self.values.len()).ok()?;
-        self.values.push((std::str::from_utf8(s).ok()?, words));
-        Some(k)
-    }
-
-    /// Resizes the table to `len` slots and puts every value back.
-    fn rehash(&mut self, len: usize) {
-        self.slots.clear();
-        self.slots.resize(len, u32::MAX);
-        self.shift = 64 - len.trailing_zeros();
-        let mask = len - 1;
-        'values: for (k, &(v, words)) in self.values.iter().enumerate() {
-            let mut slot = (words.hash(v.as_bytes()) >> self.shift) as usize;
-            for _ in 0..TAG_MAX_PROBE {
-                if self.slots[slot] == u32::MAX {
-                    self.slots[slot] = k as u32;
-                    continue 'values;
-                }
-                slot = (slot + 1) & mask;
-            }
-            self.overflow.entry(v.as_bytes()).or_insert(k as i32);
-        }
-    }
+    let keys = Int32Array::try_new(keys.into(), validity(n, &null_at).finish()).ok()?;
+    let dict = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(dict.values())).ok()?;
+    *r = c;
+    Some(Arc::new(dict))
 }
 
 /// The validity of `n` values of which those at `null_at` (ascending) are
@@ -1797,30 +1663,6 @@ mod tests {
     }
 
     #[test]
-    fn tag_dictionary_overflow_keeps_keys_unique() {
-        // Every slot taken by a value ("a") that nothing else equals: every
-        // other value finds its probe window full and goes to the HashMap,
-        // until a rehash spreads them out again.
-        let words: Vec<String> = (0..3000).map(|i| format!("w{}", i % 700)).collect();
-        let mut d = TagDict::default();
-        d.rehash(1024);
-        assert_eq!(d.key(b"a"), Some(0));
-        d.slots.fill(0);
-        let mut want: HashMap<&str, i32> = HashMap::from([("a", 0)]);
-        for w in &words {
-            let next = want.len() as i32;
-            let k = *want.entry(w.as_str()).or_insert(next);
-            assert_eq!(d.key(w.as_bytes()), Some(k), "{w}");
-        }
-        assert!(!d.overflow.is_empty());
-        d.rehash(4096);
-        for w in &words {
-            assert_eq!(d.key(w.as_bytes()), Some(want[w.as_str()]));
-        }
-        assert_eq!(d.values.len(), want.len());
-    }
-
-    #[test]
     fn tag_dictionary_matches_the_builder() {
         let values: Vec<String> = (0..20_000)
             .map(|i| match i % 7 {
@@ -1844,7 +1686,7 @@ mod tests {
             unreachable!()
         };
         let (mut fast, mut general) = (r.clone(), r.clone());
-        let got = TagDict::default().column(&mut fast, n).unwrap();
+        let got = tag_column(&mut TagDict::default(), &mut fast, n).unwrap();
         let (_, want) = fill_column(&mut general, n, ColType::Str, true, "t", 1).unwrap();
         assert_eq!(got.to_data(), want.to_data());
         assert_eq!(fast.pos, body.len());
