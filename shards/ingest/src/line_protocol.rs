@@ -320,6 +320,45 @@ fn parse_string(line: &str, start: usize) -> Result<(Value<'_>, usize), String> 
 }
 
 /// Parses an unquoted field value.
+/// Powers of ten exactly representable as `f64`.
+const POW10: [f64; 23] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+];
+
+/// The value of a plain decimal (`-?digits[.digits]`) whose digits, as one
+/// integer, are below 2^53 and which has at most 22 digits after the point:
+/// that integer and the power of ten are exact doubles, so one IEEE
+/// division gives the correctly rounded value, the same as `str::parse`
+/// (Clinger's fast path, without the general parser's set-up; float parsing
+/// was 7.6% of a line-protocol node's CPU). `None` for anything else.
+#[inline]
+fn simple_float(b: &[u8]) -> Option<f64> {
+    let (neg, digits) = match b.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, b),
+    };
+    let mut m: u64 = 0;
+    let mut frac: Option<usize> = None;
+    let mut n = 0usize;
+    for (i, &c) in digits.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                m = m.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
+                n += 1;
+            }
+            b'.' if frac.is_none() && n > 0 => frac = Some(i + 1),
+            _ => return None,
+        }
+    }
+    let k = frac.map_or(0, |f| digits.len() - f);
+    if n == 0 || frac == Some(digits.len()) || k > 22 || m >= 1 << 53 {
+        return None;
+    }
+    let x = m as f64 / POW10[k];
+    Some(if neg { -x } else { x })
+}
+
 fn parse_scalar(token: &str) -> Result<Value<'_>, String> {
     if token.is_empty() {
         return Err("missing field value".into());
@@ -359,10 +398,78 @@ fn parse_scalar(token: &str) -> Result<Value<'_>, String> {
             if !(first.is_ascii_digit() || first == b'-' || first == b'+' || first == b'.') {
                 return Err(format!("invalid value {token:?}"));
             }
+            if let Some(x) = simple_float(bytes) {
+                return Ok(Value::Float(x));
+            }
             match token.parse::<f64>() {
                 Ok(x) if x.is_finite() => Ok(Value::Float(x)),
                 Ok(_) => Err(format!("float {token} is out of range")),
                 Err(_) => Err(format!("invalid float {token:?}")),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use proptest::prelude::*;
+
+    use super::simple_float;
+
+    /// Every value the fast path takes is the value `str::parse` gives, bit
+    /// for bit; what it declines falls back to `str::parse`.
+    #[test]
+    fn simple_floats_are_exactly_what_std_parses() {
+        for s in [
+            "0",
+            "-0",
+            "0.0",
+            "1",
+            "58",
+            "58.5",
+            "-3.25",
+            "00.10",
+            "9007199254740991",
+            "0.1",
+            "0.3",
+            "123456.789",
+            "-0.000000000000000000001",
+        ] {
+            let std: f64 = s.parse().unwrap();
+            let x = simple_float(s.as_bytes()).unwrap_or_else(|| panic!("{s} declined"));
+            assert_eq!(x.to_bits(), std.to_bits(), "{s}");
+        }
+        // Declined (str::parse takes them): too many digits for an exact
+        // integer, or not the plain form.
+        for s in [
+            "",
+            "-",
+            ".",
+            "1.",
+            ".5",
+            "1e5",
+            "1.2.3",
+            "+1",
+            "9007199254740992",
+            "1-2",
+            "nan",
+            "4503599627370496.5",
+            "1.0000000000000000000001",
+            "0.00000000000000000000001",
+        ] {
+            assert_eq!(simple_float(s.as_bytes()), None, "{s}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+        #[test]
+        fn random_decimals_match_std(neg: bool, int in 0u64..10_000_000_000, frac in "[0-9]{0,12}") {
+            let s = format!("{}{int}{}{frac}", if neg { "-" } else { "" }, if frac.is_empty() { "" } else { "." });
+            let std: f64 = s.parse().unwrap();
+            if let Some(x) = simple_float(s.as_bytes()) {
+                prop_assert_eq!(x.to_bits(), std.to_bits(), "{}", s);
             }
         }
     }
