@@ -347,7 +347,7 @@ fn set_allocator_purge_delay(ms: i64) {
 
 /// CPU time of the calling thread, in seconds.
 fn thread_cpu_seconds() -> f64 {
-    tidemark_shards::flush::thread_cpu_time().as_secs_f64()
+    tidemark_shards::runtime::thread_cpu_time().as_secs_f64()
 }
 
 async fn core_main(

@@ -671,17 +671,6 @@ struct Task {
     reply: futures::channel::oneshot::Sender<Result<Vec<FileMeta>, FlushError>>,
 }
 
-/// CPU time the calling thread has used.
-pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we pass.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// The sending side of the flush workers. Cheap to clone; `Send`.
 #[derive(Clone)]
 pub struct FlushPool {

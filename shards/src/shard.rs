@@ -347,7 +347,7 @@ impl Shard {
                 let buffer = self.buffer.borrow();
                 self.throttle.borrow_mut().admit(
                     Instant::now(),
-                    crate::flush::thread_cpu_time(),
+                    crate::runtime::thread_cpu_time(),
                     buffer.bytes(),
                     buffer.is_flushing(),
                 )
@@ -355,11 +355,6 @@ impl Shard {
             match admit {
                 Admit::Now => break,
                 Admit::After(wait) => {
-                    {
-                        let mut t = self.throttle.borrow_mut();
-                        t.stats.slowed += 1;
-                        t.stats.slowed_seconds += wait.as_secs_f64();
-                    }
                     monoio::time::sleep(wait).await;
                     break;
                 }

@@ -64,8 +64,8 @@ pub struct ThrottleStats {
 pub struct Throttle {
     config: ThrottleConfig,
     /// CPU time the core used beyond its allowance (seconds), and when
-    /// (wall, CPU) that was last brought up to date. `None` while the gate
-    /// is open.
+    /// (wall, CPU) that was last brought up to date (`None` while the gate
+    /// is open).
     debt: f64,
     last: Option<(Instant, Duration)>,
     pub stats: ThrottleStats,
@@ -79,10 +79,6 @@ impl Throttle {
             last: None,
             stats: ThrottleStats::default(),
         }
-    }
-
-    pub fn config(&self) -> ThrottleConfig {
-        self.config
     }
 
     /// The share of its time the core must leave idle while a flush runs
@@ -120,7 +116,10 @@ impl Throttle {
         }
         self.last = Some((now, cpu));
         if self.debt > 0.0 {
-            Admit::After(Duration::from_secs_f64(self.debt / busy))
+            let wait = Duration::from_secs_f64(self.debt / busy);
+            self.stats.slowed += 1;
+            self.stats.slowed_seconds += wait.as_secs_f64();
+            Admit::After(wait)
         } else {
             Admit::Now
         }
@@ -191,6 +190,8 @@ mod tests {
         };
         let expected = 0.110 / 0.55 - 0.110;
         assert!((wait.as_secs_f64() - expected).abs() < 1e-6, "{wait:?}");
+        assert_eq!(t.stats.slowed, 1);
+        assert!((t.stats.slowed_seconds - expected).abs() < 1e-6);
         // After the wait, with no CPU used meanwhile, the next write goes.
         assert_eq!(
             t.admit(now + wait, Duration::from_millis(110), fill, true),

@@ -75,16 +75,8 @@ impl TagBuilder {
     }
 
     fn finish(&mut self) -> ArrayRef {
-        let n = self.keys.len();
-        let mut validity = NullBufferBuilder::new(n);
-        let mut done = 0;
-        for &i in &self.null_at {
-            validity.append_n_non_nulls(i - done);
-            validity.append_null();
-            done = i + 1;
-        }
-        validity.append_n_non_nulls(n - done);
-        let keys = Int32Array::new(std::mem::take(&mut self.keys).into(), validity.finish());
+        let validity = validity(self.keys.len(), &self.null_at).finish();
+        let keys = Int32Array::new(std::mem::take(&mut self.keys).into(), validity);
         self.null_at.clear();
         let values = self.dict.values();
         self.dict.clear();
@@ -181,6 +173,21 @@ pub struct TableBuilder {
 }
 
 const NEW: usize = usize::MAX;
+
+/// The validity of `n` values of which those at `null_at` (ascending) are
+/// null: no buffer when none is (built at the end, as nils are rare and
+/// `NullBufferBuilder::append` does not inline).
+pub(crate) fn validity(n: usize, null_at: &[usize]) -> NullBufferBuilder {
+    let mut b = NullBufferBuilder::new(n);
+    let mut done = 0;
+    for &i in null_at {
+        b.append_n_non_nulls(i - done);
+        b.append_null();
+        done = i + 1;
+    }
+    b.append_n_non_nulls(n - done);
+    b
+}
 
 /// `a == b`, for the short names of columns and measurements compared once
 /// per value: names of 8 to 16 bytes as two 8-byte words, shorter ones byte

@@ -319,7 +319,6 @@ fn parse_string(line: &str, start: usize) -> Result<(Value<'_>, usize), String> 
     Err("string value without a closing quote".into())
 }
 
-/// Parses an unquoted field value.
 /// Powers of ten exactly representable as `f64`.
 const POW10: [f64; 23] = [
     1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
@@ -359,6 +358,7 @@ fn simple_float(b: &[u8]) -> Option<f64> {
     Some(if neg { -x } else { x })
 }
 
+/// Parses an unquoted field value.
 fn parse_scalar(token: &str) -> Result<Value<'_>, String> {
     if token.is_empty() {
         return Err("missing field value".into());

@@ -34,8 +34,8 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, NullBufferBuilder, StringBuilder,
-    StringDictionaryBuilder, UInt64Builder,
+    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, StringDictionaryBuilder,
+    UInt64Builder,
 };
 use arrow_array::types::Int32Type;
 use arrow_array::{
@@ -47,7 +47,7 @@ use rmp::Marker;
 use tidemark_shards::schema::{validate_column_name, TIME_COLUMN, TIME_ZONE};
 use tidemark_shards::{ColumnKind, FieldType, TableKey, WriteBatch};
 
-use crate::builder::{Decoded, RequestBuilder, Value};
+use crate::builder::{validity, Decoded, RequestBuilder, Value};
 use crate::error::{IngestError, IngestErrors, Unit};
 use crate::tags::TagDict;
 
@@ -987,15 +987,13 @@ fn fill_column(
 // the same arrays.
 
 /// The decoding state of `parse_fast`.
-struct Fast<'a, 'd> {
+struct Fast<'d> {
     database: &'d str,
     now_ns: i64,
     rows: RequestBuilder,
     columnar: Vec<(WriteBatch, usize)>,
     record: usize,
     dict: TagDict,
-    /// The body the decoded columns borrow from.
-    body: std::marker::PhantomData<&'a [u8]>,
     /// Tests: decode every column the general way (type pass, fill pass).
     general_columns: bool,
 }
@@ -1016,7 +1014,6 @@ fn parse_fast(body: &[u8], database: &str, now_ns: i64, general_columns: bool) -
         columnar: Vec::new(),
         record: 0,
         dict: TagDict::default(),
-        body: std::marker::PhantomData,
         general_columns,
     };
     let mut r = Reader { b: body, pos: 0 };
@@ -1035,8 +1032,8 @@ fn parse_fast(body: &[u8], database: &str, now_ns: i64, general_columns: bool) -
     (!decoded.batches.is_empty()).then_some(decoded)
 }
 
-impl<'a> Fast<'a, '_> {
-    fn records(&mut self, r: &mut Reader<'a>, n: usize) -> Option<()> {
+impl Fast<'_> {
+    fn records(&mut self, r: &mut Reader<'_>, n: usize) -> Option<()> {
         for _ in 0..n {
             self.record += 1;
             match r.next().ok()? {
@@ -1049,7 +1046,7 @@ impl<'a> Fast<'a, '_> {
 
     /// A record's map of `n` entries; with `top`, the body's map, which a
     /// "batch" key makes a wrapper of records rather than a record.
-    fn record(&mut self, r: &mut Reader<'a>, n: usize, top: bool) -> Option<()> {
+    fn record(&mut self, r: &mut Reader<'_>, n: usize, top: bool) -> Option<()> {
         let mut entries = Vec::with_capacity(n.min(64));
         // The first "columns" (as `get` finds it): its entry and whether
         // "tag_keys" came before it, then the columns.
@@ -1099,7 +1096,7 @@ impl<'a> Fast<'a, '_> {
     }
 
     /// Decodes a "columns" map (`columnar` does the same in several passes).
-    fn columns(&mut self, r: &mut Reader<'a>, tag_keys: Option<&[&str]>) -> Option<Columns> {
+    fn columns(&mut self, r: &mut Reader<'_>, tag_keys: Option<&[&str]>) -> Option<Columns> {
         let Val::Map(n) = r.next().ok()? else {
             return None;
         };
@@ -1141,7 +1138,7 @@ impl<'a> Fast<'a, '_> {
     /// fit) the general type and fill passes.
     fn column(
         &mut self,
-        r: &mut Reader<'a>,
+        r: &mut Reader<'_>,
         n: usize,
         name: &str,
         tag_keys: Option<&[&str]>,
@@ -1260,7 +1257,7 @@ fn str_column(r: &mut Reader<'_>, n: usize) -> Option<ArrayRef> {
 /// `DictionaryArray<Int32Type>` as `StringDictionaryBuilder`: values unique,
 /// in order of first appearance, nils as null keys; `dict` is scratch
 /// space reused across columns.
-fn tag_column<'a>(dict: &mut TagDict, r: &mut Reader<'a>, n: usize) -> Option<ArrayRef> {
+fn tag_column(dict: &mut TagDict, r: &mut Reader<'_>, n: usize) -> Option<ArrayRef> {
     dict.clear();
     let mut c = r.clone();
     let mut keys = Vec::with_capacity(n);
@@ -1277,21 +1274,6 @@ fn tag_column<'a>(dict: &mut TagDict, r: &mut Reader<'a>, n: usize) -> Option<Ar
     let dict = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(dict.values())).ok()?;
     *r = c;
     Some(Arc::new(dict))
-}
-
-/// The validity of `n` values of which those at `null_at` (ascending) are
-/// null: no buffer when none is (built at the end, as nils are rare and
-/// `NullBufferBuilder::append` does not inline).
-fn validity(n: usize, null_at: &[usize]) -> NullBufferBuilder {
-    let mut b = NullBufferBuilder::new(n);
-    let mut done = 0;
-    for &i in null_at {
-        b.append_n_non_nulls(i - done);
-        b.append_null();
-        done = i + 1;
-    }
-    b.append_n_non_nulls(n - done);
-    b
 }
 
 /// The test encoder of MessagePack bodies, shared with the integration tests.

@@ -24,7 +24,7 @@ use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 pub(crate) const TAG_MAX_PROBE: usize = 16;
 
 /// See the [module docs](self).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct TagDict {
     /// Slot -> key, `u32::MAX` when empty; a power of two long, at least
     /// twice as long as there are values.
@@ -76,6 +76,22 @@ impl TagWords {
     }
 }
 
+impl Default for TagDict {
+    /// An empty dictionary with a table of 1,024 slots.
+    fn default() -> TagDict {
+        let mut d = TagDict {
+            slots: Vec::new(),
+            shift: 0,
+            words: Vec::new(),
+            ends: Vec::new(),
+            bytes: Vec::new(),
+            overflow: HashMap::new(),
+        };
+        d.rehash(1024);
+        d
+    }
+}
+
 impl TagDict {
     /// Forgets every value, keeping the memory.
     pub(crate) fn clear(&mut self) {
@@ -83,11 +99,7 @@ impl TagDict {
         self.ends.clear();
         self.bytes.clear();
         self.overflow.clear();
-        if self.slots.is_empty() {
-            self.rehash(1024);
-        } else {
-            self.slots.fill(u32::MAX);
-        }
+        self.slots.fill(u32::MAX);
     }
 
     /// Distinct values so far.
@@ -105,9 +117,6 @@ impl TagDict {
     /// dictionary would outgrow `i32` offsets or keys).
     #[inline]
     pub(crate) fn key(&mut self, s: &[u8]) -> Option<i32> {
-        if self.slots.is_empty() {
-            self.rehash(1024);
-        }
         let words = TagWords::of(s);
         let mask = self.slots.len() - 1;
         let mut slot = (words.hash(s) >> self.shift) as usize;
