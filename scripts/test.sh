@@ -22,4 +22,10 @@ if ! python3 -c 'import duckdb, pytz' >/dev/null 2>&1; then
   python3 -m pip install -q duckdb pytz
 fi
 
+# influxdb (PyPI), the InfluxDB 1.x Python client, checks /ping and /query.
+if ! python3 -c 'import influxdb' >/dev/null 2>&1; then
+  echo "== installing influxdb (PyPI)"
+  python3 -m pip install -q influxdb
+fi
+
 cargo test --workspace --all-features --locked "$@"

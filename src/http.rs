@@ -1,10 +1,12 @@
 //! The HTTP/1.1 API of a shard core: a connection loop over monoio's
 //! io_uring sockets ([`server`]), body decoding ([`body`]), auth ([`auth`])
-//! and the endpoints ([`handlers`]).
+//! and the endpoints ([`handlers`]; InfluxDB 1.x `/ping` and `/query` in
+//! [`influx`]).
 
 pub mod auth;
 pub mod body;
 pub mod handlers;
+pub mod influx;
 pub mod server;
 
 /// A parsed request with its whole body.

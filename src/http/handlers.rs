@@ -1,6 +1,7 @@
 //! The endpoints: ingest (`/write`, `/api/v2/write`,
 //! `/api/v1/write/line-protocol`, `/api/v1/write/msgpack`), operations
-//! (`/health`, `/ready`, `/metrics`, `POST /api/v1/flush`).
+//! (`/health`, `/ready`, `/metrics`, `POST /api/v1/flush`), and the routes
+//! of InfluxDB 1.x's `/ping` and `/query` (answered in [`super::influx`]).
 
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -24,11 +25,11 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
     let path = req.path.as_str();
     let route = match path {
         p if is_write_path(p) => usize::from(p == "/api/v1/write/msgpack"),
-        "/health" => 2,
+        "/health" | "/ping" => 2,
         "/ready" => 3,
         "/metrics" => 4,
         "/api/v1/flush" => 5,
-        "/api/v1/query" | "/api/v1/query/arrow" | "/api/v1/measurements" => 7,
+        "/api/v1/query" | "/api/v1/query/arrow" | "/api/v1/measurements" | "/query" => 7,
         "/api/v1/replication/manifest" | "/api/v1/replication/file" => 8,
         p if p == "/api/v1/cluster" || p.starts_with("/api/v1/cluster/") => 9,
         p if p == "/api/v1/compact" || p.starts_with("/api/v1/databases/") => 10,
@@ -40,6 +41,7 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
         "/health"
             | "/ready"
             | "/metrics"
+            | "/ping"
             | "/api/v1/replication/manifest"
             | "/api/v1/replication/file"
     );
@@ -112,6 +114,8 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
         }
         ("POST", "/api/v1/write/msgpack") => write(ctx, req, MSGPACK).await,
         ("POST", "/api/v1/flush") => flush_all(ctx).await,
+        ("GET" | "HEAD", "/ping") => super::influx::ping(&req),
+        ("GET" | "POST", "/query") => super::influx::query(ctx, &req),
         ("POST", "/api/v1/query") => query(ctx, req, OutputFormat::Json).await,
         ("POST", "/api/v1/query/arrow") => {
             let compression = match req
@@ -167,7 +171,9 @@ pub async fn handle(ctx: &Rc<CoreCtx>, req: Request) -> (Response, usize) {
             | "/api/v1/write/line-protocol"
             | "/api/v1/write/msgpack"
             | "/api/v1/flush"
-            | "/api/v1/compact",
+            | "/api/v1/compact"
+            | "/ping"
+            | "/query",
         ) => Response::error(405, format!("method {method} is not allowed on {path}")),
         _ => Response::error(404, format!("no endpoint {path}")),
     };
