@@ -41,6 +41,24 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub compaction: CompactionSettings,
     pub retention: RetentionSettings,
+    pub pg: PgConfig,
+    pub flight: FlightConfig,
+}
+
+/// The PostgreSQL wire protocol server (see `pg.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PgConfig {
+    /// Where it listens, e.g. `127.0.0.1:8432`; empty (default): off.
+    pub addr: String,
+}
+
+/// The Arrow Flight SQL server (gRPC; see `flight.rs`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FlightConfig {
+    /// Where it listens, e.g. `127.0.0.1:8433`; empty (default): off.
+    pub addr: String,
 }
 
 /// Background compaction of each node's own files (see
@@ -759,6 +777,17 @@ impl Config {
                     self.http.addr
                 ),
             );
+        }
+        for (key, addr) in [
+            ("pg.addr", &self.pg.addr),
+            ("flight.addr", &self.flight.addr),
+        ] {
+            if !addr.is_empty() && addr.parse::<SocketAddr>().is_err() {
+                return invalid(
+                    key,
+                    format!("{addr:?} is not an IP address and port, e.g. 127.0.0.1:8432"),
+                );
+            }
         }
         if self.node.allocator_purge_delay_ms < -1 {
             return invalid(

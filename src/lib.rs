@@ -8,6 +8,7 @@ pub mod forward;
 pub mod http;
 pub mod metrics;
 pub mod node;
+pub mod pg;
 pub mod query;
 pub mod replication;
 pub mod routing;

@@ -239,6 +239,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let storage_thread = crate::storage::start(node.clone(), storage_parts, storage_metrics)
         .context("starting the compaction thread")?;
 
+    // The query protocols beside HTTP, on the query pool (off unless set).
+    if !node.config.pg.addr.is_empty() {
+        crate::pg::start(&node).with_context(|| {
+            format!(
+                "starting the PostgreSQL server pg.addr = {}",
+                node.config.pg.addr
+            )
+        })?;
+    }
+
     // The control thread: Raft (in a cluster), signals, housekeeping, shutdown.
     let control_node = node.clone();
     let control = std::thread::Builder::new()

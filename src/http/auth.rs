@@ -38,7 +38,7 @@ pub fn check(req: &Request, tokens: &[String]) -> Option<Response> {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -12,6 +12,8 @@ use datafusion::common::DataFusionError;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use futures::channel::{mpsc, oneshot};
 use futures::{SinkExt, StreamExt};
@@ -22,7 +24,7 @@ use tidemark_shards::schema::{TableKey, TableSchema};
 use tidemark_shards::{Catalog, ShardId, WalSeq};
 
 use super::json;
-use super::table::{MeasurementTable, QueryCatalog};
+use super::table::{DatabaseSchema, MeasurementTable, QueryCatalog};
 use crate::config::QuerySettings;
 
 /// A query pool's request to a shard core: a snapshot of one table.
@@ -79,45 +81,13 @@ pub struct QueryEngine {
     pub running: AtomicI64,
 }
 
-/// Counts a query as running for as long as it lives (an aborted query's
-/// future is dropped, so it stops counting too).
-struct Running<'a>(&'a AtomicI64);
-
-impl<'a> Running<'a> {
-    fn new(c: &'a AtomicI64) -> Running<'a> {
-        c.fetch_add(1, Ordering::Relaxed);
-        Running(c)
-    }
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Aborts the query task if the waiting side goes away (client disconnect).
+#[derive(Debug)]
 struct AbortOnDrop(tokio::task::AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-enum Failure {
-    Client(String),
-    TooManyRows(usize),
-    Server(String),
-}
-
-fn classify(e: DataFusionError, planning: bool) -> Failure {
-    let msg = e.strip_backtrace();
-    match e {
-        DataFusionError::ResourcesExhausted(_) => Failure::Server(msg),
-        _ if planning => Failure::Client(msg),
-        DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => Failure::Client(msg),
-        _ => Failure::Server(msg),
     }
 }
 
@@ -133,7 +103,10 @@ impl QueryEngine {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(settings.threads)
             .thread_name("tidemark-query")
+            // Timers for query timeouts; I/O for the PostgreSQL and Flight
+            // SQL servers, which run their connections on the pool.
             .enable_time()
+            .enable_io()
             .build()?;
         let env = RuntimeEnvBuilder::new()
             .with_memory_limit(settings.memory_limit_bytes as usize, 1.0)
@@ -274,10 +247,16 @@ impl QueryEngine {
     }
 
     fn session(&self, database: &str) -> SessionContext {
+        let ctx = self.new_session("tidemark", database, false);
+        ctx.register_catalog("tidemark", Arc::new(QueryCatalog { engine: self.arc() }));
+        ctx
+    }
+
+    fn new_session(&self, catalog: &str, schema: &str, information_schema: bool) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema("tidemark", database)
-            .with_information_schema(false)
+            .with_default_catalog_and_schema(catalog, schema)
+            .with_information_schema(information_schema)
             .with_target_partitions(self.settings.threads.max(1));
         let opts = config.options_mut();
         // Row groups and pages are still pruned by their statistics; row-level
@@ -293,7 +272,6 @@ impl QueryEngine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(super::date_trunc::UtcDateTrunc::udf());
-        ctx.register_catalog("tidemark", Arc::new(QueryCatalog { engine: self.arc() }));
         ctx
     }
 
@@ -325,55 +303,378 @@ impl QueryEngine {
     }
 
     async fn execute(&self, sql: &str, database: &str, format: OutputFormat) -> QueryOutput {
-        let _running = Running::new(&self.running);
         let started = chrono::Utc::now();
         let start = Instant::now();
-        let timeout = Duration::from_millis(self.settings.timeout_ms);
-        let max_rows = self.settings.max_rows;
+        let deadline = start + Duration::from_millis(self.settings.timeout_ms);
         let ctx = self.session(database);
         let run = async {
-            let read_only = SQLOptions::new()
-                .with_allow_ddl(false)
-                .with_allow_dml(false)
-                .with_allow_statements(false);
-            let df = ctx
-                .sql_with_options(sql, read_only)
-                .await
-                .map_err(|e| classify(e, true))?;
-            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-            let mut stream = df.execute_stream().await.map_err(|e| classify(e, false))?;
+            let plan = self.plan(&ctx, sql, deadline).await?;
+            let mut stream = self.limited(&ctx, plan, deadline).await?;
+            let schema = stream.schema.clone();
             let mut batches: Vec<RecordBatch> = Vec::new();
-            let mut rows = 0usize;
             while let Some(b) = stream.next().await {
-                let b = b.map_err(|e| classify(e, false))?;
-                rows += b.num_rows();
-                if rows > max_rows {
-                    return Err(Failure::TooManyRows(max_rows));
-                }
-                batches.push(b);
+                batches.push(b?);
             }
-            Ok((schema, batches))
+            Ok::<_, QueryError>((schema, batches))
         };
-        let result = tokio::time::timeout(timeout, run).await;
+        let result = run.await;
         let ms = start.elapsed().as_millis();
         match result {
-            Ok(Ok((schema, batches))) => encode(format, &schema, &batches, ms, started),
-            Ok(Err(Failure::Client(m))) => error_output(400, &m, format, ms, started),
-            Ok(Err(Failure::TooManyRows(n))) => error_output(
-                400,
-                &format!("the result has more than {n} rows (query.max_rows); add a LIMIT or narrow the query"),
-                format,
-                ms,
-                started,
+            Ok((schema, batches)) => encode(format, &schema, &batches, ms, started),
+            Err(e) => error_output(e.kind.http_status(), &e.message, format, ms, started),
+        }
+    }
+
+    /// Plans `sql` in `ctx` under the read-only rules (no DDL, no DML, no
+    /// `SET`), by `deadline`.
+    pub async fn plan(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+        deadline: Instant,
+    ) -> Result<LogicalPlan, QueryError> {
+        self.read_only_plan(ctx.state().create_logical_plan(sql), deadline)
+            .await
+    }
+
+    /// [`Self::plan`] for a statement parsed already (by a protocol's own
+    /// parser).
+    pub async fn plan_statement(
+        &self,
+        ctx: &SessionContext,
+        statement: datafusion::sql::sqlparser::ast::Statement,
+        deadline: Instant,
+    ) -> Result<LogicalPlan, QueryError> {
+        let statement = datafusion::sql::parser::Statement::Statement(Box::new(statement));
+        let state = ctx.state();
+        self.read_only_plan(state.statement_to_plan(statement), deadline)
+            .await
+    }
+
+    async fn read_only_plan(
+        &self,
+        planning: impl std::future::Future<Output = Result<LogicalPlan, DataFusionError>>,
+        deadline: Instant,
+    ) -> Result<LogicalPlan, QueryError> {
+        let checked = async {
+            let plan = planning.await?;
+            read_only().verify_plan(&plan)?;
+            Ok::<_, DataFusionError>(plan)
+        };
+        match tokio::time::timeout_at(deadline.into(), checked).await {
+            Ok(r) => r.map_err(|e| QueryError::from_datafusion(e, true)),
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
+    /// Runs `plan` (planned in `ctx`, parameters bound) on the pool under
+    /// the query limits: the stream ends in an error past `query.max_rows`
+    /// rows or at `deadline`, and counts as a running query while it lives.
+    /// Batches come through a channel of one batch: the pool computes ahead
+    /// of the client by no more than that, and waits for a slow client
+    /// rather than buffering. Dropping the stream cancels the query.
+    ///
+    /// Protocol servers call this from their own threads, so a query that
+    /// keeps every pool thread busy never holds up their sockets (a cancel
+    /// request is a new connection).
+    pub async fn stream(
+        &self,
+        ctx: &SessionContext,
+        plan: LogicalPlan,
+        deadline: Instant,
+    ) -> Result<ResultStream, QueryError> {
+        let engine = self.arc();
+        let ctx = ctx.clone();
+        let (first_tx, first_rx) = oneshot::channel();
+        let (mut tx, rx) = mpsc::channel(1);
+        let task = self.handle.spawn(async move {
+            let mut batches = match engine.limited(&ctx, plan, deadline).await {
+                Ok(s) => {
+                    let _ = first_tx.send(Ok(s.schema.clone()));
+                    s
+                }
+                Err(e) => {
+                    let _ = first_tx.send(Err(e));
+                    return;
+                }
+            };
+            while let Some(item) = batches.next().await {
+                if tx.send(item).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let abort = AbortOnDrop(task.abort_handle());
+        let schema = first_rx
+            .await
+            .map_err(|_| QueryError::new(QueryErrorKind::Server, "the query task stopped"))??;
+        Ok(ResultStream {
+            schema,
+            batches: rx,
+            _abort: abort,
+        })
+    }
+
+    /// [`Self::stream`] on the calling task.
+    async fn limited(
+        &self,
+        ctx: &SessionContext,
+        plan: LogicalPlan,
+        deadline: Instant,
+    ) -> Result<LimitedStream, QueryError> {
+        let running = RunningQuery::new(self.arc());
+        let start = async {
+            read_only().verify_plan(&plan)?;
+            let df = ctx.execute_logical_plan(plan).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let stream = df.execute_stream().await?;
+            Ok::<_, DataFusionError>((schema, stream))
+        };
+        let (schema, inner) = match tokio::time::timeout_at(deadline.into(), start).await {
+            Ok(r) => r.map_err(|e| QueryError::from_datafusion(e, false))?,
+            Err(_) => return Err(self.timed_out()),
+        };
+        Ok(LimitedStream {
+            schema,
+            inner,
+            rows: 0,
+            max_rows: self.settings.max_rows,
+            timeout_ms: self.settings.timeout_ms,
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            done: false,
+            _running: running,
+        })
+    }
+
+    fn timed_out(&self) -> QueryError {
+        QueryError::new(
+            QueryErrorKind::Timeout,
+            format!(
+                "query timed out after {} ms (query.timeout_ms)",
+                self.settings.timeout_ms
             ),
-            Ok(Err(Failure::Server(m))) => error_output(500, &m, format, ms, started),
-            Err(_) => error_output(
-                504,
-                &format!("query timed out after {} ms (query.timeout_ms)", timeout.as_millis()),
-                format,
-                ms,
-                started,
-            ),
+        )
+    }
+
+    /// The pool's runtime: protocol servers run their connections on it.
+    pub fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    pub fn settings(&self) -> &QuerySettings {
+        &self.settings
+    }
+
+    /// A new session for `database` over HTTP's layout: catalog `tidemark`,
+    /// one schema per database, `database` the default.
+    pub fn session_for(&self, database: &str) -> SessionContext {
+        self.session(database)
+    }
+
+    /// A new session whose default catalog is `catalog` (named
+    /// `catalog_name`) and default schema `schema`, for protocols with a
+    /// namespace of their own (PostgreSQL's `database.public.table`).
+    pub fn session_with(
+        &self,
+        catalog_name: &str,
+        schema: &str,
+        catalog: Arc<dyn datafusion::catalog::CatalogProvider>,
+        information_schema: bool,
+    ) -> SessionContext {
+        let ctx = self.new_session(catalog_name, schema, information_schema);
+        ctx.register_catalog(catalog_name, catalog);
+        ctx
+    }
+
+    /// The tables of `database`, built per query.
+    pub fn database_schema(&self, database: &str) -> Arc<dyn datafusion::catalog::SchemaProvider> {
+        Arc::new(DatabaseSchema::new(database, self.arc()))
+    }
+
+    /// Every database that has a table.
+    pub fn databases(&self) -> Vec<String> {
+        let mut dbs: Vec<String> = self
+            .catalog
+            .tables()
+            .into_iter()
+            .map(|(k, _)| k.database().to_string())
+            .collect();
+        dbs.sort();
+        dbs.dedup();
+        dbs
+    }
+}
+
+/// The rules every protocol's queries run under: no DDL, no DML, no
+/// statements that change the session.
+pub fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// What made a query fail, for each protocol to map to its own codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryErrorKind {
+    /// The query is wrong (planning, or a value it cannot compute).
+    Client,
+    /// More rows than `query.max_rows`.
+    TooManyRows,
+    /// Past `query.timeout_ms`.
+    Timeout,
+    /// The client cancelled it.
+    Cancelled,
+    /// Past the pool's memory limit.
+    Resources,
+    /// A fault of the node.
+    Server,
+}
+
+impl QueryErrorKind {
+    pub fn http_status(self) -> u16 {
+        match self {
+            QueryErrorKind::Client | QueryErrorKind::TooManyRows => 400,
+            QueryErrorKind::Timeout => 504,
+            QueryErrorKind::Cancelled => 499,
+            QueryErrorKind::Resources | QueryErrorKind::Server => 500,
+        }
+    }
+}
+
+/// A failed query: what kind of failure, and a message for the client.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct QueryError {
+    pub kind: QueryErrorKind,
+    pub message: String,
+}
+
+impl QueryError {
+    pub fn new(kind: QueryErrorKind, message: impl Into<String>) -> QueryError {
+        QueryError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn from_datafusion(e: DataFusionError, planning: bool) -> QueryError {
+        let message = e.strip_backtrace();
+        let kind = match e {
+            DataFusionError::ResourcesExhausted(_) => QueryErrorKind::Resources,
+            _ if planning => QueryErrorKind::Client,
+            DataFusionError::ArrowError(..) | DataFusionError::Execution(_) => {
+                QueryErrorKind::Client
+            }
+            _ => QueryErrorKind::Server,
+        };
+        QueryError { kind, message }
+    }
+}
+
+/// Counts a query as running for as long as its stream lives.
+#[derive(Debug)]
+struct RunningQuery(Arc<QueryEngine>);
+
+impl RunningQuery {
+    fn new(engine: Arc<QueryEngine>) -> RunningQuery {
+        engine.running.fetch_add(1, Ordering::Relaxed);
+        RunningQuery(engine)
+    }
+}
+
+impl Drop for RunningQuery {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A query's result batches as the pool produces them (see
+/// [`QueryEngine::stream`]). Dropping it cancels the query.
+#[derive(Debug)]
+pub struct ResultStream {
+    schema: SchemaRef,
+    batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
+    _abort: AbortOnDrop,
+}
+
+impl ResultStream {
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}
+
+impl futures::Stream for ResultStream {
+    type Item = Result<RecordBatch, QueryError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.batches.poll_next_unpin(cx)
+    }
+}
+
+/// A query's result batches as DataFusion produces them, under the
+/// limits, on the pool.
+struct LimitedStream {
+    schema: SchemaRef,
+    inner: SendableRecordBatchStream,
+    rows: usize,
+    max_rows: usize,
+    timeout_ms: u64,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+    _running: RunningQuery,
+}
+
+impl futures::Stream for LimitedStream {
+    type Item = Result<RecordBatch, QueryError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Err(QueryError::new(
+                QueryErrorKind::Timeout,
+                format!(
+                    "query timed out after {} ms (query.timeout_ms)",
+                    this.timeout_ms
+                ),
+            ))));
+        }
+        match this.inner.poll_next_unpin(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done = true;
+                Poll::Ready(Some(Err(QueryError::from_datafusion(e, false))))
+            }
+            Poll::Ready(Some(Ok(b))) => {
+                this.rows += b.num_rows();
+                if this.rows > this.max_rows {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(QueryError::new(
+                        QueryErrorKind::TooManyRows,
+                        format!(
+                            "the result has more than {} rows (query.max_rows); add a LIMIT or narrow the query",
+                            this.max_rows
+                        ),
+                    ))));
+                }
+                Poll::Ready(Some(Ok(b)))
+            }
         }
     }
 }

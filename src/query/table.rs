@@ -736,15 +736,7 @@ pub struct QueryCatalog {
 
 impl CatalogProvider for QueryCatalog {
     fn schema_names(&self) -> Vec<String> {
-        let mut dbs: Vec<String> = self
-            .engine
-            .catalog()
-            .tables()
-            .into_iter()
-            .map(|(k, _)| k.database().to_string())
-            .collect();
-        dbs.dedup();
-        dbs
+        self.engine.databases()
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
@@ -760,6 +752,15 @@ impl CatalogProvider for QueryCatalog {
 pub struct DatabaseSchema {
     database: String,
     engine: Arc<QueryEngine>,
+}
+
+impl DatabaseSchema {
+    pub fn new(database: &str, engine: Arc<QueryEngine>) -> DatabaseSchema {
+        DatabaseSchema {
+            database: database.to_string(),
+            engine,
+        }
+    }
 }
 
 #[async_trait]

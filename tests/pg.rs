@@ -1,0 +1,256 @@
+//! The PostgreSQL wire protocol (`pg.addr`) with real clients against the
+//! real binary: `psql` (Debian's postgresql-client) and `psycopg` (PyPI,
+//! through `tests/pg_client.py`) run the TSBS-style queries of the DuckDB
+//! oracle and must get DuckDB's answers, in text and binary, over the simple
+//! and the extended protocol; a prepared statement takes a time range;
+//! statements that would write are refused with their SQLSTATE; auth takes
+//! the API tokens as passwords; a cancel request stops a running query.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::oracle::{assert_same_rows, dataset, duckdb, queries, SEC, T0};
+use common::*;
+
+fn pg_node(dir: &std::path::Path, extra: &[&str]) -> (Node, u16) {
+    let port = free_port();
+    let addr = format!("pg.addr=127.0.0.1:{port}");
+    let mut flags = vec!["--set", addr.as_str()];
+    flags.extend_from_slice(extra);
+    (Node::start(dir, &flags), port)
+}
+
+/// Runs `tests/pg_client.py` with `request` on stdin; its JSON answer.
+fn psycopg(request: serde_json::Value) -> serde_json::Value {
+    let mut child = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg_client.py"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 with psycopg (scripts/test.sh installs it)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "pg_client.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `psql -At` with `args`: (exit status ok, stdout, stderr).
+fn psql(port: u16, db: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-U",
+            "grafana",
+            "-d",
+            db,
+        ])
+        .args(["-X", "-At", "-v", "VERBOSITY=verbose"])
+        .args(args)
+        .env("PGPASSWORD", "anything")
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .expect("psql (Debian's postgresql-client; scripts/test.sh installs it)");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `psql -At` field as the oracle writes it: numbers as numbers,
+/// timestamps as nanoseconds, the rest as text.
+fn psql_value(field: &str) -> serde_json::Value {
+    if let Ok(i) = field.parse::<i64>() {
+        return serde_json::json!(i);
+    }
+    if let Ok(f) = field.parse::<f64>() {
+        return serde_json::json!(f);
+    }
+    for format in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
+        if let Ok(t) = chrono::DateTime::parse_from_str(field, format) {
+            return serde_json::json!(t.timestamp_nanos_opt().unwrap());
+        }
+    }
+    serde_json::json!(field)
+}
+
+fn to_rows(v: &serde_json::Value) -> Vec<Vec<serde_json::Value>> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_array().unwrap().clone())
+        .collect()
+}
+
+#[test]
+fn psql_and_psycopg_get_the_oracles_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, port) = pg_node(dir.path(), &[]);
+    let data = dataset();
+    for chunk in data.lines().collect::<Vec<_>>().chunks(3000) {
+        assert_eq!(node.write_lp("bench", &chunk.join("\n")).status, 204);
+    }
+    node.flush();
+    let queries = queries();
+    let expected = duckdb(&node, "bench", "cpu", &queries);
+
+    // psql: the simple protocol, text results.
+    for (q, want) in queries.iter().zip(&expected) {
+        let (ok, out, err) = psql(port, "bench", &["-F", "|", "-c", q]);
+        assert!(ok, "{q}: {err}");
+        let got: Vec<Vec<serde_json::Value>> = out
+            .lines()
+            .map(|l| l.split('|').map(psql_value).collect())
+            .collect();
+        assert_same_rows(q, &got, want);
+    }
+
+    // psycopg: extended protocol in text and binary, the simple protocol,
+    // a prepared statement, refusals, catalog queries.
+    let (from, to) = (T0 + 3600 * SEC, T0 + 5 * 3600 * SEC);
+    let got = psycopg(serde_json::json!({
+        "port": port, "db": "bench", "queries": queries, "range": [from, to],
+    }));
+    for mode in ["text", "binary", "simple"] {
+        for (i, (q, want)) in queries.iter().zip(&expected).enumerate() {
+            assert_same_rows(&format!("{mode}: {q}"), &to_rows(&got[mode][i]), want);
+        }
+    }
+    let window = |lo: i64, hi: i64| {
+        let q = format!(
+            "SELECT count(*) AS n, max(usage_user) AS m FROM cpu WHERE time >= '{}' AND time < '{}'",
+            common::oracle::rfc3339(lo),
+            common::oracle::rfc3339(hi)
+        );
+        common::oracle::tidemark_rows(&node, "bench", &q)
+    };
+    assert_same_rows("prepared", &to_rows(&got["prepared"][0]), &window(from, to));
+    assert_same_rows(
+        "prepared again",
+        &to_rows(&got["prepared"][1]),
+        &window(from, from + 3600 * SEC),
+    );
+    assert!(got["prepared"][0][0][0].as_i64().unwrap() > 0);
+    for (stmt, code) in got["refused"].as_object().unwrap() {
+        assert_eq!(code, "25006", "{stmt}");
+    }
+    let catalog = &got["catalog"];
+    assert!(catalog["version"]
+        .as_str()
+        .unwrap()
+        .starts_with("PostgreSQL 16"));
+    assert_eq!(catalog["version_num"], "160006");
+    assert_eq!(catalog["show"], "public");
+    assert_eq!(catalog["set"], "SET");
+    assert_eq!(catalog["tables"], serde_json::json!(["cpu"]));
+    assert_eq!(catalog["pg_class"], serde_json::json!(["cpu"]));
+    let columns: Vec<String> = catalog["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c[0].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "hostname",
+            "region",
+            "time",
+            "usage_idle",
+            "usage_system",
+            "usage_user"
+        ]
+    );
+    assert_eq!(got["missing_table"], "42P01");
+    assert_eq!(got["after_error"], 21000);
+    assert!(got["server_version"].as_i64().unwrap() >= 160000);
+
+    // psql's own catalog queries: \dt and \d.
+    let (ok, out, err) = psql(port, "bench", &["-c", "\\dt"]);
+    assert!(ok && out.contains("cpu"), "\\dt: {out} {err}");
+    let (ok, out, err) = psql(port, "bench", &["-c", "\\d cpu"]);
+    assert!(
+        ok && out.contains("usage_user") && out.contains("timestamp with time zone"),
+        "\\d cpu: {out} {err}"
+    );
+    // DDL: refused with its SQLSTATE, nothing changed.
+    let (ok, _, err) = psql(port, "bench", &["-c", "CREATE TABLE t (a int)"]);
+    assert!(!ok && err.contains("25006"), "{err}");
+
+    // Rows are visible at acknowledgement (not flushed), and another
+    // database is a schema of the same name.
+    assert_eq!(
+        node.write_lp(
+            "other",
+            &format!("mem,host=a used=1 {T0}\nmem,host=b used=2 {T0}")
+        )
+        .status,
+        204
+    );
+    let (ok, out, err) = psql(
+        port,
+        "bench",
+        &["-c", "SELECT count(*), sum(used) FROM other.mem"],
+    );
+    assert!(ok, "{err}");
+    let fields: Vec<f64> = out.trim().split('|').map(|f| f.parse().unwrap()).collect();
+    assert_eq!(fields, [2.0, 3.0], "{out}");
+    let (ok, out, err) = psql(port, "other", &["-c", "SELECT count(*) FROM mem"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "2");
+    assert!(node.metric_sum("tidemark_pg_queries_total") > 0.0);
+}
+
+#[test]
+fn passwords_are_api_tokens_when_auth_is_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, port) = pg_node(
+        dir.path(),
+        &[
+            "--set",
+            "auth.enabled=true",
+            "--set",
+            "auth.tokens=[\"s3cret\"]",
+        ],
+    );
+    let got = psycopg(serde_json::json!({
+        "mode": "auth", "port": port, "db": "default", "password": "s3cret",
+    }));
+    let wrong = got["wrong"].as_str().unwrap();
+    assert!(wrong.contains("password authentication failed"), "{wrong}");
+    assert_eq!(got["right"], 1);
+    assert!(node.metric_sum("tidemark_pg_auth_failures_total") >= 1.0);
+}
+
+#[test]
+fn a_cancel_request_stops_a_running_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, port) = pg_node(dir.path(), &["--set", "query.timeout_ms=600000"]);
+    let data = dataset();
+    for chunk in data.lines().collect::<Vec<_>>().chunks(3000) {
+        assert_eq!(node.write_lp("default", &chunk.join("\n")).status, 204);
+    }
+    // 21,000² pairs: minutes of work, unless cancelled.
+    let got = psycopg(serde_json::json!({
+        "mode": "cancel", "port": port, "db": "default",
+        "sql": "SELECT count(*) FROM cpu a, cpu b WHERE a.usage_user + b.usage_idle > a.usage_system * b.usage_user",
+    }));
+    assert_eq!(got["outcome"], "57014", "{got}");
+    assert_eq!(got["after"], 1);
+}
