@@ -28,4 +28,21 @@ if ! python3 -c 'import influxdb' >/dev/null 2>&1; then
   python3 -m pip install -q influxdb
 fi
 
+# psycopg (PyPI) and psql (Debian's postgresql-client) query over the
+# PostgreSQL wire protocol (tests/pg.rs).
+if ! python3 -c 'import psycopg' >/dev/null 2>&1; then
+  echo "== installing psycopg (PyPI)"
+  python3 -m pip install -q "psycopg[binary]"
+fi
+if ! command -v psql >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    echo "== installing postgresql-client (for psql)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null
+  else
+    echo "psql is missing: install Debian's postgresql-client package" >&2
+    exit 1
+  fi
+fi
+
 cargo test --workspace --all-features --locked "$@"
