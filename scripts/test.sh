@@ -45,4 +45,11 @@ if ! command -v psql >/dev/null 2>&1; then
   fi
 fi
 
+# ADBC's Flight SQL driver and influxdb3-python (PyPI) query over Arrow
+# Flight SQL (tests/flight.rs).
+if ! python3 -c 'import adbc_driver_flightsql, pyarrow, influxdb_client_3' >/dev/null 2>&1; then
+  echo "== installing adbc-driver-flightsql, pyarrow and influxdb3-python (PyPI)"
+  python3 -m pip install -q adbc-driver-flightsql pyarrow influxdb3-python
+fi
+
 cargo test --workspace --all-features --locked "$@"
