@@ -29,14 +29,13 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, StringArray};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::catalog::{CatalogProvider, SchemaProvider};
 use datafusion::common::{DataFusionError, ParamValues};
 use datafusion::logical_expr::{ColumnarValue, LogicalPlan, ScalarUDF, Volatility};
 use datafusion::prelude::SessionContext;
@@ -71,7 +70,11 @@ use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use pgwire::types::format::FormatOptions;
 
 use crate::context::NodeShared;
-use crate::query::engine::{QueryEngine, QueryError, QueryErrorKind};
+use crate::query::engine::{QueryError, QueryErrorKind};
+use crate::query::remote::{Names, Remote, Router};
+
+/// The connection's token (auth on), in its metadata.
+const TOKEN: &str = "tidemark.token";
 
 /// The PostgreSQL version tidemark answers as (`server_version`,
 /// `version()`): clients gate features on it.
@@ -211,6 +214,7 @@ impl Handlers {
         Handlers {
             service: Arc::new(QueryService {
                 node: node.clone(),
+                router: Router::default(),
                 parser: Arc::new(Parser {
                     node: node.clone(),
                     contexts: Contexts::default(),
@@ -385,69 +389,6 @@ impl Debug for Contexts {
     }
 }
 
-/// A connection's database as a PostgreSQL catalog: schema `public` is the
-/// database's measurements, every other database a schema of its name,
-/// plus `pg_catalog` (and `information_schema`, added by DataFusion).
-struct PgDatabase {
-    database: String,
-    engine: Arc<QueryEngine>,
-    registered: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
-}
-
-impl Debug for PgDatabase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgDatabase")
-            .field("database", &self.database)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CatalogProvider for PgDatabase {
-    fn schema_names(&self) -> Vec<String> {
-        let mut names = vec!["public".to_string()];
-        names.extend(
-            self.engine
-                .databases()
-                .into_iter()
-                .filter(|d| *d != self.database && d != "public"),
-        );
-        names.extend(
-            self.registered
-                .read()
-                .expect("schemas lock")
-                .keys()
-                .cloned(),
-        );
-        names
-    }
-
-    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        if let Some(s) = self.registered.read().expect("schemas lock").get(name) {
-            return Some(s.clone());
-        }
-        if name == "public" {
-            return Some(self.engine.database_schema(&self.database));
-        }
-        self.engine
-            .databases()
-            .iter()
-            .any(|d| d == name)
-            .then(|| self.engine.database_schema(name))
-    }
-
-    fn register_schema(
-        &self,
-        name: &str,
-        schema: Arc<dyn SchemaProvider>,
-    ) -> datafusion::common::Result<Option<Arc<dyn SchemaProvider>>> {
-        Ok(self
-            .registered
-            .write()
-            .expect("schemas lock")
-            .insert(name.to_string(), schema))
-    }
-}
-
 /// `version()` and `current_setting(name)` as PostgreSQL answers them.
 fn pg_udfs() -> [ScalarUDF; 2] {
     let version = format!(
@@ -558,13 +499,7 @@ impl Parser {
         if let Some(c) = all.get(database) {
             return Ok(c.clone());
         }
-        let engine = &self.node.query;
-        let catalog = Arc::new(PgDatabase {
-            database: database.to_string(),
-            engine: engine.clone(),
-            registered: RwLock::new(HashMap::new()),
-        });
-        let ctx = engine.session_with(database, "public", catalog, true);
+        let ctx = self.node.query.pg_session(database);
         setup_pg_catalog(&ctx, database, EmptyContextProvider)
             .map_err(|e| user_error("XX000", format!("setting up pg_catalog: {e}")))?;
         for udf in pg_udfs() {
@@ -690,6 +625,7 @@ fn client_code(message: &str) -> &'static str {
 #[derive(Debug)]
 struct QueryService {
     node: Arc<NodeShared>,
+    router: Router,
     parser: Arc<Parser>,
     cancels: Arc<Cancels>,
     metrics: Arc<PgMetrics>,
@@ -705,11 +641,17 @@ impl QueryService {
     }
 
     /// Runs a planned query and streams its rows, encoded as `format`.
+    /// Runs a planned query and streams its rows, encoded as `format`:
+    /// here, or (in a cluster) on the node `routing.queries` picks.
+    /// `statement` is the query as parsed; `bound` says its plan had
+    /// parameters, now bound (the text then no longer says all of it).
     async fn run(
         &self,
         client: &(dyn ClientInfo + Send + Sync),
         database: &str,
+        statement: &Statement,
         plan: LogicalPlan,
+        bound: bool,
         format: &Format,
     ) -> PgWireResult<Response> {
         if !self.node.is_ready() {
@@ -718,22 +660,53 @@ impl QueryService {
                 "the node is not ready (recovering or shutting down)".into(),
             ));
         }
-        let ctx = self.parser.context(database)?;
         let deadline = Instant::now() + self.parser.timeout();
-        let engine = &self.node.query;
-        let stream = engine
-            .stream(&ctx, plan, deadline)
-            .await
-            .map_err(pg_error)?;
+        let target = if reads_measurements(&plan) {
+            self.router.route(&self.node).map_err(pg_error)?
+        } else {
+            None
+        };
+        let (schema, batches): (_, Batches) = match target {
+            None => {
+                let ctx = self.parser.context(database)?;
+                let stream = self
+                    .node
+                    .query
+                    .stream(&ctx, plan, deadline)
+                    .await
+                    .map_err(pg_error)?;
+                (stream.schema(), Box::pin(stream))
+            }
+            Some(target) => {
+                let sql = if bound {
+                    datafusion::sql::unparser::plan_to_sql(&plan)
+                        .map_err(|e| user_error("XX000", format!("forwarding the query: {e}")))?
+                        .to_string()
+                } else {
+                    statement.to_string()
+                };
+                let remote = Remote {
+                    sql: &sql,
+                    database,
+                    names: Names::Postgres,
+                    token: client.metadata().get(TOKEN).map(String::as_str),
+                };
+                let (schema, batches) = self
+                    .router
+                    .fetch(&self.node, &target, remote, deadline)
+                    .await
+                    .map_err(pg_error)?;
+                (
+                    schema,
+                    Box::pin(futures::stream::iter(batches.into_iter().map(Ok))),
+                )
+            }
+        };
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        let fields = Arc::new(arrow_schema_to_pg_fields(
-            &stream.schema(),
-            format,
-            Some(options),
-        )?);
+        let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
         let cancel = self.cancels.start(client);
         let rows = Rows {
-            stream: Box::pin(stream),
+            stream: batches,
             cancel,
             fields: fields.clone(),
             rows: None,
@@ -793,10 +766,33 @@ fn single_value(name: &str, value: &str) -> PgWireResult<QueryResponse> {
     ))
 }
 
+/// A query's result batches, from the pool or from another node.
+type Batches = std::pin::Pin<
+    Box<dyn Stream<Item = Result<datafusion::arrow::record_batch::RecordBatch, QueryError>> + Send>,
+>;
+
+/// Whether `plan` reads measurements (and so may run on another node):
+/// not only the catalog tables this server answers itself.
+fn reads_measurements(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut measurements = false;
+    let mut catalog = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            match scan.table_name.schema() {
+                Some("pg_catalog" | "information_schema") => catalog = true,
+                _ => measurements = true,
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    measurements && !catalog
+}
+
 /// A query's rows, encoded batch by batch as they come; ends early on a
 /// cancel request.
 struct Rows {
-    stream: std::pin::Pin<Box<crate::query::engine::ResultStream>>,
+    stream: Batches,
     cancel: oneshot::Receiver<()>,
     fields: Arc<Vec<FieldInfo>>,
     rows: Option<Box<dyn Iterator<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send>>,
@@ -871,8 +867,15 @@ impl SimpleQueryHandler for QueryService {
                 Err(e) => Err(e),
                 Ok(p) => match p.kind {
                     Kind::Query(plan) => {
-                        self.run(client, &database, plan, &Format::UnifiedText)
-                            .await
+                        self.run(
+                            client,
+                            &database,
+                            &p.statement,
+                            plan,
+                            false,
+                            &Format::UnifiedText,
+                        )
+                        .await
                     }
                     Kind::Session => self.session(client, &p.statement, &database).await,
                     Kind::Refused(code, message) => Err(user_error(&code, message)),
@@ -1011,8 +1014,15 @@ impl ExtendedQueryHandler for QueryService {
                     arrow_pg::datatypes::df::deserialize_parameters(portal, &refs)?;
                 match plan.clone().replace_params_with_values(&params) {
                     Ok(plan) => {
-                        self.run(client, &p.database, plan, &portal.result_column_format)
-                            .await
+                        self.run(
+                            client,
+                            &p.database,
+                            &p.statement,
+                            plan,
+                            !types.is_empty(),
+                            &portal.result_column_format,
+                        )
+                        .await
                     }
                     Err(e) => Err(user_error("22023", e.strip_backtrace())),
                 }

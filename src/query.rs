@@ -18,6 +18,7 @@ pub mod date_trunc;
 pub mod dedup;
 pub mod engine;
 pub mod json;
+pub mod remote;
 pub mod table;
 
 pub use engine::{QueryEngine, SnapshotRequest};

@@ -254,3 +254,67 @@ fn a_cancel_request_stops_a_running_query() {
     assert_eq!(got["outcome"], "57014", "{got}");
     assert_eq!(got["after"], 1);
 }
+
+/// `tests/pg_client.py` in `run` mode: each statement's rows (or SQLSTATE).
+fn run_statements(port: u16, db: &str, statements: serde_json::Value) -> serde_json::Value {
+    psycopg(serde_json::json!({
+        "mode": "run", "port": port, "db": db, "statements": statements,
+    }))
+}
+
+#[test]
+fn in_a_cluster_queries_go_where_routing_sends_http_queries() {
+    use common::cluster::*;
+    let dir = tempfile::tempdir().unwrap();
+    let pg_port = free_port();
+    let mut s1 = Spec::new(1, true, true);
+    s1.extra.extend([
+        "routing.queries=readers".to_string(),
+        format!("pg.addr=127.0.0.1:{pg_port}"),
+    ]);
+    let n1 = start(dir.path(), &s1, true);
+    let mut s2 = Spec::new(2, false, true);
+    s2.seeds = vec![n1.proxy.addr()];
+    let n2 = start(dir.path(), &s2, true);
+    let v = agreed(&[&n1, &n2], 2, &[1, 2]);
+    assert_eq!(v["primary_writer"], 1, "{v}");
+    let body: String = (0..500)
+        .map(|i| format!("m,host=h{} id={i}i {}\n", i % 4, T0 + i * SEC))
+        .collect();
+    assert_eq!(n1.node.write_lp("r", &body).status, 204);
+    // The reader has every row (replication), then the writer's PostgreSQL
+    // port is asked.
+    wait_for(
+        "the reader's rows",
+        std::time::Duration::from_secs(60),
+        || {
+            let rows = common::oracle::tidemark_rows(&n2.node, "r", "SELECT count(*) FROM m");
+            (rows[0][0] == 500).then_some(())
+        },
+    );
+    let before = n1.node.metric_sum("tidemark_forwarded_requests_total");
+    let got = run_statements(
+        pg_port,
+        "r",
+        serde_json::json!([
+            ["SELECT count(*), sum(id) FROM m", null],
+            [
+                "SELECT count(*) FROM public.m WHERE id >= %s AND host = %s",
+                [100, "h1"]
+            ],
+            [
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'm'",
+                null
+            ],
+            ["SELECT * FROM no_such_table", null],
+        ]),
+    );
+    assert_eq!(got[0], serde_json::json!([[500, 124750]]));
+    assert_eq!(got[1], serde_json::json!([[100]]));
+    assert_eq!(got[2], serde_json::json!([[1]]));
+    assert_eq!(got[3], "42P01");
+    // The two queries over measurements went to the reader; the catalog
+    // query and the failed plan stayed here.
+    let after = n1.node.metric_sum("tidemark_forwarded_requests_total");
+    assert_eq!(after - before, 2.0);
+}

@@ -54,6 +54,18 @@ if req.get("mode") == "auth":
     print(json.dumps(out))
     sys.exit(0)
 
+if req.get("mode") == "run":
+    # Statements with optional parameters: their rows, or their SQLSTATE.
+    out = []
+    with connect(req.get("password", "anything")) as conn:
+        for sql, params in req["statements"]:
+            try:
+                out.append(rows(conn.execute(sql, params, prepare=params is not None)))
+            except psycopg.Error as e:
+                out.append(e.sqlstate)
+    print(json.dumps(out))
+    sys.exit(0)
+
 if req.get("mode") == "cancel":
     import threading
     import time

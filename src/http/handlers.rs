@@ -584,7 +584,20 @@ async fn query(ctx: &Rc<CoreCtx>, req: Request, format: OutputFormat) -> Respons
     if let Err(e) = tidemark_shards::schema::validate_database_name(&database) {
         return query_error(400, &e.to_string());
     }
-    let out = ctx.node.query.run(sql, database, format).await;
+    // A query forwarded by a PostgreSQL server names tables its way.
+    let names = match req.header("x-tidemark-sql-names") {
+        None => crate::query::remote::Names::Http,
+        Some(v) => match crate::query::remote::Names::parse(v) {
+            Some(n) => n,
+            None => {
+                return query_error(
+                    400,
+                    &format!("x-tidemark-sql-names: {v:?} is not http or postgres"),
+                )
+            }
+        },
+    };
+    let out = ctx.node.query.run(sql, database, names, format).await;
     Response {
         status: out.status,
         headers: vec![("Content-Type", out.content_type.into())],

@@ -277,11 +277,17 @@ impl QueryEngine {
 
     /// Runs `sql` against `database` on the pool and encodes the result.
     /// Dropping the returned future cancels the query.
-    pub async fn run(&self, sql: String, database: String, format: OutputFormat) -> QueryOutput {
+    pub async fn run(
+        &self,
+        sql: String,
+        database: String,
+        names: super::remote::Names,
+        format: OutputFormat,
+    ) -> QueryOutput {
         let engine = self.arc();
         let task = self
             .handle
-            .spawn(async move { engine.execute(&sql, &database, format).await });
+            .spawn(async move { engine.execute(&sql, &database, names, format).await });
         let _abort = AbortOnDrop(task.abort_handle());
         // The pool enforces the timeout itself, but an operator that never
         // yields to the runtime would hold it up: the caller's own timer
@@ -302,11 +308,20 @@ impl QueryEngine {
         }
     }
 
-    async fn execute(&self, sql: &str, database: &str, format: OutputFormat) -> QueryOutput {
+    async fn execute(
+        &self,
+        sql: &str,
+        database: &str,
+        names: super::remote::Names,
+        format: OutputFormat,
+    ) -> QueryOutput {
         let started = chrono::Utc::now();
         let start = Instant::now();
         let deadline = start + Duration::from_millis(self.settings.timeout_ms);
-        let ctx = self.session(database);
+        let ctx = match names {
+            super::remote::Names::Http => self.session(database),
+            super::remote::Names::Postgres => self.pg_session(database),
+        };
         let run = async {
             let plan = self.plan(&ctx, sql, deadline).await?;
             let mut stream = self.limited(&ctx, plan, deadline).await?;
@@ -484,6 +499,18 @@ impl QueryEngine {
         let ctx = self.new_session(catalog_name, schema, information_schema);
         ctx.register_catalog(catalog_name, catalog);
         ctx
+    }
+
+    /// A new session for `database` with PostgreSQL's names: catalog
+    /// `database` (its measurements in schema `public`, every other
+    /// database a schema of its name) and `information_schema`.
+    pub fn pg_session(&self, database: &str) -> SessionContext {
+        let catalog = Arc::new(super::table::PgDatabase {
+            database: database.to_string(),
+            engine: self.arc(),
+            registered: std::sync::RwLock::new(HashMap::new()),
+        });
+        self.session_with(database, "public", catalog, true)
     }
 
     /// The tables of `database`, built per query.
