@@ -4,6 +4,7 @@
 pub mod config;
 pub mod context;
 pub mod control;
+pub mod flight;
 pub mod forward;
 pub mod http;
 pub mod metrics;

@@ -248,6 +248,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
             )
         })?;
     }
+    if !node.config.flight.addr.is_empty() {
+        crate::flight::start(&node).with_context(|| {
+            format!(
+                "starting the Flight SQL server flight.addr = {}",
+                node.config.flight.addr
+            )
+        })?;
+    }
 
     // The control thread: Raft (in a cluster), signals, housekeeping, shutdown.
     let control_node = node.clone();
