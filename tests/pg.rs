@@ -318,3 +318,36 @@ fn in_a_cluster_queries_go_where_routing_sends_http_queries() {
     let after = n1.node.metric_sum("tidemark_forwarded_requests_total");
     assert_eq!(after - before, 2.0);
 }
+
+#[test]
+fn every_column_kind_reads_back_in_text_and_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, port) = pg_node(dir.path(), &[]);
+    let lines = format!(
+        "k,tag=a f=1.5,i=-3i,u=7u,b=true,s=\"hi there\" {T0}\nk,tag=b f=-0.25,i=9000000000i,u=18446744073709551615u,b=false,s=\"\" {}",
+        T0 + SEC
+    );
+    assert_eq!(node.write_lp("types", &lines).status, 204);
+    let got = psycopg(serde_json::json!({
+        "mode": "types", "port": port, "db": "types",
+        "sql": "SELECT time, tag, f, i, u, b, s FROM k ORDER BY time",
+    }));
+    // timestamptz, text, float8, int8, numeric, bool, text
+    let oids = serde_json::json!([1184, 25, 701, 20, 1700, 16, 25]);
+    let want = serde_json::json!([
+        [T0, "a", 1.5, -3, 7.0, true, "hi there"],
+        [
+            T0 + SEC,
+            "b",
+            -0.25,
+            9_000_000_000i64,
+            18446744073709551615.0,
+            false,
+            ""
+        ],
+    ]);
+    for mode in ["text", "binary"] {
+        assert_eq!(got[mode]["oids"], oids, "{mode}");
+        assert_eq!(got[mode]["rows"], want, "{mode}");
+    }
+}

@@ -66,6 +66,20 @@ if req.get("mode") == "run":
     print(json.dumps(out))
     sys.exit(0)
 
+if req.get("mode") == "types":
+    # One query in text and in binary: its values and column type OIDs.
+    out = {}
+    with connect("anything") as conn:
+        for name, binary in [("text", False), ("binary", True)]:
+            with conn.cursor(binary=binary) as cur:
+                cur.execute(req["sql"])
+                out[name] = {
+                    "rows": rows(cur),
+                    "oids": [d.type_code for d in cur.description],
+                }
+    print(json.dumps(out))
+    sys.exit(0)
+
 if req.get("mode") == "cancel":
     import threading
     import time
