@@ -30,6 +30,7 @@ mod sql;
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
@@ -74,9 +75,15 @@ pub fn start(node: &Arc<NodeShared>) -> anyhow::Result<()> {
     if !node.config.auth.enabled && !local.ip().is_loopback() {
         tracing::warn!(%local, "the Flight SQL server listens beyond loopback without auth (auth.enabled = false)");
     }
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Keep-alives find clients that vanished without closing: a query
+    // waiting for one to read would otherwise hold its resources.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
     runtime.spawn(async move {
         let served = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(FlightServiceServer::new(gateway))
             .serve_with_incoming(incoming)
             .await;

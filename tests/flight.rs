@@ -95,6 +95,7 @@ fn adbc_and_influxdb3_clients_get_what_http_gets() {
         "token": null,
         "queries": queries,
         "prepared": {"sql": prepared, "params": ranges},
+        "cancel_sql": "SELECT a.time, b.usage_user FROM cpu a CROSS JOIN cpu b LIMIT 900000",
         "influx_params": {
             "sql": "SELECT count(*), max(usage_user) FROM cpu WHERE hostname = $host",
             "params": {"host": "host_7"},
@@ -179,6 +180,21 @@ fn adbc_and_influxdb3_clients_get_what_http_gets() {
     // Only SQL.
     let e = out["influxql_error"].as_str().unwrap();
     assert!(e.contains("\"influxql\" is not supported"), "{e}");
+
+    // The cancelled query: stopped, counted as cancelled.
+    assert!(out["cancel_first_chunk_rows"].as_u64().unwrap() > 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let metrics = node.req("GET", "/metrics", &[], b"").text();
+        let cancelled = metrics
+            .lines()
+            .any(|l| l.starts_with("tidemark_flight_queries_total{outcome=\"cancelled\"} "));
+        if cancelled && node.metric_sum("tidemark_queries_running") == 0.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     // Counted per protocol.
     assert!(node.metric_sum("tidemark_flight_queries_total") >= 2.0 * queries.len() as f64);

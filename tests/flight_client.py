@@ -17,6 +17,7 @@ import sys
 
 import adbc_driver_flightsql.dbapi as flightsql
 import pyarrow as pa
+import pyarrow.flight as flight
 from influxdb_client_3 import InfluxDBClient3
 
 UNIT = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}
@@ -101,6 +102,14 @@ def queries_mode(req):
     out["influxql_error"] = error_of(lambda: client.query("SELECT * FROM cpu", language="influxql"))
     out["influx_ddl_error"] = error_of(lambda: client.query("CREATE TABLE t (x INT)", language="sql"))
     client.close()
+
+    # A client that stops reading and cancels: the server drops the query.
+    fc = flight.FlightClient(f"grpc+tcp://127.0.0.1:{port}")
+    ticket = {"database": db, "sql_query": req["cancel_sql"], "query_type": "sql"}
+    reader = fc.do_get(flight.Ticket(json.dumps(ticket).encode()))
+    out["cancel_first_chunk_rows"] = reader.read_chunk().data.num_rows
+    reader.cancel()
+    fc.close()
     return out
 
 

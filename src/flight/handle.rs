@@ -395,6 +395,54 @@ mod tests {
         ));
     }
 
+    #[tokio::test]
+    async fn parameters_typed_in_order_and_cast_when_bound() {
+        use datafusion::arrow::array::TimestampNanosecondArray;
+        let ctx = datafusion::prelude::SessionContext::new();
+        let t = RecordBatch::try_from_iter([
+            (
+                "time",
+                Arc::new(
+                    TimestampNanosecondArray::from(vec![1_000, 2_000, 3_000]).with_timezone("UTC"),
+                ) as _,
+            ),
+            ("v", Arc::new(Int64Array::from(vec![1, 2, 3])) as _),
+        ])
+        .unwrap();
+        ctx.register_batch("t", t).unwrap();
+        let sql = number_placeholders("SELECT v FROM t WHERE v < ? AND time >= ? ORDER BY v");
+        let plan = ctx.state().create_logical_plan(&sql).await.unwrap();
+        let params = parameter_schema(&plan).unwrap();
+        let names: Vec<&str> = params.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, ["$1", "$2"]);
+        assert_eq!(params.field(0).data_type(), &DataType::Int64);
+        // A client's microsecond timestamp against nanosecond `time`.
+        let values = vec![
+            ScalarValue::Int64(Some(3)),
+            ScalarValue::TimestampMicrosecond(Some(2), Some("UTC".into())),
+        ];
+        let bound = bind(plan, values.into()).unwrap();
+        let got = ctx
+            .execute_logical_plan(bound)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        let v: Vec<i64> = got
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(v, [2]);
+    }
+
     #[test]
     fn dictionaries_sent_as_values() {
         let s = Schema::new(vec![

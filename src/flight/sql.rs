@@ -322,7 +322,9 @@ impl FlightSqlService for TidemarkFlightSql {
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let database = database_of(&self.node, request.metadata());
         let statement = StatementHandle::new(&database, &query.query);
-        let plan = self.plan(&statement).await?;
+        let plan = self.plan(&statement).await.inspect_err(|_| {
+            self.metrics.outcome("error");
+        })?;
         let dataset = handle::flight_schema(plan.schema().as_arrow());
         let parameters = handle::parameter_schema(&plan)
             .map_err(|e| Status::invalid_argument(e.strip_backtrace()))?;
