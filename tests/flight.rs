@@ -3,7 +3,8 @@
 //! must get the same answers as `POST /api/v1/query` for the TSBS-style
 //! queries of the oracle, a prepared statement with time parameters, and
 //! InfluxDB 3's ticket; DDL and DML are refused, InfluxQL too, tokens are
-//! checked when auth is on.
+//! checked when auth is on, the row limit and the timeout hold, and a
+//! client that cancels stops its query.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -206,7 +207,14 @@ fn tokens_are_checked_when_auth_is_on() {
     let dir = tempfile::tempdir().unwrap();
     let (node, port) = start_with_data(
         dir.path(),
-        &["--set", "auth.enabled=true", "--set", "query.max_rows=1000"],
+        &[
+            "--set",
+            "auth.enabled=true",
+            "--set",
+            "query.max_rows=1000",
+            "--set",
+            "query.timeout_ms=2000",
+        ],
         &[("TIDEMARK_AUTH_TOKENS", "[\"t0ken\"]")],
     );
     let q = "SELECT region, count(*) AS n FROM cpu GROUP BY region ORDER BY region";
@@ -216,6 +224,7 @@ fn tokens_are_checked_when_auth_is_on() {
         "database": "bench",
         "token": "t0ken",
         "queries": [q],
+        "slow_sql": "SELECT sum(a.usage_user * b.usage_idle) FROM cpu a CROSS JOIN cpu b",
     }));
     let body = serde_json::to_vec(&serde_json::json!({ "sql": q })).unwrap();
     let r = node.req(
@@ -250,6 +259,12 @@ fn tokens_are_checked_when_auth_is_on() {
     // The row limit of /api/v1/query holds here too.
     let e = out["too_many_rows_error"].as_str().unwrap();
     assert!(e.contains("more than 1000 rows (query.max_rows)"), "{e}");
+    // And its timeout.
+    let e = out["timeout_error"].as_str().unwrap();
+    assert!(
+        e.contains("DeadlineExceeded") && e.contains("timed out after 2000 ms"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -123,6 +123,7 @@ def auth_mode(req):
     out["adbc_wrong_token_error"] = error_of(lambda: adbc_query(adbc(port, db, bearer="wrong"), q))
     out["adbc_wrong_password_error"] = error_of(lambda: adbc_query(adbc(port, db, password="wrong"), q))
     out["too_many_rows_error"] = error_of(lambda: adbc_query(adbc(port, db, bearer=token), "SELECT * FROM cpu"))
+    out["timeout_error"] = error_of(lambda: adbc_query(adbc(port, db, bearer=token), req["slow_sql"]))
     out["influx"] = rows(influx(port, db, token).query(q, language="sql"))
     out["influx_wrong_token_error"] = error_of(lambda: influx(port, db, "wrong").query(q, language="sql"))
     return out
