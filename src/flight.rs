@@ -1,7 +1,8 @@
 //! Arrow Flight SQL on `flight.addr` (gRPC, `arrow-flight` over tonic).
 //!
-//! The server runs on the query pool's tokio runtime (never on a shard
-//! core); its socket is bound in [`start`], so a bad or taken address stops
+//! The server runs on a thread of its own (`tidemark-flight`, never a
+//! shard core) and its queries on the query pool (`QueryEngine::stream`);
+//! its socket is bound in [`start`], so a bad or taken address stops
 //! the node at start-up. Every call goes through [`Gateway`], which checks
 //! readiness and the token and answers InfluxDB 3's JSON tickets, then
 //! hands Flight SQL commands to [`sql::TidemarkFlightSql`]:
@@ -49,7 +50,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::context::NodeShared;
 use crate::query::engine::{QueryError, QueryErrorKind};
 
-/// Binds `flight.addr` and serves it on the query pool.
+/// Binds `flight.addr` and serves it from a thread of its own.
 pub fn start(node: &Arc<NodeShared>) -> anyhow::Result<()> {
     let addr: std::net::SocketAddr = node
         .config
@@ -60,7 +61,12 @@ pub fn start(node: &Arc<NodeShared>) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
-    let runtime = node.query.runtime().clone();
+    // The connections run on a thread of their own; queries run on the
+    // pool (`QueryEngine::stream`), so a pool busy with a long query still
+    // serves the sockets (a client's cancel, other clients' calls).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let listener = {
         let _entered = runtime.enter();
         tokio::net::TcpListener::from_std(listener)?
@@ -80,7 +86,7 @@ pub fn start(node: &Arc<NodeShared>) -> anyhow::Result<()> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    runtime.spawn(async move {
+    let serve = async move {
         let served = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
@@ -90,7 +96,10 @@ pub fn start(node: &Arc<NodeShared>) -> anyhow::Result<()> {
         if let Err(e) = served {
             tracing::error!(error = %e, "the Flight SQL server stopped");
         }
-    });
+    };
+    std::thread::Builder::new()
+        .name("tidemark-flight".into())
+        .spawn(move || runtime.block_on(serve))?;
     tracing::info!(%local, "Flight SQL server listening");
     Ok(())
 }
@@ -294,7 +303,8 @@ impl FlightService for Gateway {
                 .clone()
                 .filter(|d| !d.is_empty())
                 .unwrap_or_else(|| database_of(&self.node, request.metadata()));
-            return self.sql.influx_query(ticket, database).await;
+            let token = token(request.metadata());
+            return self.sql.influx_query(ticket, database, token).await;
         }
         FlightService::do_get(&self.sql, request).await
     }

@@ -71,7 +71,7 @@ use pgwire::types::format::FormatOptions;
 
 use crate::context::NodeShared;
 use crate::query::engine::{QueryError, QueryErrorKind};
-use crate::query::remote::{Names, Remote, Router};
+use crate::query::remote::{reads_measurements, sql_for, Batches, Names, Remote, Router};
 
 /// The connection's token (auth on), in its metadata.
 const TOKEN: &str = "tidemark.token";
@@ -678,13 +678,7 @@ impl QueryService {
                 (stream.schema(), Box::pin(stream))
             }
             Some(target) => {
-                let sql = if bound {
-                    datafusion::sql::unparser::plan_to_sql(&plan)
-                        .map_err(|e| user_error("XX000", format!("forwarding the query: {e}")))?
-                        .to_string()
-                } else {
-                    statement.to_string()
-                };
+                let sql = sql_for(&statement.to_string(), &plan, bound).map_err(pg_error)?;
                 let remote = Remote {
                     sql: &sql,
                     database,
@@ -764,29 +758,6 @@ fn single_value(name: &str, value: &str) -> PgWireResult<QueryResponse> {
         fields,
         futures::stream::once(async move { Ok(row) }),
     ))
-}
-
-/// A query's result batches, from the pool or from another node.
-type Batches = std::pin::Pin<
-    Box<dyn Stream<Item = Result<datafusion::arrow::record_batch::RecordBatch, QueryError>> + Send>,
->;
-
-/// Whether `plan` reads measurements (and so may run on another node):
-/// not only the catalog tables this server answers itself.
-fn reads_measurements(plan: &LogicalPlan) -> bool {
-    use datafusion::common::tree_node::TreeNodeRecursion;
-    let mut measurements = false;
-    let mut catalog = false;
-    let _ = plan.apply_with_subqueries(|node| {
-        if let LogicalPlan::TableScan(scan) = node {
-            match scan.table_name.schema() {
-                Some("pg_catalog" | "information_schema") => catalog = true,
-                _ => measurements = true,
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
-    });
-    measurements && !catalog
 }
 
 /// A query's rows, encoded batch by batch as they come; ends early on a

@@ -288,8 +288,12 @@ fn in_a_cluster_queries_go_where_routing_sends_http_queries() {
         "the reader's rows",
         std::time::Duration::from_secs(60),
         || {
-            let rows = common::oracle::tidemark_rows(&n2.node, "r", "SELECT count(*) FROM m");
-            (rows[0][0] == 500).then_some(())
+            // The table appears on the reader with the first replicated rows.
+            let body = br#"{"sql": "SELECT count(*) FROM m"}"#;
+            let r = n2
+                .node
+                .req("POST", "/api/v1/query", &[("x-arc-database", "r")], body);
+            (r.status == 200 && r.json()["data"][0][0] == 500).then_some(())
         },
     );
     let before = n1.node.metric_sum("tidemark_forwarded_requests_total");

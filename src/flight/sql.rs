@@ -34,7 +34,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::handle::{self, HandleError, InfluxTicket, StatementHandle};
 use super::{database_of, query_status, FlightMetrics};
 use crate::context::NodeShared;
-use crate::query::engine::ResultStream;
+use crate::query::remote::{reads_measurements, sql_for, Batches, Names, Remote, Router};
 
 type DoGetStream = <TidemarkFlightSql as FlightService>::DoGetStream;
 
@@ -44,6 +44,7 @@ const CATALOG: &str = "tidemark";
 /// See the [module docs](self).
 pub struct TidemarkFlightSql {
     node: Arc<NodeShared>,
+    router: Router,
     metrics: Arc<FlightMetrics>,
     sql_info: SqlInfoData,
 }
@@ -52,6 +53,7 @@ impl TidemarkFlightSql {
     pub fn new(node: Arc<NodeShared>, metrics: Arc<FlightMetrics>) -> TidemarkFlightSql {
         TidemarkFlightSql {
             node,
+            router: Router::default(),
             metrics,
             sql_info: sql_info(),
         }
@@ -77,15 +79,22 @@ impl TidemarkFlightSql {
     }
 
     /// Plans, binds and starts `sql` in `database`; the result streams
-    /// batch by batch as DataFusion makes them.
+    /// batch by batch as DataFusion makes them. In a cluster, a query over
+    /// measurements runs where `routing.queries` sends HTTP queries
+    /// (`query::remote`); `token` is the client's, for the node it goes to.
     async fn run(
         &self,
         database: &str,
         sql: &str,
         params: Result<ParamValues, HandleError>,
+        token: Option<String>,
     ) -> Result<Response<DoGetStream>, Status> {
         let started = async {
             let params = params.map_err(handle_status)?;
+            let bound = match &params {
+                ParamValues::List(l) => !l.is_empty(),
+                ParamValues::Map(m) => !m.is_empty(),
+            };
             let engine = &self.node.query;
             let deadline = self.deadline();
             let ctx = engine.session_for(database);
@@ -95,19 +104,42 @@ impl TidemarkFlightSql {
                 .map_err(query_status)?;
             let plan = handle::bind(plan, params)
                 .map_err(|e| Status::invalid_argument(e.strip_backtrace()))?;
-            engine
-                .stream(&ctx, plan, deadline)
+            let target = if reads_measurements(&plan) {
+                self.router.route(&self.node).map_err(query_status)?
+            } else {
+                None
+            };
+            let Some(target) = target else {
+                let stream = engine
+                    .stream(&ctx, plan, deadline)
+                    .await
+                    .map_err(query_status)?;
+                return Ok((stream.schema(), Box::pin(stream) as Batches));
+            };
+            let sql = sql_for(sql, &plan, bound).map_err(query_status)?;
+            let remote = Remote {
+                sql: &sql,
+                database,
+                names: Names::Http,
+                token: token.as_deref(),
+            };
+            let (schema, batches) = self
+                .router
+                .fetch(&self.node, &target, remote, deadline)
                 .await
-                .map_err(query_status)
+                .map_err(query_status)?;
+            Ok((
+                schema,
+                Box::pin(futures::stream::iter(batches.into_iter().map(Ok))) as Batches,
+            ))
         };
-        let stream = match started.await {
+        let (schema, stream) = match started.await {
             Ok(s) => s,
             Err(status) => {
                 self.metrics.outcome("error");
                 return Err(status);
             }
         };
-        let schema = stream.schema();
         let counted = Counted {
             inner: stream,
             metrics: self.metrics.clone(),
@@ -120,7 +152,11 @@ impl TidemarkFlightSql {
         Ok(Response::new(Box::pin(data)))
     }
 
-    async fn run_handle(&self, bytes: &[u8]) -> Result<Response<DoGetStream>, Status> {
+    async fn run_handle(
+        &self,
+        bytes: &[u8],
+        token: Option<String>,
+    ) -> Result<Response<DoGetStream>, Status> {
         let h = match StatementHandle::from_bytes(bytes) {
             Ok(h) => h,
             Err(e) => {
@@ -129,7 +165,7 @@ impl TidemarkFlightSql {
             }
         };
         let params = h.param_values().map(ParamValues::from);
-        self.run(&h.database, &h.sql, params).await
+        self.run(&h.database, &h.sql, params, token).await
     }
 
     /// `DoGet` with InfluxDB 3's JSON ticket.
@@ -137,9 +173,10 @@ impl TidemarkFlightSql {
         &self,
         ticket: InfluxTicket,
         database: String,
+        token: Option<String>,
     ) -> Result<Response<DoGetStream>, Status> {
         let params = ticket.param_values().map(ParamValues::from);
-        self.run(&database, &ticket.sql_query, params).await
+        self.run(&database, &ticket.sql_query, params, token).await
     }
 
     /// A `FlightInfo` for `statement`: its schema, one endpoint (this
@@ -205,7 +242,7 @@ fn sql_info() -> SqlInfoData {
 /// A query's batches on their way to the encoder: counts rows and the
 /// query's outcome (`cancelled` if the client goes away before the end).
 struct Counted {
-    inner: ResultStream,
+    inner: Batches,
     metrics: Arc<FlightMetrics>,
     finished: bool,
 }
@@ -302,17 +339,20 @@ impl FlightSqlService for TidemarkFlightSql {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.run_handle(&ticket.statement_handle).await
+        let token = super::token(request.metadata());
+        self.run_handle(&ticket.statement_handle, token).await
     }
 
     async fn do_get_prepared_statement(
         &self,
         query: CommandPreparedStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        self.run_handle(&query.prepared_statement_handle).await
+        let token = super::token(request.metadata());
+        self.run_handle(&query.prepared_statement_handle, token)
+            .await
     }
 
     async fn do_action_create_prepared_statement(

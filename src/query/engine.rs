@@ -420,12 +420,17 @@ impl QueryEngine {
             }
         });
         let abort = AbortOnDrop(task.abort_handle());
-        let schema = first_rx
-            .await
-            .map_err(|_| QueryError::new(QueryErrorKind::Server, "the query task stopped"))??;
+        let schema = match tokio::time::timeout_at(deadline.into(), first_rx).await {
+            Ok(started) => started
+                .map_err(|_| QueryError::new(QueryErrorKind::Server, "the query task stopped"))??,
+            Err(_) => return Err(self.timed_out()),
+        };
         Ok(ResultStream {
             schema,
             batches: rx,
+            deadline: Box::pin(tokio::time::sleep_until(deadline.into())),
+            timeout_ms: self.settings.timeout_ms,
+            done: false,
             _abort: abort,
         })
     }
@@ -622,6 +627,11 @@ impl Drop for RunningQuery {
 pub struct ResultStream {
     schema: SchemaRef,
     batches: mpsc::Receiver<Result<RecordBatch, QueryError>>,
+    /// The receiving side keeps the deadline too: an operator that computes
+    /// for long without yielding holds up the pool task's own check.
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout_ms: u64,
+    done: bool,
     _abort: AbortOnDrop,
 }
 
@@ -638,7 +648,31 @@ impl futures::Stream for ResultStream {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
-        self.batches.poll_next_unpin(cx)
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.batches.poll_next_unpin(cx) {
+            Poll::Ready(item) => {
+                this.done = !matches!(item, Some(Ok(_)));
+                Poll::Ready(item)
+            }
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(QueryError::new(
+                        QueryErrorKind::Timeout,
+                        format!(
+                            "query timed out after {} ms (query.timeout_ms)",
+                            this.timeout_ms
+                        ),
+                    ))));
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 

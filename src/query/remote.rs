@@ -272,6 +272,50 @@ fn parse_response(raw: &[u8]) -> Result<(u16, &[u8]), String> {
     }
 }
 
+/// A query's result batches, from the pool or from another node.
+pub type Batches =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RecordBatch, QueryError>> + Send>>;
+
+/// Whether `plan` reads measurements (and so may run on another node):
+/// not only catalog tables (`pg_catalog`, `information_schema`), which a
+/// protocol answers where the query arrives.
+pub fn reads_measurements(plan: &datafusion::logical_expr::LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    use datafusion::logical_expr::LogicalPlan;
+    let mut measurements = false;
+    let mut catalog = false;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            match scan.table_name.schema() {
+                Some("pg_catalog" | "information_schema") => catalog = true,
+                _ => measurements = true,
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    measurements && !catalog
+}
+
+/// The SQL to send for `plan`: `sql` as the client wrote it, or, when
+/// parameters were bound into the plan, the plan written back as SQL.
+pub fn sql_for(
+    sql: &str,
+    plan: &datafusion::logical_expr::LogicalPlan,
+    bound: bool,
+) -> Result<String, QueryError> {
+    if !bound {
+        return Ok(sql.to_string());
+    }
+    datafusion::sql::unparser::plan_to_sql(plan)
+        .map(|s| s.to_string())
+        .map_err(|e| {
+            QueryError::new(
+                QueryErrorKind::Server,
+                format!("forwarding the query: {}", e.strip_backtrace()),
+            )
+        })
+}
+
 /// Waits at most this long for a forwarded query's connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
