@@ -355,3 +355,40 @@ fn every_column_kind_reads_back_in_text_and_binary() {
         assert_eq!(got[mode]["rows"], want, "{mode}");
     }
 }
+
+#[test]
+fn tls_is_offered_when_the_node_has_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(&dir.path().join("pki"), "node");
+    let (cert, key, ca) = (
+        format!("tls.cert={}", p.cert.display()),
+        format!("tls.key={}", p.key.display()),
+        format!("tls.ca={}", p.ca.display()),
+    );
+    let (_node, port) = pg_node(dir.path(), &["--set", &cert, "--set", &key, "--set", &ca]);
+    let conninfo = |mode: &str| {
+        let out = Command::new("psql")
+            .arg(format!(
+                "host=127.0.0.1 port={port} dbname=default user=u password=x sslmode={mode} sslrootcert={}",
+                p.ca.display()
+            ))
+            .args(["-X", "-At", "-c", "\\conninfo", "-c", "SELECT 1"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // The certificate checks out against the CA and the host name.
+    let tls = conninfo("verify-full");
+    assert!(tls.contains("SSL connection"), "{tls}");
+    // TLS is offered, not required.
+    let plain = conninfo("disable");
+    assert!(
+        !plain.contains("SSL connection") && plain.ends_with("1\n"),
+        "{plain}"
+    );
+}
