@@ -286,32 +286,9 @@ fn in_a_cluster_queries_go_where_routing_sends_http_queries() {
     use common::cluster::*;
     let dir = tempfile::tempdir().unwrap();
     let flight_port = free_port();
-    let mut s1 = Spec::new(1, true, true);
-    s1.extra.extend([
-        "routing.queries=readers".to_string(),
-        format!("flight.addr=127.0.0.1:{flight_port}"),
-    ]);
-    let n1 = start(dir.path(), &s1, true);
-    let mut s2 = Spec::new(2, false, true);
-    s2.seeds = vec![n1.proxy.addr()];
-    let n2 = start(dir.path(), &s2, true);
-    let v = agreed(&[&n1, &n2], 2, &[1, 2]);
-    assert_eq!(v["primary_writer"], 1, "{v}");
-    let body: String = (0..500)
-        .map(|i| format!("m,host=h{} id={i}i {}\n", i % 4, T0 + i * SEC))
-        .collect();
-    assert_eq!(n1.node.write_lp("r", &body).status, 204);
-    wait_for(
-        "the reader's rows",
-        std::time::Duration::from_secs(60),
-        || {
-            // The table appears on the reader with the first replicated rows.
-            let body = br#"{"sql": "SELECT count(*) FROM m"}"#;
-            let r = n2
-                .node
-                .req("POST", "/api/v1/query", &[("x-arc-database", "r")], body);
-            (r.status == 200 && r.json()["data"][0][0] == 500).then_some(())
-        },
+    let (n1, _n2) = writer_routing_to_a_reader(
+        dir.path(),
+        &[format!("flight.addr=127.0.0.1:{flight_port}")],
     );
     let before = n1.node.metric_sum("tidemark_forwarded_requests_total");
     let out = client(serde_json::json!({

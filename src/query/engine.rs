@@ -300,7 +300,7 @@ impl QueryEngine {
             },
             _ = monoio::time::sleep(limit) => error_output(
                 504,
-                &format!("query timed out after {} ms (query.timeout_ms)", self.settings.timeout_ms),
+                &self.timed_out().message,
                 format,
                 limit.as_millis(),
                 chrono::Utc::now(),
@@ -467,13 +467,7 @@ impl QueryEngine {
     }
 
     fn timed_out(&self) -> QueryError {
-        QueryError::new(
-            QueryErrorKind::Timeout,
-            format!(
-                "query timed out after {} ms (query.timeout_ms)",
-                self.settings.timeout_ms
-            ),
-        )
+        timed_out(self.settings.timeout_ms)
     }
 
     /// The pool's runtime: protocol servers run their connections on it.
@@ -544,6 +538,13 @@ pub fn read_only() -> SQLOptions {
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false)
+}
+
+fn timed_out(timeout_ms: u64) -> QueryError {
+    QueryError::new(
+        QueryErrorKind::Timeout,
+        format!("query timed out after {timeout_ms} ms (query.timeout_ms)"),
+    )
 }
 
 /// What made a query fail, for each protocol to map to its own codes.
@@ -662,13 +663,7 @@ impl futures::Stream for ResultStream {
             Poll::Pending => {
                 if this.deadline.as_mut().poll(cx).is_ready() {
                     this.done = true;
-                    return Poll::Ready(Some(Err(QueryError::new(
-                        QueryErrorKind::Timeout,
-                        format!(
-                            "query timed out after {} ms (query.timeout_ms)",
-                            this.timeout_ms
-                        ),
-                    ))));
+                    return Poll::Ready(Some(Err(timed_out(this.timeout_ms))));
                 }
                 Poll::Pending
             }
@@ -704,13 +699,7 @@ impl futures::Stream for LimitedStream {
         }
         if this.deadline.as_mut().poll(cx).is_ready() {
             this.done = true;
-            return Poll::Ready(Some(Err(QueryError::new(
-                QueryErrorKind::Timeout,
-                format!(
-                    "query timed out after {} ms (query.timeout_ms)",
-                    this.timeout_ms
-                ),
-            ))));
+            return Poll::Ready(Some(Err(timed_out(this.timeout_ms))));
         }
         match this.inner.poll_next_unpin(cx) {
             Poll::Pending => Poll::Pending,

@@ -238,3 +238,38 @@ pub fn ids_on(node: &Node, db: &str, table: &str) -> Option<std::collections::BT
             .collect()
     })
 }
+
+/// A writer (node 1, `routing.queries = readers`, plus `writer_extra`
+/// settings) and a reader (node 2), with 500 rows of `r.m` (`host`, `id`
+/// 0..500) written to the writer and replicated to the reader: for tests of
+/// queries the writer sends to the reader.
+pub fn writer_routing_to_a_reader(root: &Path, writer_extra: &[String]) -> (Member, Member) {
+    let mut s1 = Spec::new(1, true, true);
+    s1.extra.push("routing.queries=readers".to_string());
+    s1.extra.extend(writer_extra.iter().cloned());
+    let n1 = start(root, &s1, true);
+    let mut s2 = Spec::new(2, false, true);
+    s2.seeds = vec![n1.proxy.addr()];
+    let n2 = start(root, &s2, true);
+    let v = agreed(&[&n1, &n2], 2, &[1, 2]);
+    assert_eq!(v["primary_writer"], 1, "{v}");
+    let body: String = (0..500i64)
+        .map(|i| {
+            format!(
+                "m,host=h{} id={i}i {}\n",
+                i % 4,
+                1_700_000_000_000_000_000 + i * 1_000_000_000
+            )
+        })
+        .collect();
+    assert_eq!(n1.node.write_lp("r", &body).status, 204);
+    wait_for("the reader's rows", Duration::from_secs(60), || {
+        // The table appears on the reader with the first replicated rows.
+        let body = br#"{"sql": "SELECT count(*) FROM m"}"#;
+        let r = n2
+            .node
+            .req("POST", "/api/v1/query", &[("x-arc-database", "r")], body);
+        (r.status == 200 && r.json()["data"][0][0] == 500).then_some(())
+    });
+    (n1, n2)
+}
