@@ -18,6 +18,7 @@ pub mod date_trunc;
 pub mod dedup;
 pub mod engine;
 pub mod json;
+pub mod pg_names;
 pub mod remote;
 pub mod table;
 

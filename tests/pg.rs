@@ -177,6 +177,20 @@ fn psql_and_psycopg_get_the_oracles_answers() {
             "usage_user"
         ]
     );
+    // Grafana's pickers: the measurement (schema-qualified), its columns.
+    let tables = got["grafana_tables"].as_array().unwrap();
+    assert!(
+        tables.iter().any(|t| t == "cpu" || t == "public.cpu"),
+        "{tables:?}"
+    );
+    assert!(
+        got["grafana_columns"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["usage_user", "double precision"])),
+        "{}",
+        got["grafana_columns"]
+    );
     assert_eq!(got["missing_table"], "42P01");
     assert_eq!(got["after_error"], 21000);
     assert!(got["server_version"].as_i64().unwrap() >= 160000);

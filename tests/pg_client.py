@@ -15,6 +15,43 @@ import psycopg
 req = json.load(sys.stdin)
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
+# What Grafana's PostgreSQL data source sends for its table picker.
+GRAFANA_TABLES = """SELECT
+  CASE WHEN
+    quote_ident(table_schema) IN (
+    SELECT
+      CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+    FROM
+      generate_series(
+        array_lower(string_to_array(current_setting('search_path'),','),1),
+        array_upper(string_to_array(current_setting('search_path'),','),1)
+      ) as i,
+      string_to_array(current_setting('search_path'),',') s
+    )
+  THEN quote_ident(table_name)
+  ELSE quote_ident(table_schema) || '.' || quote_ident(table_name)
+  END AS "table"
+  FROM information_schema.tables
+  WHERE quote_ident(table_schema) NOT IN ('information_schema',
+                           'pg_catalog',
+                           '_timescaledb_cache',
+                           '_timescaledb_catalog',
+                           '_timescaledb_internal',
+                           '_timescaledb_config',
+                           'timescaledb_information',
+                           'timescaledb_experimental')
+  ORDER BY CASE WHEN
+    quote_ident(table_schema) IN (
+    SELECT
+      CASE WHEN trim(s[i]) = '"$user"' THEN user ELSE trim(s[i]) END
+    FROM
+      generate_series(
+        array_lower(string_to_array(current_setting('search_path'),','),1),
+        array_upper(string_to_array(current_setting('search_path'),','),1)
+      ) as i,
+      string_to_array(current_setting('search_path'),',') s
+    ) THEN 0 ELSE 1 END, 1"""
+
 
 def norm(v):
     if isinstance(v, datetime.datetime):
@@ -170,6 +207,17 @@ with connect(req.get("password", "anything")) as conn:
             ).fetchall()
         ],
     }
+    # Grafana's PostgreSQL data source: its table picker, then its
+    # column picker for the table chosen.
+    out["grafana_tables"] = [r[0] for r in conn.execute(GRAFANA_TABLES).fetchall()]
+    out["grafana_columns"] = [
+        list(r)
+        for r in conn.execute(
+            "SELECT quote_ident(column_name) AS \"column\", data_type AS \"type\" "
+            "FROM information_schema.columns WHERE quote_ident(table_name) = 'cpu' "
+            "ORDER BY 1"
+        ).fetchall()
+    ]
     # A query error keeps the connection usable.
     try:
         conn.execute("SELECT * FROM no_such_table")

@@ -500,16 +500,11 @@ impl QueryEngine {
         ctx
     }
 
-    /// A new session for `database` with PostgreSQL's names: catalog
-    /// `database` (its measurements in schema `public`, every other
-    /// database a schema of its name) and `information_schema`.
+    /// A new session for `database` with PostgreSQL's names (see
+    /// `super::pg_names`).
     pub fn pg_session(&self, database: &str) -> SessionContext {
-        let catalog = Arc::new(super::table::PgDatabase {
-            database: database.to_string(),
-            engine: self.arc(),
-            registered: std::sync::RwLock::new(HashMap::new()),
-        });
-        self.session_with(database, "public", catalog, true)
+        let catalog = Arc::new(super::pg_names::PgDatabase::new(database, self.arc()));
+        self.session_with(database, "public", catalog, false)
     }
 
     /// The tables of `database`, built per query.

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::AsArray;
@@ -788,68 +788,5 @@ impl SchemaProvider for DatabaseSchema {
 
     fn table_exist(&self, name: &str) -> bool {
         TableKey::new(&self.database, name).is_ok_and(|k| self.engine.catalog().get(&k).is_some())
-    }
-}
-
-/// A database named the way PostgreSQL clients name it: schema `public` is the
-/// database's measurements, every other database a schema of its name,
-/// plus `pg_catalog` (and `information_schema`, added by DataFusion).
-pub struct PgDatabase {
-    pub database: String,
-    pub engine: Arc<QueryEngine>,
-    pub registered: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
-}
-
-impl fmt::Debug for PgDatabase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PgDatabase")
-            .field("database", &self.database)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CatalogProvider for PgDatabase {
-    fn schema_names(&self) -> Vec<String> {
-        let mut names = vec!["public".to_string()];
-        names.extend(
-            self.engine
-                .databases()
-                .into_iter()
-                .filter(|d| *d != self.database && d != "public"),
-        );
-        names.extend(
-            self.registered
-                .read()
-                .expect("schemas lock")
-                .keys()
-                .cloned(),
-        );
-        names
-    }
-
-    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        if let Some(s) = self.registered.read().expect("schemas lock").get(name) {
-            return Some(s.clone());
-        }
-        if name == "public" {
-            return Some(self.engine.database_schema(&self.database));
-        }
-        self.engine
-            .databases()
-            .iter()
-            .any(|d| d == name)
-            .then(|| self.engine.database_schema(name))
-    }
-
-    fn register_schema(
-        &self,
-        name: &str,
-        schema: Arc<dyn SchemaProvider>,
-    ) -> datafusion::common::Result<Option<Arc<dyn SchemaProvider>>> {
-        Ok(self
-            .registered
-            .write()
-            .expect("schemas lock")
-            .insert(name.to_string(), schema))
     }
 }
