@@ -146,7 +146,6 @@ pub fn query_status(e: QueryError) -> Status {
     match e.kind {
         QueryErrorKind::Client | QueryErrorKind::TooManyRows => Status::invalid_argument(e.message),
         QueryErrorKind::Timeout => Status::deadline_exceeded(e.message),
-        QueryErrorKind::Cancelled => Status::cancelled(e.message),
         QueryErrorKind::Resources => Status::resource_exhausted(e.message),
         QueryErrorKind::Server => Status::internal(e.message),
     }
@@ -187,13 +186,6 @@ fn token(metadata: &MetadataMap) -> Option<String> {
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Checks readiness and (with auth on) the token; returns the token.
 fn admit(node: &NodeShared, metadata: &MetadataMap) -> Result<Option<String>, Status> {
     if !node.is_ready() {
@@ -207,7 +199,7 @@ fn admit(node: &NodeShared, metadata: &MetadataMap) -> Result<Option<String>, St
         None => Err(Status::unauthenticated(
             "missing API token: send gRPC metadata `authorization: Bearer <token>` (or Handshake with Basic auth, the token as password)",
         )),
-        Some(t) if node.tokens.iter().any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) => {
+        Some(t) if node.tokens.iter().any(|k| crate::http::auth::constant_time_eq(k.as_bytes(), t.as_bytes())) => {
             Ok(Some(t))
         }
         Some(_) => Err(Status::unauthenticated("invalid API token")),
@@ -370,9 +362,6 @@ mod tests {
             Some("s3cret")
         );
         assert_eq!(token(&md(&[])), None);
-        assert!(constant_time_eq(b"abc", b"abc"));
-        assert!(!constant_time_eq(b"abc", b"abd"));
-        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
     #[test]
@@ -381,7 +370,6 @@ mod tests {
         assert_eq!(s(QueryErrorKind::Client), tonic::Code::InvalidArgument);
         assert_eq!(s(QueryErrorKind::TooManyRows), tonic::Code::InvalidArgument);
         assert_eq!(s(QueryErrorKind::Timeout), tonic::Code::DeadlineExceeded);
-        assert_eq!(s(QueryErrorKind::Cancelled), tonic::Code::Cancelled);
         assert_eq!(s(QueryErrorKind::Resources), tonic::Code::ResourceExhausted);
         assert_eq!(s(QueryErrorKind::Server), tonic::Code::Internal);
     }

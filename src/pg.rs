@@ -4,8 +4,9 @@
 //!
 //! The protocol is `pgwire`'s; result encoding (text and binary, every Arrow
 //! type) is `arrow-pg`'s; the `pg_catalog` tables and the rewrites of the
-//! catalog queries clients send are `datafusion-pg-catalog`'s; `SET`, `SHOW`
-//! and transaction statements are answered by `datafusion-postgres`'s hooks.
+//! catalog queries clients send are `datafusion-pg-catalog`'s; client
+//! settings (`SET application_name`, `SET TIME ZONE`) and transaction
+//! statements are answered by `datafusion-postgres`'s hooks.
 //! What is tidemark's: every other statement runs through
 //! [`QueryEngine::plan_statement`] and [`QueryEngine::stream`], so the
 //! same read-only rules, timeout, row limit, memory limit and cancellation
@@ -24,8 +25,8 @@
 //! Auth: with `auth.enabled`, a connection must send one of the API tokens
 //! as its password (cleartext password auth; use TLS); the user name is not
 //! checked. With auth off, any user and password are accepted. TLS is
-//! offered when `tls.cert` and `tls.key` are set (no client certificate is
-//! asked of SQL clients).
+//! offered when `tls.*` is set (the node's certificate; no client
+//! certificate is asked of SQL clients).
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -34,14 +35,11 @@ use std::time::{Duration, Instant};
 
 use arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use async_trait::async_trait;
-use datafusion::arrow::array::{Array, ArrayRef, StringArray};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{DataFusionError, ParamValues};
-use datafusion::logical_expr::{ColumnarValue, LogicalPlan, ScalarUDF, Volatility};
+use datafusion::common::ParamValues;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::Statement;
-use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
-use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
 use datafusion_postgres::datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use datafusion_postgres::hooks::set_show::SetShowHook;
 use datafusion_postgres::hooks::transactions::TransactionStatementHook;
@@ -56,7 +54,7 @@ use pgwire::api::auth::{
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use pgwire::api::results::{FieldInfo, QueryResponse, Response};
+use pgwire::api::results::{DataRowEncoder, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::QueryParser;
 use pgwire::api::store::PortalStore;
 use pgwire::api::{
@@ -71,15 +69,8 @@ use pgwire::types::format::FormatOptions;
 
 use crate::context::NodeShared;
 use crate::query::engine::{QueryError, QueryErrorKind};
+use crate::query::pg_names;
 use crate::query::remote::{reads_measurements, sql_for, Batches, Names, Remote, Router};
-
-/// The connection's token (auth on), in its metadata.
-const TOKEN: &str = "tidemark.token";
-
-/// The PostgreSQL version tidemark answers as (`server_version`,
-/// `version()`): clients gate features on it.
-const PG_VERSION: &str = "16.6";
-const PG_VERSION_NUM: &str = "160006";
 
 /// Binds `pg.addr` and serves it from a thread of its own; the queries run
 /// on the query pool (see [`QueryEngine::stream`]).
@@ -135,21 +126,16 @@ async fn serve(
     }
 }
 
-/// TLS for SQL clients when `tls.cert` and `tls.key` are set: the node's
-/// certificate, no client certificate asked.
+/// TLS for SQL clients when `tls.*` is set: the node's certificate, no
+/// client certificate asked (the CA, `tls.ca`, is for nodes).
 fn tls_acceptor(
     cfg: &crate::config::TlsConfig,
 ) -> anyhow::Result<Option<pgwire::tokio::TlsAcceptor>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    // Validated: all of tls.* or none.
     let (Some(cert), Some(key)) = (&cfg.cert, &cfg.key) else {
         return Ok(None);
     };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)?
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let (certs, key) = crate::tls::load_cert_and_key(cert, key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -173,6 +159,12 @@ struct PgMetrics {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct OutcomeLabel {
     outcome: &'static str,
+}
+
+impl PgMetrics {
+    fn outcome(&self, outcome: &'static str) {
+        self.queries.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
 }
 
 /// The server's handlers, shared by every connection.
@@ -214,10 +206,9 @@ impl Handlers {
         Handlers {
             service: Arc::new(QueryService {
                 node: node.clone(),
-                router: Router::default(),
+                router: Arc::new(Router::default()),
                 parser: Arc::new(Parser {
                     node: node.clone(),
-                    contexts: Contexts::default(),
                     sql: PostgresCompatibilityParser::new(),
                 }),
                 cancels: cancels.clone(),
@@ -255,7 +246,11 @@ impl PgWireServerHandlers for Handlers {
 
 fn server_parameters() -> DefaultServerParameterProvider {
     let mut p = DefaultServerParameterProvider::default();
-    p.server_version = format!("{PG_VERSION} (tidemark {})", env!("CARGO_PKG_VERSION"));
+    p.server_version = format!(
+        "{} (tidemark {})",
+        pg_names::PG_VERSION,
+        env!("CARGO_PKG_VERSION")
+    );
     p
 }
 
@@ -299,7 +294,7 @@ impl StartupHandler for Startup {
                         ))
                         .await?;
                 } else {
-                    self.accept(client).await?;
+                    self.accept(client, None).await?;
                 }
             }
             PgWireFrontendMessage::PasswordMessageFamily(pwd) => {
@@ -308,7 +303,7 @@ impl StartupHandler for Startup {
                 if tokens.iter().any(|t| {
                     crate::http::auth::constant_time_eq(t.as_bytes(), pwd.password.as_bytes())
                 }) {
-                    self.accept(client).await?;
+                    self.accept(client, Some(pwd.password)).await?;
                 } else {
                     self.metrics.auth_failures.inc();
                     let user = client
@@ -330,16 +325,41 @@ impl StartupHandler for Startup {
 }
 
 impl Startup {
-    async fn accept<C>(&self, client: &mut C) -> PgWireResult<()>
+    async fn accept<C>(&self, client: &mut C, token: Option<String>) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send,
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        // In the session's extensions, which a client cannot set (its
+        // startup parameters go to the metadata).
+        client.session_extensions().insert(Authenticated { token });
         let (pid, key) = self.keys.generate(client);
         client.set_pid_and_secret_key(pid, key);
         finish_authentication(client, &self.params).await
     }
+}
+
+/// Set on a connection once its startup (and password) went through,
+/// with the token it gave (for queries forwarded to another node).
+#[derive(Debug)]
+struct Authenticated {
+    token: Option<String>,
+}
+
+/// Refuses statements on a connection that did not authenticate (a client
+/// that goes on sending after a refused password).
+fn authenticated(client: &(impl ClientInfo + ?Sized)) -> PgWireResult<Arc<Authenticated>> {
+    client
+        .session_extensions()
+        .get::<Authenticated>()
+        .ok_or_else(|| {
+            PgWireError::UserError(Box::new(ErrorInfo::new(
+                "FATAL".into(),
+                "28000".into(),
+                "the connection is not authenticated".into(),
+            )))
+        })
 }
 
 /// Cancel requests: per backend pid, the secret key and the cancel signal
@@ -350,16 +370,26 @@ struct Cancels {
 }
 
 impl Cancels {
-    /// A statement of connection `client` starts: the receiver fires when
-    /// a cancel request names it.
-    fn start(&self, client: &dyn ClientInfo) -> oneshot::Receiver<()> {
-        let (pid, key) = client.pid_and_secret_key();
+    /// A statement of backend `pid` starts: the receiver fires when a
+    /// cancel request names it.
+    fn start(&self, pid: i32, key: bytes::Bytes) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
         self.running
             .lock()
             .expect("cancels lock")
-            .insert(pid, (key.to_bytes(), tx));
+            .insert(pid, (key, tx));
         rx
+    }
+
+    /// The statement `rx` was started for has ended.
+    fn end(&self, pid: i32, rx: &oneshot::Receiver<()>) {
+        let mut running = self.running.lock().expect("cancels lock");
+        if running
+            .get(&pid)
+            .is_some_and(|(_, tx)| tx.is_connected_to(rx))
+        {
+            running.remove(&pid);
+        }
     }
 }
 
@@ -378,83 +408,7 @@ impl CancelHandler for Cancels {
     }
 }
 
-/// Per database, a session with the `pg_catalog` tables set up (built once:
-/// the tables of a session are built per query, see `DatabaseSchema`).
-#[derive(Default)]
-struct Contexts(Mutex<HashMap<String, Arc<SessionContext>>>);
-
-impl Debug for Contexts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Contexts")
-    }
-}
-
-/// `version()` and `current_setting(name)` as PostgreSQL answers them.
-fn pg_udfs() -> [ScalarUDF; 2] {
-    let version = format!(
-        "PostgreSQL {PG_VERSION} (tidemark {}, Apache DataFusion {})",
-        env!("CARGO_PKG_VERSION"),
-        datafusion::DATAFUSION_VERSION
-    );
-    let version_udf = datafusion::logical_expr::create_udf(
-        "version",
-        vec![],
-        DataType::Utf8,
-        Volatility::Stable,
-        Arc::new(move |_args: &[ColumnarValue]| {
-            Ok(ColumnarValue::Scalar(
-                datafusion::common::ScalarValue::Utf8(Some(version.clone())),
-            ))
-        }),
-    );
-    let setting_udf = datafusion::logical_expr::create_udf(
-        "current_setting",
-        vec![DataType::Utf8],
-        DataType::Utf8,
-        Volatility::Stable,
-        Arc::new(|args: &[ColumnarValue]| {
-            let names = ColumnarValue::values_to_arrays(args)?;
-            let names = names[0]
-                .as_any()
-                .downcast_ref::<StringArray>()
-                .ok_or_else(|| DataFusionError::Execution("current_setting takes text".into()))?;
-            let mut out = Vec::with_capacity(names.len());
-            for name in names.iter() {
-                out.push(match name {
-                    None => None,
-                    Some(n) => Some(setting(n).ok_or_else(|| {
-                        DataFusionError::Execution(format!(
-                            "unrecognized configuration parameter \"{n}\""
-                        ))
-                    })?),
-                });
-            }
-            Ok(ColumnarValue::Array(
-                Arc::new(StringArray::from(out)) as ArrayRef
-            ))
-        }),
-    );
-    [version_udf, setting_udf]
-}
-
-/// The settings `current_setting` answers.
-fn setting(name: &str) -> Option<&'static str> {
-    Some(match name.to_ascii_lowercase().as_str() {
-        "search_path" => "public",
-        "server_version" => PG_VERSION,
-        "server_version_num" => PG_VERSION_NUM,
-        "timezone" => "UTC",
-        "datestyle" => "ISO, YMD",
-        "server_encoding" | "client_encoding" => "UTF8",
-        "standard_conforming_strings" => "on",
-        "default_transaction_read_only" | "transaction_read_only" => "on",
-        "max_identifier_length" => "63",
-        "integer_datetimes" => "on",
-        _ => return None,
-    })
-}
-
-/// A parsed statement of the extended protocol.
+/// A parsed statement.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     statement: Statement,
@@ -464,19 +418,23 @@ pub struct Prepared {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    /// A query, planned (with its parameters as placeholders).
-    Query(LogicalPlan),
-    /// `SET`, `SHOW`, `BEGIN`, `COMMIT`...: answered by the hooks.
-    Session,
-    /// Refused (DDL, DML...), with this error at execution.
-    Refused(String, String),
+    /// A query, planned (with its parameters as placeholders), and how
+    /// long the planning took (of the statement's `query.timeout_ms`).
+    Query(LogicalPlan, Duration),
+    /// `SET` of a client setting, or a transaction statement: the hooks.
+    Hooked,
+    /// `SHOW name`: one text column named `name`.
+    Show(String),
+    /// `SET` that changes nothing here: answered `SET`.
+    Ignored,
+    /// Refused with this SQLSTATE and message.
+    Refused(&'static str, String),
 }
 
 /// Parses and plans statements, per connection database.
 #[derive(Debug)]
 struct Parser {
     node: Arc<NodeShared>,
-    contexts: Contexts,
     sql: PostgresCompatibilityParser,
 }
 
@@ -490,24 +448,16 @@ impl Parser {
             .unwrap_or_else(|| self.node.config.http.default_database.clone())
     }
 
-    /// The session of `database`, built on first use.
     fn context(&self, database: &str) -> PgWireResult<Arc<SessionContext>> {
-        if let Err(e) = tidemark_shards::schema::validate_database_name(database) {
-            return Err(user_error("3D000", format!("database \"{database}\": {e}")));
-        }
-        let mut all = self.contexts.0.lock().expect("contexts lock");
-        if let Some(c) = all.get(database) {
-            return Ok(c.clone());
-        }
-        let ctx = self.node.query.pg_session(database);
-        setup_pg_catalog(&ctx, database, EmptyContextProvider)
-            .map_err(|e| user_error("XX000", format!("setting up pg_catalog: {e}")))?;
-        for udf in pg_udfs() {
-            ctx.register_udf(udf);
-        }
-        let ctx = Arc::new(ctx);
-        all.insert(database.to_string(), ctx.clone());
-        Ok(ctx)
+        self.node
+            .query
+            .pg_context(database)
+            .map_err(|e| match e.kind {
+                QueryErrorKind::Client => {
+                    user_error("3D000", format!("database \"{database}\": {e}"))
+                }
+                _ => pg_error(e),
+            })
     }
 
     fn parse(&self, sql: &str) -> PgWireResult<Vec<Statement>> {
@@ -521,20 +471,19 @@ impl Parser {
         let kind = match classify(&statement) {
             Class::Query => {
                 let ctx = self.context(&database)?;
-                let deadline = Instant::now() + self.timeout();
+                let started = Instant::now();
                 let plan = self
                     .node
                     .query
-                    .plan_statement(&ctx, statement.clone(), deadline)
+                    .plan_statement(&ctx, statement.clone(), started + self.timeout())
                     .await
                     .map_err(pg_error)?;
-                Kind::Query(plan)
+                Kind::Query(plan, started.elapsed())
             }
-            Class::Session => Kind::Session,
-            Class::Refused(what) => Kind::Refused(
-                "25006".into(),
-                format!("cannot execute {what}: tidemark's SQL is read-only (write with the line protocol or MessagePack endpoints over HTTP)"),
-            ),
+            Class::Hooked => Kind::Hooked,
+            Class::Show(name) => Kind::Show(name),
+            Class::Ignored => Kind::Ignored,
+            Class::Refused(code, message) => Kind::Refused(code, message),
         };
         Ok(Prepared {
             statement,
@@ -552,23 +501,58 @@ impl Parser {
 #[derive(Debug, PartialEq)]
 enum Class {
     Query,
-    Session,
-    Refused(String),
+    Hooked,
+    Show(String),
+    Ignored,
+    Refused(&'static str, String),
 }
 
+/// The client settings `SET` keeps on the connection (the hooks answer
+/// them; nothing else changes).
+const CLIENT_SETTINGS: [&str; 7] = [
+    "application_name",
+    "datestyle",
+    "bytea_output",
+    "intervalstyle",
+    "extra_float_digits",
+    "search_path",
+    "statement_timeout",
+];
+
 fn classify(statement: &Statement) -> Class {
+    use datafusion::sql::sqlparser::ast::Set;
     match statement {
         Statement::Query(_)
         | Statement::Explain { .. }
         | Statement::ShowTables { .. }
         | Statement::ShowColumns { .. } => Class::Query,
-        Statement::Set(_)
-        | Statement::ShowVariable { .. }
-        | Statement::ShowStatus { .. }
-        | Statement::ShowCatalogs { .. }
-        | Statement::StartTransaction { .. }
+        Statement::StartTransaction { .. }
         | Statement::Commit { .. }
-        | Statement::Rollback { .. } => Class::Session,
+        | Statement::Rollback { .. } => Class::Hooked,
+        Statement::Set(Set::SetTimeZone { .. }) => Class::Hooked,
+        Statement::Set(Set::SingleAssignment { variable, .. }) => {
+            let name = variable.to_string().to_ascii_lowercase();
+            if CLIENT_SETTINGS.contains(&name.as_str()) {
+                Class::Hooked
+            } else if name.starts_with("datafusion.") {
+                // The engine's settings (memory pool, partitions) are the
+                // node's, under `query.*`, shared by every session.
+                Class::Refused(
+                    "42501",
+                    format!("permission denied to set parameter \"{name}\": the query engine is configured by the node (query.*)"),
+                )
+            } else {
+                Class::Ignored
+            }
+        }
+        Statement::Set(_) => Class::Ignored,
+        Statement::ShowVariable { variable } => Class::Show(
+            variable
+                .iter()
+                .map(|v| v.value.to_ascii_lowercase())
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
         other => {
             // The statement's leading keywords name it (`CREATE TABLE`, `INSERT`).
             let text = other.to_string();
@@ -577,7 +561,20 @@ fn classify(statement: &Statement) -> Class {
                 .take_while(|w| w.chars().all(|c| c.is_ascii_alphabetic()))
                 .take(2)
                 .collect();
-            Class::Refused(what.join(" ").to_ascii_uppercase())
+            let what = what.join(" ").to_ascii_uppercase();
+            let first = what.split(' ').next().unwrap_or_default();
+            const WRITES: [&str; 13] = [
+                "CREATE", "DROP", "ALTER", "INSERT", "UPDATE", "DELETE", "MERGE", "TRUNCATE",
+                "COPY", "GRANT", "REVOKE", "COMMENT", "VACUUM",
+            ];
+            if WRITES.contains(&first) {
+                Class::Refused(
+                    "25006",
+                    format!("cannot execute {what}: tidemark's SQL is read-only (write with the line protocol or MessagePack endpoints over HTTP)"),
+                )
+            } else {
+                Class::Refused("0A000", format!("{what} is not supported"))
+            }
         }
     }
 }
@@ -595,7 +592,7 @@ fn pg_error(e: QueryError) -> PgWireError {
     let code = match e.kind {
         QueryErrorKind::Client => client_code(&e.message),
         QueryErrorKind::TooManyRows => "54000",
-        QueryErrorKind::Timeout | QueryErrorKind::Cancelled => "57014",
+        QueryErrorKind::Timeout => "57014",
         QueryErrorKind::Resources => "53200",
         QueryErrorKind::Server => "XX000",
     };
@@ -620,12 +617,12 @@ fn client_code(message: &str) -> &'static str {
     }
 }
 
-/// Runs statements: queries through the engine, session statements
-/// through the hooks.
+/// Runs statements: queries through the engine (here or, in a cluster,
+/// where routing sends them), session statements here.
 #[derive(Debug)]
 struct QueryService {
     node: Arc<NodeShared>,
-    router: Router,
+    router: Arc<Router>,
     parser: Arc<Parser>,
     cancels: Arc<Cancels>,
     metrics: Arc<PgMetrics>,
@@ -633,25 +630,25 @@ struct QueryService {
 
 impl QueryService {
     fn outcome(&self, ok: bool) {
-        let outcome = if ok { "ok" } else { "error" };
-        self.metrics
-            .queries
-            .get_or_create(&OutcomeLabel { outcome })
-            .inc();
+        self.metrics.outcome(if ok { "ok" } else { "error" });
     }
 
-    /// Runs a planned query and streams its rows, encoded as `format`.
-    /// Runs a planned query and streams its rows, encoded as `format`:
-    /// here, or (in a cluster) on the node `routing.queries` picks.
-    /// `statement` is the query as parsed; `bound` says its plan had
-    /// parameters, now bound (the text then no longer says all of it).
-    async fn run(
+    /// A response for a planned query; the query starts when the client
+    /// is sent its first row (so statements of one query string run one
+    /// after the other) and runs here or, in a cluster, on the node
+    /// `routing.queries` picks. `statement` is the query as parsed;
+    /// `bound` says its plan had parameters, now bound (the text then no
+    /// longer says all of it); `planned_in` counts against the timeout.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
         &self,
         client: &(dyn ClientInfo + Send + Sync),
+        auth: &Authenticated,
         database: &str,
         statement: &Statement,
         plan: LogicalPlan,
         bound: bool,
+        planned_in: Duration,
         format: &Format,
     ) -> PgWireResult<Response> {
         if !self.node.is_ready() {
@@ -660,48 +657,46 @@ impl QueryService {
                 "the node is not ready (recovering or shutting down)".into(),
             ));
         }
-        let deadline = Instant::now() + self.parser.timeout();
-        let target = if reads_measurements(&plan) {
-            self.router.route(&self.node).map_err(pg_error)?
-        } else {
-            None
-        };
-        let (schema, batches): (_, Batches) = match target {
-            None => {
-                let ctx = self.parser.context(database)?;
-                let stream = self
-                    .node
-                    .query
-                    .stream(&ctx, plan, deadline)
-                    .await
-                    .map_err(pg_error)?;
-                (stream.schema(), Box::pin(stream))
-            }
-            Some(target) => {
-                let sql = sql_for(&statement.to_string(), &plan, bound).map_err(pg_error)?;
-                let remote = Remote {
-                    sql: &sql,
-                    database,
-                    names: Names::Postgres,
-                    token: client.metadata().get(TOKEN).map(String::as_str),
-                };
-                let (schema, batches) = self
-                    .router
-                    .fetch(&self.node, &target, remote, deadline)
-                    .await
-                    .map_err(pg_error)?;
-                (
-                    schema,
-                    Box::pin(futures::stream::iter(batches.into_iter().map(Ok))),
-                )
-            }
-        };
         let options = Arc::new(FormatOptions::from_client_metadata(client.metadata()));
-        let fields = Arc::new(arrow_schema_to_pg_fields(&schema, format, Some(options))?);
-        let cancel = self.cancels.start(client);
+        let fields = Arc::new(arrow_schema_to_pg_fields(
+            plan.schema().as_arrow(),
+            format,
+            Some(options),
+        )?);
+        let routed = reads_measurements(&plan);
+        let sql = if routed {
+            sql_for(&statement.to_string(), &plan, bound).map_err(pg_error)?
+        } else {
+            String::new()
+        };
+        let ctx = self.parser.context(database)?;
+        let (node, router) = (self.node.clone(), self.router.clone());
+        let (database, token) = (database.to_string(), auth.token.clone());
+        let timeout = self.parser.timeout().saturating_sub(planned_in);
+        let start = async move {
+            let deadline = Instant::now() + timeout;
+            let target = if routed { router.route(&node)? } else { None };
+            let Some(target) = target else {
+                let stream = node.query.stream(&ctx, plan, deadline).await?;
+                return Ok(Box::pin(stream) as Batches);
+            };
+            let remote = Remote {
+                sql: &sql,
+                database: &database,
+                names: Names::Postgres,
+                token: token.as_deref(),
+            };
+            let (_, batches) = router.fetch(&node, &target, remote, deadline).await?;
+            Ok(Box::pin(futures::stream::iter(batches.into_iter().map(Ok))) as Batches)
+        };
+        let (pid, key) = client.pid_and_secret_key();
         let rows = Rows {
-            stream: batches,
-            cancel,
+            start: Some(Box::pin(start)),
+            stream: None,
+            cancel: None,
+            cancels: self.cancels.clone(),
+            pid,
+            key: key.to_bytes(),
             fields: fields.clone(),
             rows: None,
             metrics: self.metrics.clone(),
@@ -710,47 +705,47 @@ impl QueryService {
         Ok(Response::Query(QueryResponse::new(fields, rows)))
     }
 
-    /// Answers a `SET`/`SHOW`/transaction statement with the hooks.
-    async fn session<C>(
-        &self,
-        client: &mut C,
-        statement: &Statement,
-        database: &str,
-    ) -> PgWireResult<Response>
+    /// Answers a statement that is not a query.
+    async fn answer<C>(&self, client: &mut C, p: &Prepared) -> PgWireResult<Response>
     where
         C: HookClient,
     {
-        let ctx = self.parser.context(database)?;
-        // SHOW of a setting tidemark knows (`SHOW search_path`).
-        if let Statement::ShowVariable { variable } = statement {
-            let name = variable
-                .iter()
-                .map(|v| v.value.as_str())
-                .collect::<Vec<_>>()
-                .join(" ");
-            if let Some(v) = setting(&name) {
-                return Ok(Response::Query(single_value(&name, v)?));
+        let r = match &p.kind {
+            Kind::Show(name) => match pg_names::setting(name) {
+                Some(v) => single_value(name, v).map(Response::Query),
+                None => Err(user_error(
+                    "42704",
+                    format!("unrecognized configuration parameter \"{name}\""),
+                )),
+            },
+            Kind::Ignored => Ok(Response::Execution(Tag::new("SET"))),
+            Kind::Refused(code, message) => Err(user_error(code, message.clone())),
+            Kind::Hooked => {
+                let ctx = self.parser.context(&p.database)?;
+                let hooks: [&dyn QueryHook; 2] = [&SetShowHook, &TransactionStatementHook];
+                let mut answer = None;
+                for hook in hooks {
+                    if let Some(r) = hook.handle_simple_query(&p.statement, &ctx, client).await {
+                        answer = Some(r);
+                        break;
+                    }
+                }
+                answer.unwrap_or_else(|| {
+                    Err(user_error(
+                        "0A000",
+                        format!("{} is not supported", p.statement),
+                    ))
+                })
             }
-        }
-        let hooks: [&dyn QueryHook; 2] = [&SetShowHook, &TransactionStatementHook];
-        for hook in hooks {
-            if let Some(r) = hook.handle_simple_query(statement, &ctx, client).await {
-                return r;
-            }
-        }
-        Err(user_error("0A000", format!("{statement} is not supported")))
+            Kind::Query(..) => unreachable!("queries are run, not answered"),
+        };
+        self.outcome(r.is_ok());
+        r
     }
 }
 
 fn single_value(name: &str, value: &str) -> PgWireResult<QueryResponse> {
-    use pgwire::api::results::{DataRowEncoder, FieldFormat};
-    let fields = Arc::new(vec![FieldInfo::new(
-        name.to_string(),
-        None,
-        None,
-        Type::TEXT,
-        FieldFormat::Text,
-    )]);
+    let fields = Arc::new(show_fields(name));
     let mut encoder = DataRowEncoder::new(fields.clone());
     encoder.encode_field(&Some(value))?;
     let row = encoder.take_row();
@@ -760,15 +755,53 @@ fn single_value(name: &str, value: &str) -> PgWireResult<QueryResponse> {
     ))
 }
 
-/// A query's rows, encoded batch by batch as they come; ends early on a
-/// cancel request.
+/// `SHOW name`'s one column.
+fn show_fields(name: &str) -> Vec<FieldInfo> {
+    vec![FieldInfo::new(
+        name.to_string(),
+        None,
+        None,
+        Type::TEXT,
+        FieldFormat::Text,
+    )]
+}
+
+/// A query's rows: the query starts at the first poll (and its cancel
+/// signal with it), then its batches are encoded as they come. Counts the
+/// statement's outcome when it ends.
 struct Rows {
-    stream: Batches,
-    cancel: oneshot::Receiver<()>,
+    start: Option<futures::future::BoxFuture<'static, Result<Batches, QueryError>>>,
+    stream: Option<Batches>,
+    cancel: Option<oneshot::Receiver<()>>,
+    cancels: Arc<Cancels>,
+    pid: i32,
+    key: bytes::Bytes,
     fields: Arc<Vec<FieldInfo>>,
     rows: Option<Box<dyn Iterator<Item = PgWireResult<pgwire::messages::data::DataRow>> + Send>>,
     metrics: Arc<PgMetrics>,
     done: bool,
+}
+
+impl Rows {
+    fn finish(&mut self, outcome: &'static str) {
+        self.done = true;
+        self.metrics.outcome(outcome);
+        self.rows = None;
+        self.stream = None;
+        self.start = None;
+        if let Some(rx) = self.cancel.take() {
+            self.cancels.end(self.pid, &rx);
+        }
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        if !self.done {
+            // The client went away (or pgwire stopped reading) mid-way.
+            self.finish("cancelled");
+        }
+    }
 }
 
 impl Stream for Rows {
@@ -783,31 +816,56 @@ impl Stream for Rows {
         if this.done {
             return Poll::Ready(None);
         }
+        if this.cancel.is_none() {
+            this.cancel = Some(this.cancels.start(this.pid, this.key.clone()));
+        }
         loop {
             if let Some(rows) = &mut this.rows {
                 match rows.next() {
-                    Some(row) => {
+                    Some(Ok(row)) => {
                         this.metrics.rows.inc();
-                        return Poll::Ready(Some(row));
+                        return Poll::Ready(Some(Ok(row)));
+                    }
+                    Some(Err(e)) => {
+                        this.finish("error");
+                        return Poll::Ready(Some(Err(e)));
                     }
                     None => this.rows = None,
                 }
             }
-            if let Poll::Ready(Ok(())) = this.cancel.poll_unpin(cx) {
-                this.done = true;
-                return Poll::Ready(Some(Err(user_error(
-                    "57014",
-                    "canceling statement due to user request".into(),
-                ))));
+            if let Some(cancel) = &mut this.cancel {
+                if let Poll::Ready(Ok(())) = cancel.poll_unpin(cx) {
+                    this.finish("cancelled");
+                    return Poll::Ready(Some(Err(user_error(
+                        "57014",
+                        "canceling statement due to user request".into(),
+                    ))));
+                }
             }
-            match this.stream.poll_next_unpin(cx) {
+            if let Some(start) = &mut this.start {
+                match start.poll_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(stream)) => {
+                        this.start = None;
+                        this.stream = Some(stream);
+                    }
+                    Poll::Ready(Err(e)) => {
+                        this.finish("error");
+                        return Poll::Ready(Some(Err(pg_error(e))));
+                    }
+                }
+            }
+            let Some(stream) = &mut this.stream else {
+                return Poll::Ready(None);
+            };
+            match stream.poll_next_unpin(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
-                    this.done = true;
+                    this.finish("ok");
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    this.done = true;
+                    this.finish("error");
                     return Poll::Ready(Some(Err(pg_error(e))));
                 }
                 Poll::Ready(Some(Ok(batch))) => {
@@ -827,7 +885,11 @@ impl SimpleQueryHandler for QueryService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        let statements = self.parser.parse(query)?;
+        let auth = authenticated(client)?;
+        let statements = self
+            .parser
+            .parse(query)
+            .inspect_err(|_| self.outcome(false))?;
         if statements.is_empty() {
             return Ok(vec![Response::EmptyQuery]);
         }
@@ -835,24 +897,26 @@ impl SimpleQueryHandler for QueryService {
         let mut out = Vec::with_capacity(statements.len());
         for statement in statements {
             let r = match self.parser.prepare(statement, database.clone()).await {
-                Err(e) => Err(e),
-                Ok(p) => match p.kind {
-                    Kind::Query(plan) => {
-                        self.run(
+                Err(e) => {
+                    self.outcome(false);
+                    Err(e)
+                }
+                Ok(p) => match p.kind.clone() {
+                    Kind::Query(plan, planned_in) => self
+                        .run(
                             client,
+                            &auth,
                             &database,
                             &p.statement,
                             plan,
                             false,
+                            planned_in,
                             &Format::UnifiedText,
                         )
-                        .await
-                    }
-                    Kind::Session => self.session(client, &p.statement, &database).await,
-                    Kind::Refused(code, message) => Err(user_error(&code, message)),
+                        .inspect_err(|_| self.outcome(false)),
+                    _ => self.answer(client, &p).await,
                 },
             };
-            self.outcome(r.is_ok());
             // A failed statement ends the query string, as in PostgreSQL.
             match r {
                 Ok(resp) => out.push(resp),
@@ -880,6 +944,7 @@ impl QueryParser for Parser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
+        authenticated(client)?;
         let mut statements = self.parse(sql)?;
         if statements.is_empty() {
             return Ok(None);
@@ -895,7 +960,7 @@ impl QueryParser for Parser {
     }
 
     fn get_parameter_types(&self, stmt: &Prepared) -> PgWireResult<Vec<Type>> {
-        let Kind::Query(plan) = &stmt.kind else {
+        let Kind::Query(plan, _) = &stmt.kind else {
             return Ok(vec![]);
         };
         parameter_types(plan)?
@@ -913,25 +978,13 @@ impl QueryParser for Parser {
         format: Option<&Format>,
     ) -> PgWireResult<Vec<FieldInfo>> {
         match &stmt.kind {
-            Kind::Query(plan) => arrow_schema_to_pg_fields(
+            Kind::Query(plan, _) => arrow_schema_to_pg_fields(
                 plan.schema().as_arrow(),
                 format.unwrap_or(&Format::UnifiedText),
                 None,
             ),
-            Kind::Session => {
-                if matches!(stmt.statement, Statement::ShowVariable { .. }) {
-                    Ok(vec![FieldInfo::new(
-                        "setting".into(),
-                        None,
-                        None,
-                        Type::TEXT,
-                        pgwire::api::results::FieldFormat::Text,
-                    )])
-                } else {
-                    Ok(vec![])
-                }
-            }
-            Kind::Refused(..) => Ok(vec![]),
+            Kind::Show(name) => Ok(show_fields(name)),
+            Kind::Hooked | Kind::Ignored | Kind::Refused(..) => Ok(vec![]),
         }
     }
 }
@@ -976,33 +1029,36 @@ impl ExtendedQueryHandler for QueryService {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
+        let auth = authenticated(client)?;
         let p = &portal.statement.statement;
-        let r = match &p.kind {
-            Kind::Query(plan) => {
-                let types = parameter_types(plan)?;
-                let refs: Vec<Option<&DataType>> = types.iter().map(Option::as_ref).collect();
-                let params: ParamValues =
-                    arrow_pg::datatypes::df::deserialize_parameters(portal, &refs)?;
-                match plan.clone().replace_params_with_values(&params) {
-                    Ok(plan) => {
-                        self.run(
-                            client,
-                            &p.database,
-                            &p.statement,
-                            plan,
-                            !types.is_empty(),
-                            &portal.result_column_format,
-                        )
-                        .await
-                    }
-                    Err(e) => Err(user_error("22023", e.strip_backtrace())),
-                }
-            }
-            Kind::Session => self.session(client, &p.statement, &p.database).await,
-            Kind::Refused(code, message) => Err(user_error(code, message.clone())),
+        let Kind::Query(plan, planned_in) = &p.kind else {
+            return self.answer(client, p).await;
         };
-        self.outcome(r.is_ok());
-        r
+        let bind = || {
+            let types = parameter_types(plan)?;
+            let refs: Vec<Option<&DataType>> = types.iter().map(Option::as_ref).collect();
+            let params: ParamValues =
+                arrow_pg::datatypes::df::deserialize_parameters(portal, &refs)?;
+            let plan = plan
+                .clone()
+                .replace_params_with_values(&params)
+                .map_err(|e| user_error("22023", e.strip_backtrace()))?;
+            Ok::<_, PgWireError>((plan, !types.is_empty()))
+        };
+        bind()
+            .and_then(|(plan, bound)| {
+                self.run(
+                    client,
+                    &auth,
+                    &p.database,
+                    &p.statement,
+                    plan,
+                    bound,
+                    *planned_in,
+                    &portal.result_column_format,
+                )
+            })
+            .inspect_err(|_| self.outcome(false))
     }
 }
 
@@ -1019,22 +1075,38 @@ mod tests {
     fn queries_run_and_everything_that_writes_is_refused() {
         assert_eq!(class("SELECT 1"), Class::Query);
         assert_eq!(class("EXPLAIN SELECT * FROM cpu"), Class::Query);
-        assert_eq!(class("SET search_path = public"), Class::Session);
-        assert_eq!(class("BEGIN"), Class::Session);
-        assert_eq!(class("SHOW server_version"), Class::Session);
+        assert_eq!(class("SET search_path = public"), Class::Hooked);
+        assert_eq!(class("SET TIME ZONE 'UTC'"), Class::Hooked);
+        assert_eq!(class("BEGIN"), Class::Hooked);
+        assert_eq!(class("SET lock_timeout = 1000"), Class::Ignored);
         assert_eq!(
-            class("CREATE TABLE t (a int)"),
-            Class::Refused("CREATE TABLE".into())
+            class("SHOW server_version"),
+            Class::Show("server_version".into())
         );
+        let refused = |sql| match class(sql) {
+            Class::Refused(code, message) => (code, message),
+            other => panic!("{sql}: {other:?}"),
+        };
+        for (sql, what) in [
+            ("CREATE TABLE t (a int)", "CREATE TABLE"),
+            ("INSERT INTO cpu VALUES (1)", "INSERT INTO"),
+            ("DROP TABLE cpu", "DROP TABLE"),
+            ("DELETE FROM cpu", "DELETE FROM"),
+        ] {
+            let (code, message) = refused(sql);
+            assert_eq!(code, "25006", "{sql}");
+            assert!(
+                message.starts_with(&format!("cannot execute {what}:")),
+                "{message}"
+            );
+        }
+        // The engine's own settings are the node's.
         assert_eq!(
-            class("INSERT INTO cpu VALUES (1)"),
-            Class::Refused("INSERT INTO".into())
+            refused("SET datafusion.runtime.memory_limit = '1T'").0,
+            "42501"
         );
-        assert_eq!(class("DROP TABLE cpu"), Class::Refused("DROP TABLE".into()));
-        assert_eq!(
-            class("DELETE FROM cpu"),
-            Class::Refused("DELETE FROM".into())
-        );
+        // Not a write, not supported either.
+        assert_eq!(refused("DISCARD ALL").0, "0A000");
     }
 
     #[test]
@@ -1053,13 +1125,5 @@ mod tests {
             "42P01"
         );
         assert_eq!(code(QueryErrorKind::Resources, "m"), "53200");
-    }
-
-    #[test]
-    fn settings_clients_read_at_connect() {
-        assert_eq!(setting("server_version_num"), Some(PG_VERSION_NUM));
-        assert_eq!(setting("search_path"), Some("public"));
-        assert_eq!(setting("TimeZone"), Some("UTC"));
-        assert_eq!(setting("no_such_thing"), None);
     }
 }

@@ -27,20 +27,29 @@ fn tls_err(path: &Path, e: impl std::fmt::Display) -> io::Error {
     )
 }
 
+/// A certificate chain and its private key, from PEM files.
+pub fn load_cert_and_key(
+    cert: &Path,
+    key: &Path,
+) -> io::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls_err(cert, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| tls_err(cert, e))?;
+    if certs.is_empty() {
+        return Err(tls_err(cert, "no certificate in the file"));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, e))?;
+    Ok((certs, key_der))
+}
+
 impl Tls {
     /// Loads the three files; `None` when TLS is off (validated: all or none).
     pub fn load(cfg: &TlsConfig) -> io::Result<Option<Tls>> {
         let (Some(cert), Some(key), Some(ca)) = (&cfg.cert, &cfg.key, &cfg.ca) else {
             return Ok(None);
         };
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-            .map_err(|e| tls_err(cert, e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| tls_err(cert, e))?;
-        if certs.is_empty() {
-            return Err(tls_err(cert, "no certificate in the file"));
-        }
-        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| tls_err(key, e))?;
+        let (certs, key_der) = load_cert_and_key(cert, key)?;
         let mut roots = rustls::RootCertStore::empty();
         for c in CertificateDer::pem_file_iter(ca).map_err(|e| tls_err(ca, e))? {
             roots

@@ -379,3 +379,62 @@ fn tls_is_offered_when_the_node_has_a_certificate() {
         "{plain}"
     );
 }
+
+/// The backend messages a raw connection receives until the server closes
+/// it (or 10 s pass): (type, body).
+fn read_messages(sock: &mut std::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+    use std::io::Read;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut raw = Vec::new();
+    let _ = sock.read_to_end(&mut raw);
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 5 <= raw.len() {
+        let len = u32::from_be_bytes(raw[at + 1..at + 5].try_into().unwrap()) as usize;
+        let end = (at + 1 + len).min(raw.len());
+        out.push((raw[at], raw[at + 5..end].to_vec()));
+        at = end;
+    }
+    out
+}
+
+#[test]
+fn a_client_refused_its_password_runs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, port) = pg_node(
+        dir.path(),
+        &[
+            "--set",
+            "auth.enabled=true",
+            "--set",
+            "auth.tokens=[\"s3cret\"]",
+        ],
+    );
+    let mut sock = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let message = |kind: Option<u8>, body: &[u8]| {
+        let mut m: Vec<u8> = kind.into_iter().collect();
+        m.extend(((body.len() + 4) as u32).to_be_bytes());
+        m.extend(body);
+        m
+    };
+    let mut startup = 196608u32.to_be_bytes().to_vec();
+    startup.extend(b"user\0u\0database\0default\0\0");
+    // Startup, a wrong password and, without waiting, a query.
+    let mut all = message(None, &startup);
+    all.extend(message(Some(b'p'), b"wrong\0"));
+    all.extend(message(Some(b'Q'), b"SELECT 1\0"));
+    sock.write_all(&all).unwrap();
+    let got = read_messages(&mut sock);
+    let kinds: Vec<char> = got.iter().map(|(k, _)| *k as char).collect();
+    assert!(
+        got.iter()
+            .any(|(k, b)| *k == b'E' && String::from_utf8_lossy(b).contains("28P01")),
+        "{kinds:?}"
+    );
+    // No row description, no data row, no command complete.
+    assert!(
+        !kinds.iter().any(|k| matches!(k, 'T' | 'D' | 'C')),
+        "{kinds:?}"
+    );
+}

@@ -65,6 +65,7 @@ impl TidemarkFlightSql {
 
     /// Plans a statement (binding its parameters, if any) for its schema.
     async fn plan(&self, h: &StatementHandle) -> Result<LogicalPlan, Status> {
+        valid_database(&h.database)?;
         let engine = &self.node.query;
         let ctx = engine.session_for(&h.database);
         let plan = engine
@@ -90,6 +91,7 @@ impl TidemarkFlightSql {
         token: Option<String>,
     ) -> Result<Response<DoGetStream>, Status> {
         let started = async {
+            valid_database(database)?;
             let params = params.map_err(handle_status)?;
             let bound = match &params {
                 ParamValues::List(l) => !l.is_empty(),
@@ -202,6 +204,13 @@ fn info(schema: &Schema, ticket: Any, descriptor: FlightDescriptor) -> Result<Fl
         .map_err(|e| Status::internal(format!("encoding the schema: {e}")))?
         .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket.encode_to_vec())))
         .with_descriptor(descriptor))
+}
+
+/// A database named by a client (ticket, handle, metadata) must be a valid
+/// name: it names files and goes into forwarded requests.
+fn valid_database(database: &str) -> Result<(), Status> {
+    tidemark_shards::schema::validate_database_name(database)
+        .map_err(|e| Status::invalid_argument(format!("database {database:?}: {e}")))
 }
 
 fn handle_status(e: HandleError) -> Status {

@@ -38,6 +38,7 @@ pub fn check(req: &Request, tokens: &[String]) -> Option<Response> {
     }
 }
 
+/// Compares a token in time independent of where it differs.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;

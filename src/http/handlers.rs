@@ -598,9 +598,13 @@ async fn query(ctx: &Rc<CoreCtx>, req: Request, format: OutputFormat) -> Respons
         },
     };
     let out = ctx.node.query.run(sql, database, names, format).await;
+    let mut headers = vec![("Content-Type", out.content_type.into())];
+    if let Some(kind) = out.error {
+        headers.push(("x-tidemark-error-kind", kind.name().into()));
+    }
     Response {
         status: out.status,
-        headers: vec![("Content-Type", out.content_type.into())],
+        headers,
         body: out.body,
     }
 }

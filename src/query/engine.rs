@@ -58,6 +58,8 @@ pub struct QueryOutput {
     pub status: u16,
     pub content_type: &'static str,
     pub body: Vec<u8>,
+    /// A failed query's kind (sent as `x-tidemark-error-kind`).
+    pub error: Option<QueryErrorKind>,
 }
 
 /// See the [module docs](self).
@@ -79,6 +81,18 @@ pub struct QueryEngine {
     pub verified: Mutex<HashMap<TableKey, super::dedup::Verified>>,
     /// Queries executing on the pool now.
     pub running: AtomicI64,
+    /// PostgreSQL sessions of the databases that exist (see
+    /// [`Self::pg_context`]).
+    pg_contexts: PgContexts,
+}
+
+#[derive(Default)]
+struct PgContexts(Mutex<HashMap<String, Arc<SessionContext>>>);
+
+impl std::fmt::Debug for PgContexts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgContexts")
+    }
 }
 
 /// Aborts the query task if the waiting side goes away (client disconnect).
@@ -103,10 +117,7 @@ impl QueryEngine {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(settings.threads)
             .thread_name("tidemark-query")
-            // Timers for query timeouts; I/O for the PostgreSQL and Flight
-            // SQL servers, which run their connections on the pool.
             .enable_time()
-            .enable_io()
             .build()?;
         let env = RuntimeEnvBuilder::new()
             .with_memory_limit(settings.memory_limit_bytes as usize, 1.0)
@@ -131,6 +142,7 @@ impl QueryEngine {
             files_scanned: AtomicU64::new(0),
             verified: Mutex::new(HashMap::new()),
             running: AtomicI64::new(0),
+            pg_contexts: PgContexts::default(),
         }))
     }
 
@@ -296,10 +308,10 @@ impl QueryEngine {
         monoio::select! {
             joined = task => match joined {
                 Ok(out) => out,
-                Err(e) => error_output(500, &format!("query task failed: {e}"), format, 0, chrono::Utc::now()),
+                Err(e) => error_output(QueryErrorKind::Server, &format!("query task failed: {e}"), format, 0, chrono::Utc::now()),
             },
             _ = monoio::time::sleep(limit) => error_output(
-                504,
+                QueryErrorKind::Timeout,
                 &self.timed_out().message,
                 format,
                 limit.as_millis(),
@@ -320,7 +332,10 @@ impl QueryEngine {
         let deadline = start + Duration::from_millis(self.settings.timeout_ms);
         let ctx = match names {
             super::remote::Names::Http => self.session(database),
-            super::remote::Names::Postgres => self.pg_session(database),
+            super::remote::Names::Postgres => match self.pg_context(database) {
+                Ok(c) => (*c).clone(),
+                Err(e) => return error_output(e.kind, &e.message, format, 0, started),
+            },
         };
         let run = async {
             let plan = self.plan(&ctx, sql, deadline).await?;
@@ -336,7 +351,7 @@ impl QueryEngine {
         let ms = start.elapsed().as_millis();
         match result {
             Ok((schema, batches)) => encode(format, &schema, &batches, ms, started),
-            Err(e) => error_output(e.kind.http_status(), &e.message, format, ms, started),
+            Err(e) => error_output(e.kind, &e.message, format, ms, started),
         }
     }
 
@@ -470,11 +485,6 @@ impl QueryEngine {
         timed_out(self.settings.timeout_ms)
     }
 
-    /// The pool's runtime: protocol servers run their connections on it.
-    pub fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.handle
-    }
-
     pub fn settings(&self) -> &QuerySettings {
         &self.settings
     }
@@ -505,6 +515,40 @@ impl QueryEngine {
     pub fn pg_session(&self, database: &str) -> SessionContext {
         let catalog = Arc::new(super::pg_names::PgDatabase::new(database, self.arc()));
         self.session_with(database, "public", catalog, false)
+    }
+
+    /// The PostgreSQL session of `database` (`super::pg_names::new_context`),
+    /// kept for the databases that exist (its tables are still built per
+    /// query); a name no data has yet gets a new one each time, so clients
+    /// naming databases at will cannot grow the cache.
+    pub fn pg_context(&self, database: &str) -> Result<Arc<SessionContext>, QueryError> {
+        tidemark_shards::schema::validate_database_name(database)
+            .map_err(|e| QueryError::new(QueryErrorKind::Client, e.to_string()))?;
+        if let Some(c) = self
+            .pg_contexts
+            .0
+            .lock()
+            .expect("pg contexts lock")
+            .get(database)
+        {
+            return Ok(c.clone());
+        }
+        let ctx = super::pg_names::new_context(self, database)
+            .map(Arc::new)
+            .map_err(|e| {
+                QueryError::new(
+                    QueryErrorKind::Server,
+                    format!("setting up pg_catalog: {}", e.strip_backtrace()),
+                )
+            })?;
+        if self.databases().iter().any(|d| d == database) {
+            self.pg_contexts
+                .0
+                .lock()
+                .expect("pg contexts lock")
+                .insert(database.to_string(), ctx.clone());
+        }
+        Ok(ctx)
     }
 
     /// The tables of `database`, built per query.
@@ -551,8 +595,6 @@ pub enum QueryErrorKind {
     TooManyRows,
     /// Past `query.timeout_ms`.
     Timeout,
-    /// The client cancelled it.
-    Cancelled,
     /// Past the pool's memory limit.
     Resources,
     /// A fault of the node.
@@ -560,11 +602,34 @@ pub enum QueryErrorKind {
 }
 
 impl QueryErrorKind {
+    /// Its name in `x-tidemark-error-kind` (answers of the HTTP query
+    /// endpoints, read by nodes that forwarded the query).
+    pub fn name(self) -> &'static str {
+        match self {
+            QueryErrorKind::Client => "client",
+            QueryErrorKind::TooManyRows => "too_many_rows",
+            QueryErrorKind::Timeout => "timeout",
+            QueryErrorKind::Resources => "resources",
+            QueryErrorKind::Server => "server",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<QueryErrorKind> {
+        [
+            QueryErrorKind::Client,
+            QueryErrorKind::TooManyRows,
+            QueryErrorKind::Timeout,
+            QueryErrorKind::Resources,
+            QueryErrorKind::Server,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
+
     pub fn http_status(self) -> u16 {
         match self {
             QueryErrorKind::Client | QueryErrorKind::TooManyRows => 400,
             QueryErrorKind::Timeout => 504,
-            QueryErrorKind::Cancelled => 499,
             QueryErrorKind::Resources | QueryErrorKind::Server => 500,
         }
     }
@@ -740,6 +805,7 @@ fn encode(
                 status: 200,
                 content_type: "application/json",
                 body,
+                error: None,
             }
         }
         OutputFormat::Arrow(compression) => {
@@ -761,9 +827,10 @@ fn encode(
                     status: 200,
                     content_type: "application/vnd.apache.arrow.stream",
                     body,
+                    error: None,
                 },
                 Err(e) => error_output(
-                    500,
+                    QueryErrorKind::Server,
                     &format!("encoding the result: {e}"),
                     format,
                     ms,
@@ -775,15 +842,16 @@ fn encode(
 }
 
 fn error_output(
-    status: u16,
+    kind: QueryErrorKind,
     message: &str,
     _format: OutputFormat,
     ms: u128,
     started: chrono::DateTime<chrono::Utc>,
 ) -> QueryOutput {
     QueryOutput {
-        status,
+        status: kind.http_status(),
         content_type: "application/json",
         body: serde_json::to_vec(&json::error_body(message, ms, started)).expect("JSON serializes"),
+        error: Some(kind),
     }
 }

@@ -19,6 +19,12 @@ use datafusion::catalog::{CatalogProvider, MemTable, SchemaProvider, TableProvid
 use datafusion::common::DataFusionError;
 use tidemark_shards::schema::{ColumnKind, FieldType};
 
+use datafusion::arrow::array::Array;
+use datafusion::logical_expr::{ColumnarValue, ScalarUDF, Volatility};
+use datafusion::prelude::SessionContext;
+use datafusion_postgres::datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_postgres::datafusion_pg_catalog::setup_pg_catalog;
+
 use super::engine::QueryEngine;
 
 /// See the [module docs](self).
@@ -108,6 +114,91 @@ impl CatalogProvider for PgDatabase {
 }
 
 const INFORMATION_SCHEMA: &str = "information_schema";
+
+/// The PostgreSQL version tidemark answers as (`server_version`,
+/// `version()`): clients gate features on it.
+pub const PG_VERSION: &str = "16.6";
+pub const PG_VERSION_NUM: &str = "160006";
+
+/// A new session of `database` with PostgreSQL's names, its `pg_catalog`
+/// (`datafusion-pg-catalog`: ~60 tables, set up once per session) and the
+/// functions clients call at connect.
+pub fn new_context(
+    engine: &QueryEngine,
+    database: &str,
+) -> Result<SessionContext, DataFusionError> {
+    let ctx = engine.pg_session(database);
+    setup_pg_catalog(&ctx, database, EmptyContextProvider).map_err(|e| *e)?;
+    for udf in pg_udfs() {
+        ctx.register_udf(udf);
+    }
+    Ok(ctx)
+}
+
+/// `version()` and `current_setting(name)` as PostgreSQL answers them.
+pub fn pg_udfs() -> [ScalarUDF; 2] {
+    let version = format!(
+        "PostgreSQL {PG_VERSION} (tidemark {}, Apache DataFusion {})",
+        env!("CARGO_PKG_VERSION"),
+        datafusion::DATAFUSION_VERSION
+    );
+    let version_udf = datafusion::logical_expr::create_udf(
+        "version",
+        vec![],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(move |_args: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(
+                datafusion::common::ScalarValue::Utf8(Some(version.clone())),
+            ))
+        }),
+    );
+    let setting_udf = datafusion::logical_expr::create_udf(
+        "current_setting",
+        vec![DataType::Utf8],
+        DataType::Utf8,
+        Volatility::Stable,
+        Arc::new(|args: &[ColumnarValue]| {
+            let names = ColumnarValue::values_to_arrays(args)?;
+            let names = names[0]
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| DataFusionError::Execution("current_setting takes text".into()))?;
+            let mut out = Vec::with_capacity(names.len());
+            for name in names.iter() {
+                out.push(match name {
+                    None => None,
+                    Some(n) => Some(setting(n).ok_or_else(|| {
+                        DataFusionError::Execution(format!(
+                            "unrecognized configuration parameter \"{n}\""
+                        ))
+                    })?),
+                });
+            }
+            Ok(ColumnarValue::Array(
+                Arc::new(StringArray::from(out)) as ArrayRef
+            ))
+        }),
+    );
+    [version_udf, setting_udf]
+}
+
+/// The settings `current_setting` answers.
+pub fn setting(name: &str) -> Option<&'static str> {
+    Some(match name.to_ascii_lowercase().as_str() {
+        "search_path" => "public",
+        "server_version" => PG_VERSION,
+        "server_version_num" => PG_VERSION_NUM,
+        "timezone" => "UTC",
+        "datestyle" => "ISO, YMD",
+        "server_encoding" | "client_encoding" => "UTF8",
+        "standard_conforming_strings" => "on",
+        "default_transaction_read_only" | "transaction_read_only" => "on",
+        "max_identifier_length" => "63",
+        "integer_datetimes" => "on",
+        _ => return None,
+    })
+}
 
 /// PostgreSQL's name of a column's type.
 pub fn pg_type_name(kind: ColumnKind) -> &'static str {
@@ -272,6 +363,14 @@ impl SchemaProvider for InformationSchema {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_clients_read_at_connect() {
+        assert_eq!(setting("server_version_num"), Some(PG_VERSION_NUM));
+        assert_eq!(setting("search_path"), Some("public"));
+        assert_eq!(setting("TimeZone"), Some("UTC"));
+        assert_eq!(setting("no_such_thing"), None);
+    }
 
     #[test]
     fn postgres_type_names() {

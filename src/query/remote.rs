@@ -100,10 +100,7 @@ impl Router {
         request: Remote<'_>,
         deadline: Instant,
     ) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
-        self.balancer
-            .lock()
-            .expect("balancer lock")
-            .started(target.to);
+        let _in_flight = InFlight::new(&self.balancer, target.to);
         let labels = crate::metrics::ForwardLabels {
             route: "query".into(),
             upstream: target.to.to_string(),
@@ -120,10 +117,6 @@ impl Router {
                     ),
                 ))
             });
-        self.balancer
-            .lock()
-            .expect("balancer lock")
-            .finished(target.to);
         let f = &node.metrics.forward;
         f.requests.get_or_create(&labels).inc();
         f.seconds
@@ -133,6 +126,29 @@ impl Router {
             f.bytes_in.get_or_create(&labels).inc_by(*body_len as u64);
         }
         result.map(|(schema, _, batches)| (schema, batches))
+    }
+}
+
+/// Counts a query in flight to a node for as long as it lives (a dropped
+/// fetch, its client gone, counts as finished too).
+struct InFlight<'a> {
+    balancer: &'a Mutex<Balancer>,
+    to: NodeId,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(balancer: &'a Mutex<Balancer>, to: NodeId) -> InFlight<'a> {
+        balancer.lock().expect("balancer lock").started(to);
+        InFlight { balancer, to }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.balancer
+            .lock()
+            .expect("balancer lock")
+            .finished(self.to);
     }
 }
 
@@ -218,11 +234,13 @@ async fn exchange(
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(content).into_owned());
-        let kind = match status {
-            400 => QueryErrorKind::Client,
-            504 => QueryErrorKind::Timeout,
-            _ => QueryErrorKind::Server,
-        };
+        let kind = kind_header(&raw)
+            .and_then(QueryErrorKind::parse)
+            .unwrap_or(match status {
+                400 | 401 | 403 => QueryErrorKind::Client,
+                504 => QueryErrorKind::Timeout,
+                _ => QueryErrorKind::Server,
+            });
         return Err(QueryError::new(kind, message));
     }
     let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(content), None)
@@ -240,6 +258,17 @@ async fn exchange(
         )
     })?;
     Ok((schema, content.len(), batches))
+}
+
+/// The `x-tidemark-error-kind` of a response (a query error's kind).
+fn kind_header(raw: &[u8]) -> Option<&str> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(raw).ok()?;
+    resp.headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("x-tidemark-error-kind"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
 }
 
 /// A whole HTTP/1.1 response: its status and body (by `Content-Length`,
