@@ -5,10 +5,9 @@
 //! schemas results are sent with. Pure: no I/O, no node.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{DataFusionError, ParamValues, ScalarValue};
 use datafusion::logical_expr::LogicalPlan;
 use prost::Message;
@@ -295,26 +294,10 @@ fn values_empty(values: &ParamValues) -> bool {
     }
 }
 
-/// The schema results are sent with: dictionary columns (tags) as their
-/// values' type, as the Flight encoder sends them (it hydrates
-/// dictionaries, which every client reads).
-pub fn flight_schema(schema: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| match f.data_type() {
-            DataType::Dictionary(_, values) => {
-                Field::new(f.name(), values.as_ref().clone(), f.is_nullable())
-                    .with_metadata(f.metadata().clone())
-            }
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use datafusion::arrow::array::{Int64Array, StringArray, TimestampMicrosecondArray};
 
     use super::*;
@@ -441,20 +424,5 @@ mod tests {
             })
             .collect();
         assert_eq!(v, [2]);
-    }
-
-    #[test]
-    fn dictionaries_sent_as_values() {
-        let s = Schema::new(vec![
-            Field::new(
-                "host",
-                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-                true,
-            ),
-            Field::new("v", DataType::Float64, true),
-        ]);
-        let f = flight_schema(&s);
-        assert_eq!(f.field(0).data_type(), &DataType::Utf8);
-        assert_eq!(f.field(1).data_type(), &DataType::Float64);
     }
 }

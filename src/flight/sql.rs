@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arrow_flight::decode::FlightRecordBatchStream;
-use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::encode::{DictionaryHandling, FlightDataEncoderBuilder};
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightService;
 use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
@@ -147,8 +147,11 @@ impl TidemarkFlightSql {
             metrics: self.metrics.clone(),
             finished: false,
         };
+        // Tags stay dictionary-encoded, as DataFusion and HTTP Arrow send
+        // them: a third fewer bytes than plain strings for TSBS rows.
         let data = FlightDataEncoderBuilder::new()
             .with_schema(schema)
+            .with_dictionary_handling(DictionaryHandling::Resend)
             .build(counted)
             .map_err(Status::from);
         Ok(Response::new(Box::pin(data)))
@@ -189,7 +192,7 @@ impl TidemarkFlightSql {
         statement: &StatementHandle,
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo, Status> {
-        let schema = handle::flight_schema(plan.schema().as_arrow());
+        let schema = Arc::new(plan.schema().as_arrow().clone());
         let ticket = TicketStatementQuery {
             statement_handle: statement.to_bytes().into(),
         };
@@ -374,7 +377,7 @@ impl FlightSqlService for TidemarkFlightSql {
         let plan = self.plan(&statement).await.inspect_err(|_| {
             self.metrics.outcome("error");
         })?;
-        let dataset = handle::flight_schema(plan.schema().as_arrow());
+        let dataset = Arc::new(plan.schema().as_arrow().clone());
         let parameters = handle::parameter_schema(&plan)
             .map_err(|e| Status::invalid_argument(e.strip_backtrace()))?;
         Ok(ActionCreatePreparedStatementResult {
@@ -501,7 +504,7 @@ impl FlightSqlService for TidemarkFlightSql {
         });
         let mut b = query.into_builder();
         for (key, schema) in tables {
-            let schema = handle::flight_schema(schema.arrow());
+            let schema = schema.arrow().clone();
             b.append(CATALOG, key.database(), key.measurement(), "TABLE", &schema)
                 .map_err(|e| Status::internal(format!("listing tables: {e}")))?;
         }
