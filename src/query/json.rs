@@ -13,6 +13,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::*;
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, SchemaRef, TimeUnit};
+use datafusion::arrow::datatypes::ArrowNativeType;
 
 /// Formats `ns` since the epoch like Go's `time.RFC3339Nano` in UTC.
 pub fn rfc3339_nano(ns: i64) -> String {
@@ -90,10 +91,27 @@ fn write_value(out: &mut Vec<u8>, array: &ArrayRef, i: usize) {
             };
             write_str(out, &rfc3339_nano(ns));
         }
-        DataType::Dictionary(_, _) => {
-            let d = array.as_any_dictionary();
-            let key = d.normalized_keys()[i];
-            write_value(out, d.values(), key);
+        DataType::Dictionary(key, _) => {
+            // The key of row `i` alone (`normalized_keys` would copy every
+            // key of the batch for each value: 19 s of CPU for 1M TSBS
+            // rows, perf/results/2026-12-06-8720116-protocols.md).
+            macro_rules! key {
+                ($t:ty) => {{
+                    let d = array.as_dictionary::<$t>();
+                    (d.keys().value(i).as_usize(), d.values())
+                }};
+            }
+            let (k, values) = match key.as_ref() {
+                DataType::Int8 => key!(Int8Type),
+                DataType::Int16 => key!(Int16Type),
+                DataType::Int32 => key!(Int32Type),
+                DataType::Int64 => key!(Int64Type),
+                DataType::UInt8 => key!(UInt8Type),
+                DataType::UInt16 => key!(UInt16Type),
+                DataType::UInt32 => key!(UInt32Type),
+                _ => key!(UInt64Type),
+            };
+            write_value(out, values, k);
         }
         _ => {
             let text =
