@@ -9,38 +9,16 @@
 
 mod common;
 
-use std::io::Write;
-
 use common::oracle::{assert_same_rows, dataset, queries, rfc3339, tidemark_rows, SEC, T0};
 use common::*;
 
 /// Runs `tests/flight_client.py` with `request` and returns its JSON.
 fn client(request: serde_json::Value) -> serde_json::Value {
-    let mut child = std::process::Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/flight_client.py"
-        ))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect(
-            "python3 (scripts/test.sh installs adbc-driver-flightsql, pyarrow, influxdb3-python)",
-        );
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "flight_client.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    python_client(
+        "flight_client.py",
+        "adbc-driver-flightsql, pyarrow, influxdb3-python",
+        &request,
+    )
 }
 
 fn rows_of(v: &serde_json::Value) -> Vec<Vec<serde_json::Value>> {

@@ -10,7 +10,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::oracle::{assert_same_rows, dataset, duckdb, queries, SEC, T0};
 use common::*;
@@ -25,26 +25,7 @@ fn pg_node(dir: &std::path::Path, extra: &[&str]) -> (Node, u16) {
 
 /// Runs `tests/pg_client.py` with `request` on stdin; its JSON answer.
 fn psycopg(request: serde_json::Value) -> serde_json::Value {
-    let mut child = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/pg_client.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 with psycopg (scripts/test.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "pg_client.py failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    python_client("pg_client.py", "psycopg", &request)
 }
 
 /// `psql -At` with `args`: (exit status ok, stdout, stderr).

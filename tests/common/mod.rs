@@ -546,3 +546,32 @@ pub fn pki(dir: &Path, name: &str) -> Pki {
     std::fs::write(&p.key, key.serialize_pem()).unwrap();
     p
 }
+
+/// Runs the Python script `tests/<script>` with `request` (JSON) on its
+/// stdin and returns the JSON it prints; `needs` names what it imports
+/// (scripts/test.sh installs it).
+pub fn python_client(script: &str, needs: &str, request: &serde_json::Value) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(script);
+    let mut child = Command::new("python3")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3 with {needs} (scripts/test.sh installs it): {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
