@@ -664,8 +664,8 @@ impl QueryService {
             Some(options),
         )?);
         let routed = reads_measurements(&plan);
-        let sql = if routed {
-            sql_for(&statement.to_string(), &plan, bound).map_err(pg_error)?
+        let text = if routed {
+            statement.to_string()
         } else {
             String::new()
         };
@@ -680,6 +680,8 @@ impl QueryService {
                 let stream = node.query.stream(&ctx, plan, deadline).await?;
                 return Ok(Box::pin(stream) as Batches);
             };
+            // Written as SQL only when it goes elsewhere.
+            let sql = sql_for(&text, &plan, bound)?;
             let remote = Remote {
                 sql: &sql,
                 database: &database,
@@ -737,7 +739,11 @@ impl QueryService {
                     ))
                 })
             }
-            Kind::Query(..) => unreachable!("queries are run, not answered"),
+            // Callers run queries; a query here would be a bug of this file.
+            Kind::Query(..) => Err(user_error(
+                "XX000",
+                "internal error: a query was answered as a session statement".into(),
+            )),
         };
         self.outcome(r.is_ok());
         r
