@@ -67,7 +67,7 @@ impl TidemarkFlightSql {
     async fn plan(&self, h: &StatementHandle) -> Result<LogicalPlan, Status> {
         valid_database(&h.database)?;
         let engine = &self.node.query;
-        let ctx = engine.session_for(&h.database);
+        let ctx = engine.session(&h.database);
         let plan = engine
             .plan(&ctx, &h.sql, self.deadline())
             .await
@@ -99,7 +99,7 @@ impl TidemarkFlightSql {
             };
             let engine = &self.node.query;
             let deadline = self.deadline();
-            let ctx = engine.session_for(database);
+            let ctx = engine.session(database);
             let plan = engine
                 .plan(&ctx, sql, deadline)
                 .await

@@ -258,17 +258,35 @@ impl QueryEngine {
         })
     }
 
-    fn session(&self, database: &str) -> SessionContext {
-        let ctx = self.new_session("tidemark", database, false);
-        ctx.register_catalog("tidemark", Arc::new(QueryCatalog { engine: self.arc() }));
-        ctx
+    /// A new session for `database` over HTTP's names: catalog `tidemark`,
+    /// one schema per database, `database` the default.
+    pub fn session(&self, database: &str) -> SessionContext {
+        self.new_session(
+            "tidemark",
+            database,
+            Arc::new(QueryCatalog { engine: self.arc() }),
+        )
     }
 
-    fn new_session(&self, catalog: &str, schema: &str, information_schema: bool) -> SessionContext {
+    /// A new session for `database` with PostgreSQL's names (see
+    /// `super::pg_names`): catalog `database`, default schema `public`.
+    pub fn pg_session(&self, database: &str) -> SessionContext {
+        let catalog = Arc::new(super::pg_names::PgDatabase::new(database, self.arc()));
+        self.new_session(database, "public", catalog)
+    }
+
+    /// A session whose default catalog is `catalog` (named `catalog_name`)
+    /// and default schema `schema`.
+    fn new_session(
+        &self,
+        catalog_name: &str,
+        schema: &str,
+        catalog: Arc<dyn datafusion::catalog::CatalogProvider>,
+    ) -> SessionContext {
         let mut config = SessionConfig::new()
             .with_create_default_catalog_and_schema(false)
-            .with_default_catalog_and_schema(catalog, schema)
-            .with_information_schema(information_schema)
+            .with_default_catalog_and_schema(catalog_name, schema)
+            .with_information_schema(false)
             .with_target_partitions(self.settings.threads.max(1));
         let opts = config.options_mut();
         // Row groups and pages are still pruned by their statistics; row-level
@@ -284,6 +302,7 @@ impl QueryEngine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         ctx.register_udf(super::date_trunc::UtcDateTrunc::udf());
+        ctx.register_catalog(catalog_name, catalog);
         ctx
     }
 
@@ -487,34 +506,6 @@ impl QueryEngine {
 
     pub fn settings(&self) -> &QuerySettings {
         &self.settings
-    }
-
-    /// A new session for `database` over HTTP's layout: catalog `tidemark`,
-    /// one schema per database, `database` the default.
-    pub fn session_for(&self, database: &str) -> SessionContext {
-        self.session(database)
-    }
-
-    /// A new session whose default catalog is `catalog` (named
-    /// `catalog_name`) and default schema `schema`, for protocols with a
-    /// namespace of their own (PostgreSQL's `database.public.table`).
-    pub fn session_with(
-        &self,
-        catalog_name: &str,
-        schema: &str,
-        catalog: Arc<dyn datafusion::catalog::CatalogProvider>,
-        information_schema: bool,
-    ) -> SessionContext {
-        let ctx = self.new_session(catalog_name, schema, information_schema);
-        ctx.register_catalog(catalog_name, catalog);
-        ctx
-    }
-
-    /// A new session for `database` with PostgreSQL's names (see
-    /// `super::pg_names`).
-    pub fn pg_session(&self, database: &str) -> SessionContext {
-        let catalog = Arc::new(super::pg_names::PgDatabase::new(database, self.arc()));
-        self.session_with(database, "public", catalog, false)
     }
 
     /// The PostgreSQL session of `database` (`super::pg_names::new_context`),
