@@ -41,9 +41,6 @@ use arrow_flight::{
 };
 use base64::Engine as _;
 use futures::Stream;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -72,7 +69,7 @@ pub fn start(node: &Arc<NodeShared>) -> anyhow::Result<()> {
         tokio::net::TcpListener::from_std(listener)?
     };
     let metrics = Arc::new(FlightMetrics::default());
-    metrics.register(node);
+    register_metrics(&metrics, node);
     let gateway = Gateway {
         node: node.clone(),
         sql: sql::TidemarkFlightSql::new(node.clone(), metrics.clone()),
@@ -105,40 +102,17 @@ pub fn start(node: &Arc<NodeShared>) -> anyhow::Result<()> {
 }
 
 /// `tidemark_flight_*` counters.
-#[derive(Debug, Default)]
-pub struct FlightMetrics {
-    queries: Family<OutcomeLabel, Counter>,
-    rows: Counter,
-}
+pub type FlightMetrics = crate::metrics::ProtocolMetrics;
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: &'static str,
-}
-
-impl FlightMetrics {
-    fn register(&self, node: &NodeShared) {
-        node.metrics.register_with(|r| {
-            r.register(
-                "flight_queries",
-                "Flight SQL queries (statements, prepared statements, InfluxDB tickets) by outcome: ok, error (refused or failed), cancelled (the client went away)",
-                self.queries.clone(),
-            );
-            r.register(
-                "flight_rows",
-                "Rows sent to Flight SQL clients",
-                self.rows.clone(),
-            );
-        });
-    }
-
-    pub fn outcome(&self, outcome: &'static str) {
-        self.queries.get_or_create(&OutcomeLabel { outcome }).inc();
-    }
-
-    pub fn rows(&self, n: usize) {
-        self.rows.inc_by(n as u64);
-    }
+fn register_metrics(metrics: &FlightMetrics, node: &NodeShared) {
+    node.metrics.register_with(|r| {
+        metrics.register(
+            r,
+            "flight",
+            "Flight SQL queries (statements, prepared statements, InfluxDB tickets) by outcome: ok, error (refused or failed), cancelled (the client went away)",
+            "Rows sent to Flight SQL clients",
+        )
+    });
 }
 
 /// The query engine's error as a gRPC status.

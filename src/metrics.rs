@@ -814,3 +814,39 @@ mod tests {
         }
     }
 }
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// A query protocol's statements by outcome and the rows it sent
+/// (`tidemark_<protocol>_queries_total{outcome}`,
+/// `tidemark_<protocol>_rows_total`): the PostgreSQL and Flight SQL servers.
+#[derive(Debug, Default)]
+pub struct ProtocolMetrics {
+    queries: Family<OutcomeLabel, Counter>,
+    rows: Counter,
+}
+
+impl ProtocolMetrics {
+    /// Registers the two families as `<protocol>_queries` and
+    /// `<protocol>_rows`, with their help texts.
+    pub fn register(&self, r: &mut Registry, protocol: &str, queries_help: &str, rows_help: &str) {
+        r.register(
+            format!("{protocol}_queries"),
+            queries_help,
+            self.queries.clone(),
+        );
+        r.register(format!("{protocol}_rows"), rows_help, self.rows.clone());
+    }
+
+    /// A statement ended: `ok`, `error` or `cancelled`.
+    pub fn outcome(&self, outcome: &'static str) {
+        self.queries.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+
+    pub fn rows(&self, n: usize) {
+        self.rows.inc_by(n as u64);
+    }
+}

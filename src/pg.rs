@@ -147,23 +147,14 @@ fn tls_acceptor(
 /// `tidemark_pg_*` metrics.
 #[derive(Debug, Default)]
 struct PgMetrics {
+    statements: crate::metrics::ProtocolMetrics,
     connections: prometheus_client::metrics::gauge::Gauge,
-    queries: prometheus_client::metrics::family::Family<
-        OutcomeLabel,
-        prometheus_client::metrics::counter::Counter,
-    >,
-    rows: prometheus_client::metrics::counter::Counter,
     auth_failures: prometheus_client::metrics::counter::Counter,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: &'static str,
 }
 
 impl PgMetrics {
     fn outcome(&self, outcome: &'static str) {
-        self.queries.get_or_create(&OutcomeLabel { outcome }).inc();
+        self.statements.outcome(outcome);
     }
 }
 
@@ -186,15 +177,11 @@ impl Handlers {
                 "PostgreSQL wire protocol connections open now",
                 m.connections.clone(),
             );
-            r.register(
-                "pg_queries",
+            m.statements.register(
+                r,
+                "pg",
                 "Statements run over the PostgreSQL wire protocol, by outcome",
-                m.queries.clone(),
-            );
-            r.register(
-                "pg_rows",
                 "Rows sent over the PostgreSQL wire protocol",
-                m.rows.clone(),
             );
             r.register(
                 "pg_auth_failures",
@@ -829,7 +816,7 @@ impl Stream for Rows {
             if let Some(rows) = &mut this.rows {
                 match rows.next() {
                     Some(Ok(row)) => {
-                        this.metrics.rows.inc();
+                        this.metrics.statements.rows(1);
                         return Poll::Ready(Some(Ok(row)));
                     }
                     Some(Err(e)) => {
