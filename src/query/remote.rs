@@ -220,7 +220,11 @@ async fn exchange(
     stream.write_all(&body).await.map_err(unreachable)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.map_err(unreachable)?;
-    let (status, content) = parse_response(&raw).map_err(|why| {
+    let Answer {
+        status,
+        error_kind,
+        body: content,
+    } = parse_response(&raw).map_err(|why| {
         QueryError::new(
             QueryErrorKind::Server,
             format!(
@@ -234,13 +238,11 @@ async fn exchange(
             .ok()
             .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
             .unwrap_or_else(|| String::from_utf8_lossy(content).into_owned());
-        let kind = kind_header(&raw)
-            .and_then(QueryErrorKind::parse)
-            .unwrap_or(match status {
-                400 | 401 | 403 => QueryErrorKind::Client,
-                504 => QueryErrorKind::Timeout,
-                _ => QueryErrorKind::Server,
-            });
+        let kind = error_kind.unwrap_or(match status {
+            400 | 401 | 403 => QueryErrorKind::Client,
+            504 => QueryErrorKind::Timeout,
+            _ => QueryErrorKind::Server,
+        });
         return Err(QueryError::new(kind, message));
     }
     let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(content), None)
@@ -260,20 +262,9 @@ async fn exchange(
     Ok((schema, content.len(), batches))
 }
 
-/// The `x-tidemark-error-kind` of a response (a query error's kind).
-fn kind_header(raw: &[u8]) -> Option<&str> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    resp.parse(raw).ok()?;
-    resp.headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("x-tidemark-error-kind"))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
-}
-
 /// A whole HTTP/1.1 response: its status and body (by `Content-Length`,
 /// else to the end; chunked bodies are not sent by tidemark).
-fn parse_response(raw: &[u8]) -> Result<(u16, &[u8]), String> {
+fn parse_response(raw: &[u8]) -> Result<Answer<'_>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     let n = match resp.parse(raw) {
@@ -281,24 +272,34 @@ fn parse_response(raw: &[u8]) -> Result<(u16, &[u8]), String> {
         Ok(httparse::Status::Partial) => return Err("the response ended early".into()),
         Err(e) => return Err(e.to_string()),
     };
-    let status = resp.code.unwrap_or(0);
-    let len = resp
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| {
-            std::str::from_utf8(h.value)
-                .ok()?
-                .trim()
-                .parse::<usize>()
-                .ok()
-        });
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    let len = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
+    let error_kind = header("x-tidemark-error-kind").and_then(QueryErrorKind::parse);
     let body = &raw[n..];
-    match len {
-        Some(l) if l > body.len() => Err(format!("{} of {l} body bytes", body.len())),
-        Some(l) => Ok((status, &body[..l])),
-        None => Ok((status, body)),
-    }
+    let body = match len {
+        Some(l) if l > body.len() => return Err(format!("{} of {l} body bytes", body.len())),
+        Some(l) => &body[..l],
+        None => body,
+    };
+    Ok(Answer {
+        status: resp.code.unwrap_or(0),
+        error_kind,
+        body,
+    })
+}
+
+/// A response of a query endpoint: its status, the failed query's kind
+/// (`x-tidemark-error-kind`) and its body.
+#[derive(Debug, PartialEq)]
+struct Answer<'a> {
+    status: u16,
+    error_kind: Option<QueryErrorKind>,
+    body: &'a [u8],
 }
 
 /// A query's result batches, from the pool or from another node.
@@ -355,9 +356,15 @@ mod tests {
     #[test]
     fn responses_are_read_by_their_length() {
         let raw = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcdef";
-        assert_eq!(parse_response(raw).unwrap(), (200, &b"abc"[..]));
+        let a = parse_response(raw).unwrap();
+        assert_eq!((a.status, a.body, a.error_kind), (200, &b"abc"[..], None));
         let raw = b"HTTP/1.1 400 Bad Request\r\n\r\n{\"error\":\"x\"}";
-        assert_eq!(parse_response(raw).unwrap().0, 400);
+        assert_eq!(parse_response(raw).unwrap().status, 400);
+        let raw = b"HTTP/1.1 504 Gateway Timeout\r\nx-tidemark-error-kind: timeout\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(
+            parse_response(raw).unwrap().error_kind,
+            Some(QueryErrorKind::Timeout)
+        );
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab").is_err());
         assert!(parse_response(b"HTTP/1.1 200").is_err());
     }
