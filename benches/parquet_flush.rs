@@ -5,13 +5,45 @@
 //! is the whole table; throughput counts rows, and bytes of the table's
 //! in-memory Arrow data.
 //!
-//! Ids: `parquet_flush/rows=<rows>/codec=<lz4_raw|zstd>`.
+//! Ids: `parquet_flush/rows=<rows>/codec=<lz4_raw|zstd>`, and
+//! `parquet_flush/loadgen/rows=1000000/codec=lz4_raw`: the table a node's
+//! flush gets under `perf/ingest-matrix.sh` (tidemark-loadgen's TSBS rows, 10
+//! tags, its 64 bodies of 5,000 rows decoded as MessagePack columnar and
+//! cycled, so each point arrives about three times and is merged).
 
 use arrow_array::RecordBatch;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tidemark_benches::{cpu_table, frozen_cpu_table};
+use tidemark_loadgen::gen::{self, Generator, Schema};
+use tidemark_shards::buffer::{BufferConfig, FrozenTable, ShardBuffer};
+use tidemark_shards::catalog::{Catalog, CatalogCache};
 use tidemark_shards::flush::{encode_rows, EncodeOptions, FlushCodec};
 use tidemark_shards::{ShardId, WalSeq};
+
+/// `rows` rows as a node buffers them under the ingest matrix: the
+/// loadgen's pool of 64 MessagePack columnar bodies of 5,000 rows, decoded
+/// and appended in turn, cycled.
+fn frozen_loadgen_table(rows: usize) -> FrozenTable {
+    let mut g = Generator::new(Schema::Cpu, 1000, 1_704_067_200_000_000_000, 10_000_000_000, 42);
+    let bodies: Vec<Vec<u8>> = (0..64)
+        .map(|_| gen::encode(gen::Format::MsgpackColumnar, &g.rows(5_000)))
+        .collect();
+    let mut buf = ShardBuffer::new(BufferConfig::default(), WalSeq::ZERO);
+    let mut cache = CatalogCache::new(Catalog::new());
+    let mut seq = WalSeq::ZERO;
+    let mut table = None;
+    for body in bodies.iter().cycle().take(rows.div_ceil(5_000)) {
+        let decoded = tidemark_ingest::msgpack::parse(body, "bench", 0).expect("loadgen body");
+        for wb in decoded.batches {
+            let schema = cache.check(wb.table(), wb.batch().schema_ref()).expect("schema");
+            seq = seq.next();
+            buf.append(seq, wb.table(), &schema, wb.batch());
+            table = Some(wb.table().clone());
+        }
+    }
+    let mut set = buf.begin_flush().expect("rows were appended");
+    set.tables.remove(&table.expect("a table")).expect("the cpu table")
+}
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("parquet_flush");
@@ -54,6 +86,28 @@ fn bench(c: &mut Criterion) {
             group.bench_function(format!("rows={rows}/codec={name}"), |b| b.iter(encode));
         }
     }
+    let frozen = frozen_loadgen_table(1_000_000);
+    let options = EncodeOptions::flush(FlushCodec::Lz4Raw);
+    let encode = || {
+        encode_rows(
+            &cpu_table(),
+            &frozen.schema,
+            &frozen.batches,
+            ShardId(0),
+            WalSeq(1),
+            &options,
+        )
+        .expect("encode")
+    };
+    let e = encode();
+    eprintln!(
+        "parquet_flush/loadgen/rows=1000000/codec=lz4_raw: {} batches -> {} files, {} rows merged",
+        frozen.batches.len(),
+        e.files.len(),
+        e.merged
+    );
+    group.throughput(Throughput::Elements(1_000_000));
+    group.bench_function("loadgen/rows=1000000/codec=lz4_raw", |b| b.iter(encode));
     group.finish();
 }
 
