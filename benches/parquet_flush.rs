@@ -24,7 +24,13 @@ use tidemark_shards::{ShardId, WalSeq};
 /// loadgen's pool of 64 MessagePack columnar bodies of 5,000 rows, decoded
 /// and appended in turn, cycled.
 fn frozen_loadgen_table(rows: usize) -> FrozenTable {
-    let mut g = Generator::new(Schema::Cpu, 1000, 1_704_067_200_000_000_000, 10_000_000_000, 42);
+    let mut g = Generator::new(
+        Schema::Cpu,
+        1000,
+        1_704_067_200_000_000_000,
+        10_000_000_000,
+        42,
+    );
     let bodies: Vec<Vec<u8>> = (0..64)
         .map(|_| gen::encode(gen::Format::MsgpackColumnar, &g.rows(5_000)))
         .collect();
@@ -35,14 +41,18 @@ fn frozen_loadgen_table(rows: usize) -> FrozenTable {
     for body in bodies.iter().cycle().take(rows.div_ceil(5_000)) {
         let decoded = tidemark_ingest::msgpack::parse(body, "bench", 0).expect("loadgen body");
         for wb in decoded.batches {
-            let schema = cache.check(wb.table(), wb.batch().schema_ref()).expect("schema");
+            let schema = cache
+                .check(wb.table(), wb.batch().schema_ref())
+                .expect("schema");
             seq = seq.next();
             buf.append(seq, wb.table(), &schema, wb.batch());
             table = Some(wb.table().clone());
         }
     }
     let mut set = buf.begin_flush().expect("rows were appended");
-    set.tables.remove(&table.expect("a table")).expect("the cpu table")
+    set.tables
+        .remove(&table.expect("a table"))
+        .expect("the cpu table")
 }
 
 fn bench(c: &mut Criterion) {

@@ -38,7 +38,7 @@ use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
 use crate::buffer::{FlushingSet, FrozenTable};
-use crate::dedup::{merge_sorted, series_keys, sort_order};
+use crate::dedup::{merge_sorted, series_keys, sort_rows};
 use crate::failpoint::crash_point;
 use crate::ids::{ShardId, WalSeq};
 use crate::manifest::{FileMeta, Manifest, ManifestError};
@@ -405,15 +405,14 @@ pub fn encode_rows(
     let series_of_row = series_keys(&tag_columns, batch.num_rows(), 128);
     let hour_values = hours.values();
     let time_values = times.values();
-    let order = sort_order(hour_values, &series_of_row, time_values);
+    let sorted = sort_rows(hour_values, &series_of_row, time_values);
     let fields: Vec<usize> = table_schema
         .columns()
         .enumerate()
         .filter(|(_, (_, k))| matches!(k, ColumnKind::Field(_)))
         .map(|(i, _)| i)
         .collect();
-    let (sorted, merged) =
-        merge_sorted(&batch, &order, &series_of_row, time_values, &fields).map_err(arrow_err)?;
+    let (sorted, merged) = merge_sorted(&batch, &sorted, &fields).map_err(arrow_err)?;
     let sorted_hours: Vec<i64> = sorted
         .column(time_idx)
         .as_primitive::<TimestampNanosecondType>()

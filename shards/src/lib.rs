@@ -33,6 +33,7 @@ pub mod replication;
 pub mod runtime;
 pub mod schema;
 pub mod shard;
+pub mod tags;
 pub mod throttle;
 pub mod wal;
 

@@ -17,7 +17,7 @@ use tidemark_shards::schema::{validate_column_name, TIME_COLUMN, TIME_ZONE};
 use tidemark_shards::{ColumnKind, FieldType, TableKey, WriteBatch};
 
 use crate::error::IngestError;
-use crate::tags::TagDict;
+use tidemark_shards::tags::TagDict;
 
 /// Maps keyed by column and measurement names, probed once per value of a
 /// row when the row's columns differ from the previous row's: a fast

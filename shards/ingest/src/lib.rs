@@ -11,7 +11,6 @@ pub mod error;
 pub mod line_protocol;
 pub mod msgpack;
 pub mod precision;
-mod tags;
 
 pub use error::{IngestError, IngestErrors, Unit};
 pub use precision::Precision;

@@ -49,7 +49,7 @@ use tidemark_shards::{ColumnKind, FieldType, TableKey, WriteBatch};
 
 use crate::builder::{validity, Decoded, RequestBuilder, Value};
 use crate::error::{IngestError, IngestErrors, Unit};
-use crate::tags::TagDict;
+use tidemark_shards::tags::TagDict;
 
 /// One decoded MessagePack value; containers give their length.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,7 +1,7 @@
-//! The dictionary of one tag column while a request is decoded: every
-//! distinct value once, in order of first appearance, each with its key
-//! (its index). Both decoders build their tag columns with it (line
-//! protocol through [`crate::builder`], MessagePack columnar directly).
+//! The dictionary of one tag column being built: every distinct value
+//! once, in order of first appearance, each with its key (its index). Both
+//! decoders of `tidemark-ingest` build a request's tag columns with it, and
+//! the [buffer](crate::buffer) a part's tag columns.
 //!
 //! Values are found in an open-addressing table with a cheap hash (std's
 //! SipHash took a fifth of MessagePack decoding; arrow's dictionary builder,
@@ -21,21 +21,21 @@ use arrow_array::StringArray;
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
 
 /// How many slots a lookup probes before it turns to the `HashMap`.
-pub(crate) const TAG_MAX_PROBE: usize = 16;
+pub const TAG_MAX_PROBE: usize = 16;
 
 /// See the [module docs](self).
 #[derive(Debug)]
-pub(crate) struct TagDict {
+pub struct TagDict {
     /// Slot -> key, `u32::MAX` when empty; a power of two long, at least
     /// twice as long as there are values.
-    pub(crate) slots: Vec<u32>,
+    slots: Vec<u32>,
     /// 64 - log2 of the slots: a hash's top bits are its slot.
     shift: u32,
     /// Per value: its words, and where it ends in `bytes`.
     words: Vec<TagWords>,
     ends: Vec<i32>,
     bytes: Vec<u8>,
-    pub(crate) overflow: HashMap<Box<[u8]>, i32>,
+    overflow: HashMap<Box<[u8]>, i32>,
 }
 
 /// A tag value's length and its first and last (up to) 8 bytes: all of its
@@ -94,7 +94,7 @@ impl Default for TagDict {
 
 impl TagDict {
     /// Forgets every value, keeping the memory.
-    pub(crate) fn clear(&mut self) {
+    pub fn clear(&mut self) {
         self.words.clear();
         self.ends.clear();
         self.bytes.clear();
@@ -103,9 +103,12 @@ impl TagDict {
     }
 
     /// Distinct values so far.
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.words.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
     }
 
     fn value(&self, k: usize) -> &[u8] {
@@ -116,7 +119,7 @@ impl TagDict {
     /// The key of `s`, added if new; `None` if `s` is not UTF-8 (or the
     /// dictionary would outgrow `i32` offsets or keys).
     #[inline]
-    pub(crate) fn key(&mut self, s: &[u8]) -> Option<i32> {
+    pub fn key(&mut self, s: &[u8]) -> Option<i32> {
         let words = TagWords::of(s);
         let mask = self.slots.len() - 1;
         let mut slot = (words.hash(s) >> self.shift) as usize;
@@ -156,7 +159,7 @@ impl TagDict {
     }
 
     /// Resizes the table to `len` slots and puts every value back.
-    pub(crate) fn rehash(&mut self, len: usize) {
+    fn rehash(&mut self, len: usize) {
         self.slots.clear();
         self.slots.resize(len, u32::MAX);
         self.shift = 64 - len.trailing_zeros();
@@ -178,7 +181,7 @@ impl TagDict {
     }
 
     /// The values, in key order, as the dictionary's values array.
-    pub(crate) fn values(&self) -> StringArray {
+    pub fn values(&self) -> StringArray {
         let mut offsets = Vec::with_capacity(self.ends.len() + 1);
         offsets.push(0i32);
         offsets.extend_from_slice(&self.ends);
