@@ -231,10 +231,12 @@ impl TagBuilder {
 
     fn array(keys: Vec<i32>, nulls: Option<arrow_buffer::NullBuffer>, dict: &TagDict) -> ArrayRef {
         let keys = Int32Array::new(keys.into(), nulls);
-        Arc::new(
-            DictionaryArray::<Int32Type>::try_new(keys, Arc::new(dict.values()))
-                .expect("every key is a value's index"),
-        )
+        let values: ArrayRef = Arc::new(dict.values());
+        debug_assert!(DictionaryArray::<Int32Type>::try_new(keys.clone(), values.clone()).is_ok());
+        // SAFETY: `try_new` would succeed: every non-null key was given by
+        // `dict.key`, so it indexes `dict`'s values (null rows hold 0 and
+        // are not checked). Its check of every key was 2.4% of a node's CPU.
+        Arc::new(unsafe { DictionaryArray::<Int32Type>::new_unchecked(keys, values) })
     }
 
     fn finish(&mut self) -> ArrayRef {

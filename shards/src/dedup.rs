@@ -13,9 +13,9 @@ use std::collections::HashMap;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, TimestampNanosecondType};
-use arrow_array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::ArrowError;
-use arrow_select::take::{take, take_record_batch};
+use arrow_select::interleave::interleave;
 
 /// Rows put in order by (hour, series key, time): see [`sort_rows`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,9 +110,11 @@ pub fn sort_rows(hours: &[i64], series: &[u128], times: &[i64]) -> Sorted {
 
 /// Per row, a key whose numeric order is the order of the row's tag values
 /// (`columns` in order, nulls first, strings bytewise), as
-/// [`arrow_row`]'s comparison of the tags would give.
+/// [`arrow_row`]'s comparison of the tags would give. The rows are in
+/// parts (a buffer's frozen batches): `columns[t][p]` is tag column `t` of
+/// part `p`, and row `i` of the result is the `i`-th row over all parts.
 ///
-/// Each tag column's distinct values are ranked once (a dictionary holds
+/// Each tag column's distinct values are ranked once (dictionaries hold
 /// few of them); a row's ranks are packed into the key, most significant
 /// first, each in as many bits as its column's largest rank needs. When
 /// the next column would not fit in `max_bits` (at most 128), the keys so
@@ -120,13 +122,13 @@ pub fn sort_rows(hours: &[i64], series: &[u128], times: &[i64]) -> Sorted {
 /// takes at most 32 bits, and packing goes on. Keys are packed a block of
 /// rows at a time, every column into the block, so the keys are written
 /// once from cache rather than once per column from memory.
-pub fn series_keys(columns: &[ArrayRef], rows: usize, max_bits: u32) -> Vec<u128> {
+pub fn series_keys(columns: &[Vec<ArrayRef>], rows: usize, max_bits: u32) -> Vec<u128> {
     let mut keys = vec![0u128; rows];
     let mut used = 0u32;
     let mut pending: Vec<RankedColumn<'_>> = Vec::new();
-    for column in columns {
-        let ranked = RankedColumn::new(column);
-        let bits = u32::BITS - ranked.max_rank.leading_zeros();
+    for parts in columns {
+        let ranked = RankedColumn::new(parts);
+        let bits = ranked.bits();
         if used + bits > max_bits {
             pack(&mut keys, &pending);
             pending.clear();
@@ -139,41 +141,77 @@ pub fn series_keys(columns: &[ArrayRef], rows: usize, max_bits: u32) -> Vec<u128
     keys
 }
 
-/// A tag column with the rank of each of its dictionary values.
-struct RankedColumn<'a> {
+/// One part of a tag column, with the rank of each of its dictionary values.
+struct RankedPart<'a> {
     keys: &'a [i32],
     nulls: Option<&'a arrow_buffer::NullBuffer>,
     /// Per dictionary value: 0 for null, else 1 + the rank of its string
     /// among the column's distinct strings (equal strings, even under
-    /// different dictionary keys, rank the same).
+    /// different dictionary keys or in different parts, rank the same).
     value_rank: Vec<u32>,
+}
+
+/// A tag column (in parts), ranked.
+struct RankedColumn<'a> {
+    parts: Vec<RankedPart<'a>>,
     max_rank: u32,
 }
 
 impl<'a> RankedColumn<'a> {
-    fn new(column: &'a ArrayRef) -> RankedColumn<'a> {
-        let dict = column.as_dictionary::<Int32Type>();
-        let values = dict.values().as_string::<i32>();
-        let mut order: Vec<u32> = (0..values.len() as u32)
-            .filter(|&v| values.is_valid(v as usize))
+    fn new(parts: &'a [ArrayRef]) -> RankedColumn<'a> {
+        let dicts: Vec<_> = parts
+            .iter()
+            .map(|c| c.as_dictionary::<Int32Type>())
             .collect();
-        order.sort_unstable_by(|&a, &b| values.value(a as usize).cmp(values.value(b as usize)));
-        let mut value_rank = vec![0u32; values.len()];
-        let mut rank = 0u32;
-        let mut previous: Option<&str> = None;
-        for v in order {
-            let s = values.value(v as usize);
-            if previous != Some(s) {
-                rank += 1;
-                previous = Some(s);
-            }
-            value_rank[v as usize] = rank;
+        // Each distinct string gets an id (a hash lookup per dictionary
+        // value, not per row), then the few distinct strings are sorted.
+        let mut ids: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
+        let mut distinct: Vec<&str> = Vec::new();
+        let value_ids: Vec<Vec<u32>> = dicts
+            .iter()
+            .map(|d| {
+                let values = d.values().as_string::<i32>();
+                (0..values.len())
+                    .map(|v| {
+                        if values.is_null(v) {
+                            return u32::MAX;
+                        }
+                        let s = values.value(v);
+                        *ids.entry(s).or_insert_with(|| {
+                            distinct.push(s);
+                            (distinct.len() - 1) as u32
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let mut by_string: Vec<u32> = (0..distinct.len() as u32).collect();
+        by_string.sort_unstable_by_key(|&i| distinct[i as usize]);
+        let mut rank_of_id = vec![0u32; distinct.len()];
+        for (r, &i) in by_string.iter().enumerate() {
+            rank_of_id[i as usize] = r as u32 + 1;
         }
+        let parts = dicts
+            .iter()
+            .zip(value_ids)
+            .map(|(d, ids)| RankedPart {
+                keys: d.keys().values(),
+                nulls: d.keys().nulls().filter(|n| n.null_count() > 0),
+                value_rank: ids
+                    .into_iter()
+                    .map(|i| {
+                        if i == u32::MAX {
+                            0
+                        } else {
+                            rank_of_id[i as usize]
+                        }
+                    })
+                    .collect(),
+            })
+            .collect();
         RankedColumn {
-            keys: dict.keys().values(),
-            nulls: dict.keys().nulls().filter(|n| n.null_count() > 0),
-            value_rank,
-            max_rank: rank,
+            parts,
+            max_rank: distinct.len() as u32,
         }
     }
 
@@ -185,29 +223,39 @@ impl<'a> RankedColumn<'a> {
 /// Shifts each column's rank into `keys`, in `columns`' order.
 fn pack(keys: &mut [u128], columns: &[RankedColumn<'_>]) {
     const BLOCK: usize = 2048;
-    for (b, block) in keys.chunks_mut(BLOCK).enumerate() {
-        let base = b * BLOCK;
-        for c in columns {
-            let bits = c.bits();
-            let ks = &c.keys[base..base + block.len()];
-            match c.nulls {
-                None => {
-                    for (k, &key) in block.iter_mut().zip(ks) {
-                        *k = (*k << bits) | c.value_rank[key as usize] as u128;
+    let Some(first) = columns.first() else {
+        return;
+    };
+    let mut start = 0;
+    for p in 0..first.parts.len() {
+        let len = first.parts[p].keys.len();
+        let part_keys = &mut keys[start..start + len];
+        for (b, block) in part_keys.chunks_mut(BLOCK).enumerate() {
+            let base = b * BLOCK;
+            for c in columns {
+                let bits = c.bits();
+                let part = &c.parts[p];
+                let ks = &part.keys[base..base + block.len()];
+                match part.nulls {
+                    None => {
+                        for (k, &key) in block.iter_mut().zip(ks) {
+                            *k = (*k << bits) | part.value_rank[key as usize] as u128;
+                        }
                     }
-                }
-                Some(nulls) => {
-                    for (i, (k, &key)) in block.iter_mut().zip(ks).enumerate() {
-                        let r = if nulls.is_valid(base + i) {
-                            c.value_rank[key as usize]
-                        } else {
-                            0
-                        };
-                        *k = (*k << bits) | r as u128;
+                    Some(nulls) => {
+                        for (i, (k, &key)) in block.iter_mut().zip(ks).enumerate() {
+                            let r = if nulls.is_valid(base + i) {
+                                part.value_rank[key as usize]
+                            } else {
+                                0
+                            };
+                            *k = (*k << bits) | r as u128;
+                        }
                     }
                 }
             }
         }
+        start += len;
     }
 }
 
@@ -223,15 +271,17 @@ fn dense_rank(keys: &mut [u128]) -> u128 {
     distinct.len().saturating_sub(1) as u128
 }
 
-/// The rows of `batch` in `sorted`'s order, with every run of equal points
-/// (one group's rows of equal time, adjacent in the order, oldest write
-/// first) made one row: its tags and time, and per column of `fields` the
-/// newest non-null value of the run (null if the run has none). Returns
-/// the rows and how many were merged away. Costs one pass over the sorted
-/// times when no point repeats; a field column without nulls takes the
-/// run's newest row, like the tags.
+/// The rows of `batches` (parts of one table, all with the same schema; a
+/// row's index counts over all of them) in `sorted`'s order, with every
+/// run of equal points (one group's rows of equal time, adjacent in the
+/// order, oldest write first) made one row: its tags and time, and per
+/// column of `fields` the newest non-null value of the run (null if the
+/// run has none). Returns the rows and how many were merged away. The rows
+/// are gathered from the parts straight into the output (`interleave`), no
+/// concatenated copy first; a field column without nulls takes the run's
+/// newest row, like the tags.
 pub fn merge_sorted(
-    batch: &RecordBatch,
+    batches: &[RecordBatch],
     sorted: &Sorted,
     fields: &[usize],
 ) -> Result<(RecordBatch, u64), ArrowError> {
@@ -240,21 +290,44 @@ pub fn merge_sorted(
         times,
         groups,
     } = sorted;
+    let schema = match batches.first() {
+        Some(b) => b.schema(),
+        None => return Err(ArrowError::InvalidArgumentError("no rows to merge".into())),
+    };
+    let mut starts = Vec::with_capacity(batches.len());
+    let mut rows = 0;
+    for b in batches {
+        starts.push(rows);
+        rows += b.num_rows();
+    }
+    // Global row -> (part, row in part).
+    let locate = |i: u32| {
+        let i = i as usize;
+        let p = starts.partition_point(|&s| s <= i) - 1;
+        (p, i - starts[p])
+    };
     let repeats = groups
         .windows(2)
         .any(|w| times[w[0]..w[1]].windows(2).any(|p| p[0] == p[1]));
+    let gather = |column: usize, at: &[(usize, usize)]| {
+        let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(column).as_ref()).collect();
+        interleave(&parts, at)
+    };
     if !repeats {
-        let idx = UInt32Array::from(order.clone());
-        return Ok((take_record_batch(batch, &idx)?, 0));
+        let at: Vec<(usize, usize)> = order.iter().map(|&i| locate(i)).collect();
+        let columns = (0..schema.fields().len())
+            .map(|c| gather(c, &at))
+            .collect::<Result<Vec<_>, _>>()?;
+        return Ok((RecordBatch::try_new(schema, columns)?, 0));
     }
     // Fields with nulls pick per run; the rest take the newest row.
     let nullable: Vec<usize> = fields
         .iter()
         .copied()
-        .filter(|&f| batch.column(f).null_count() > 0)
+        .filter(|&f| batches.iter().any(|b| b.column(f).null_count() > 0))
         .collect();
     let mut keep = Vec::with_capacity(order.len());
-    let mut picks: Vec<Vec<u32>> = vec![Vec::with_capacity(order.len()); nullable.len()];
+    let mut picks: Vec<Vec<(usize, usize)>> = vec![Vec::with_capacity(order.len()); nullable.len()];
     for w in groups.windows(2) {
         let mut i = w[0];
         while i < w[1] {
@@ -263,15 +336,14 @@ pub fn merge_sorted(
                 j += 1;
             }
             let run = &order[i..j];
-            let newest = run[run.len() - 1];
+            let newest = locate(run[run.len() - 1]);
             keep.push(newest);
             for (&f, out) in nullable.iter().zip(&mut picks) {
-                let column = batch.column(f);
                 let pick = run
                     .iter()
                     .rev()
-                    .find(|&&r| column.is_valid(r as usize))
-                    .copied()
+                    .map(|&r| locate(r))
+                    .find(|&(p, r)| batches[p].column(f).is_valid(r))
                     .unwrap_or(newest);
                 out.push(pick);
             }
@@ -279,16 +351,13 @@ pub fn merge_sorted(
         }
     }
     let merged = (order.len() - keep.len()) as u64;
-    let keep = UInt32Array::from(keep);
-    let mut columns = Vec::with_capacity(batch.num_columns());
-    for (c, column) in batch.columns().iter().enumerate() {
-        let idx = match nullable.iter().position(|&f| f == c) {
-            Some(k) => UInt32Array::from(std::mem::take(&mut picks[k])),
-            None => keep.clone(),
-        };
-        columns.push(take(column.as_ref(), &idx, None)?);
-    }
-    Ok((RecordBatch::try_new(batch.schema(), columns)?, merged))
+    let columns = (0..schema.fields().len())
+        .map(|c| match nullable.iter().position(|&f| f == c) {
+            Some(k) => gather(c, &picks[k]),
+            None => gather(c, &keep),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((RecordBatch::try_new(schema, columns)?, merged))
 }
 
 /// Sorts `batch` by (series, time) and merges repeated points (see
@@ -301,14 +370,21 @@ pub fn sort_and_merge(
     time: usize,
     fields: &[usize],
 ) -> Result<(RecordBatch, u64), ArrowError> {
-    let columns: Vec<ArrayRef> = tags.iter().map(|&t| batch.column(t).clone()).collect();
+    let columns: Vec<Vec<ArrayRef>> = tags
+        .iter()
+        .map(|&t| vec![batch.column(t).clone()])
+        .collect();
     let series = series_keys(&columns, batch.num_rows(), 128);
     let times = batch
         .column(time)
         .as_primitive::<TimestampNanosecondType>()
         .values();
     let hours = vec![0i64; batch.num_rows()];
-    merge_sorted(batch, &sort_rows(&hours, &series, times), fields)
+    merge_sorted(
+        std::slice::from_ref(batch),
+        &sort_rows(&hours, &series, times),
+        fields,
+    )
 }
 
 /// Per row, a 64-bit hash of its point (tag values by column, and time):
@@ -421,6 +497,7 @@ pub fn repeated(hashes: &[u64]) -> Vec<u32> {
 pub(crate) mod tests {
     use super::*;
     use arrow_array::DictionaryArray;
+    use std::sync::Arc;
 
     /// A deterministic pseudo-random sequence (xorshift64) for test data.
     pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
@@ -495,19 +572,36 @@ pub(crate) mod tests {
         let tuples: Vec<[Option<&str>; 3]> = (0..rows)
             .map(|_| std::array::from_fn(|_| values[next() % values.len()]))
             .collect();
-        // Each column as two dictionaries concatenated, so equal strings
-        // may sit under different keys.
-        let columns: Vec<ArrayRef> = (0..3)
+        // Each column as two dictionaries, concatenated or as two parts,
+        // so equal strings may sit under different keys.
+        let halves = |c: usize| -> (ArrayRef, ArrayRef) {
+            let half = |r: std::ops::Range<usize>| -> ArrayRef {
+                Arc::new(
+                    tuples[r]
+                        .iter()
+                        .map(|t| t[c])
+                        .collect::<DictionaryArray<Int32Type>>(),
+                )
+            };
+            (half(0..rows / 2), half(rows / 2..rows))
+        };
+        let concatenated: Vec<Vec<ArrayRef>> = (0..3)
             .map(|c| {
-                let half = |r: std::ops::Range<usize>| -> DictionaryArray<Int32Type> {
-                    tuples[r].iter().map(|t| t[c]).collect()
-                };
-                let (a, b) = (half(0..rows / 2), half(rows / 2..rows));
-                arrow_select::concat::concat(&[&a, &b]).unwrap()
+                let (a, b) = halves(c);
+                vec![arrow_select::concat::concat(&[&a, &b]).unwrap()]
             })
             .collect();
-        for max_bits in [128, 6, 4, 3] {
-            let keys = series_keys(&columns, rows, max_bits);
+        let parts: Vec<Vec<ArrayRef>> = (0..3)
+            .map(|c| {
+                let (a, b) = halves(c);
+                vec![a, b]
+            })
+            .collect();
+        for (max_bits, columns) in [128, 6, 4, 3]
+            .into_iter()
+            .flat_map(|m| [(m, &concatenated), (m, &parts)])
+        {
+            let keys = series_keys(columns, rows, max_bits);
             for i in 0..rows {
                 for j in 0..rows {
                     assert_eq!(
@@ -526,7 +620,6 @@ pub(crate) mod tests {
     fn repeated_points_merge_fields_with_the_latest_write_winning() {
         use arrow_array::{Float64Array, Int64Array, TimestampNanosecondArray};
         use arrow_schema::{DataType, Field, Schema};
-        use std::sync::Arc;
         let schema = Arc::new(Schema::new(vec![
             Field::new(
                 "time",
@@ -637,7 +730,8 @@ pub(crate) mod tests {
         use arrow_array::{Float64Array, TimestampNanosecondArray};
         use arrow_schema::{DataType, Field, Schema};
         use std::collections::BTreeMap;
-        use std::sync::Arc;
+        /// A point: host and time.
+        type Point = (Option<String>, i64);
         let schema = Arc::new(Schema::new(vec![
             Field::new(
                 "time",
@@ -662,7 +756,7 @@ pub(crate) mod tests {
                 .collect();
             let time: Vec<i64> = (0..rows).map(|_| (next() % 40) as i64).collect();
             let a: Vec<Option<f64>> = (0..rows)
-                .map(|i| (next() % 3 != 0).then_some(i as f64))
+                .map(|i| (!next().is_multiple_of(3)).then_some(i as f64))
                 .collect();
             let b: Vec<f64> = (0..rows).map(|i| -(i as f64)).collect();
             let half = rows / 2;
@@ -680,7 +774,7 @@ pub(crate) mod tests {
                 ],
             )
             .unwrap();
-            let mut want: BTreeMap<(Option<String>, i64), (Option<f64>, f64)> = BTreeMap::new();
+            let mut want: BTreeMap<Point, (Option<f64>, f64)> = BTreeMap::new();
             for i in 0..rows {
                 let e = want
                     .entry((host[i].clone(), time[i]))
@@ -688,27 +782,45 @@ pub(crate) mod tests {
                 e.0 = a[i].or(e.0);
                 e.1 = b[i];
             }
-            let (out, merged) = sort_and_merge(&batch, &[1], 0, &[2, 3]).unwrap();
+            let (whole, merged) = sort_and_merge(&batch, &[1], 0, &[2, 3]).unwrap();
             assert_eq!(merged as usize, rows - want.len(), "rows {rows}");
-            let hosts = out.column(1).as_dictionary::<Int32Type>();
-            let host_values = hosts.values().as_string::<i32>();
-            let got: Vec<((Option<String>, i64), (Option<f64>, f64))> = (0..out.num_rows())
-                .map(|r| {
-                    let h = hosts.key(r).map(|k| host_values.value(k).to_string());
-                    let t = out
-                        .column(0)
-                        .as_primitive::<TimestampNanosecondType>()
-                        .value(r);
-                    let a = out
-                        .column(2)
-                        .as_primitive::<arrow_array::types::Float64Type>();
-                    let b = out
-                        .column(3)
-                        .as_primitive::<arrow_array::types::Float64Type>();
-                    ((h, t), (a.is_valid(r).then(|| a.value(r)), b.value(r)))
-                })
+            // The same rows in three parts, as a flush gets them.
+            let cuts = [0, rows / 3, rows / 2, rows];
+            let parts: Vec<RecordBatch> = cuts
+                .windows(2)
+                .map(|w| batch.slice(w[0], w[1] - w[0]))
                 .collect();
-            assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "rows {rows}");
+            let hosts: Vec<Vec<ArrayRef>> =
+                vec![parts.iter().map(|p| p.column(1).clone()).collect()];
+            let series = series_keys(&hosts, rows, 128);
+            let sorted = sort_rows(&vec![0; rows], &series, &time);
+            let (in_parts, merged) = merge_sorted(&parts, &sorted, &[2, 3]).unwrap();
+            assert_eq!(merged as usize, rows - want.len(), "rows {rows}");
+            for out in [whole, in_parts] {
+                let hosts = out.column(1).as_dictionary::<Int32Type>();
+                let host_values = hosts.values().as_string::<i32>();
+                let got: Vec<(Point, (Option<f64>, f64))> = (0..out.num_rows())
+                    .map(|r| {
+                        let h = hosts.key(r).map(|k| host_values.value(k).to_string());
+                        let t = out
+                            .column(0)
+                            .as_primitive::<TimestampNanosecondType>()
+                            .value(r);
+                        let a = out
+                            .column(2)
+                            .as_primitive::<arrow_array::types::Float64Type>();
+                        let b = out
+                            .column(3)
+                            .as_primitive::<arrow_array::types::Float64Type>();
+                        ((h, t), (a.is_valid(r).then(|| a.value(r)), b.value(r)))
+                    })
+                    .collect();
+                assert_eq!(
+                    got,
+                    want.clone().into_iter().collect::<Vec<_>>(),
+                    "rows {rows}"
+                );
+            }
         }
     }
 }

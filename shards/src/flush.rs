@@ -23,9 +23,8 @@ use std::time::Duration;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::TimestampNanosecondType;
-use arrow_array::{ArrayRef, Int64Array, RecordBatch};
+use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::ArrowError;
-use arrow_select::concat::concat_batches;
 use bytes::Bytes;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -373,23 +372,31 @@ pub fn encode_rows(
         source,
     };
     let schema = table_schema.arrow();
-    let batch = concat_batches(schema, batches).map_err(arrow_err)?;
-    if batch.num_rows() == 0 {
+    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    if rows == 0 {
         return Ok(Encoded {
             files: Vec::new(),
             merged: 0,
             expired: 0,
         });
     }
+    if let Some(b) = batches.iter().find(|b| b.schema_ref() != schema) {
+        return Err(arrow_err(ArrowError::SchemaError(format!(
+            "a frozen batch's schema {} is not the table's {schema}",
+            b.schema_ref()
+        ))));
+    }
     let time_idx = schema.index_of(TIME_COLUMN).map_err(arrow_err)?;
-    let times = batch
-        .column(time_idx)
-        .as_primitive::<TimestampNanosecondType>();
-    let hours: Int64Array = times
-        .values()
-        .iter()
-        .map(|t| t.div_euclid(HOUR_NS))
-        .collect();
+    // The rows stay in their frozen batches (parts): keys, the order and
+    // the merge read them there, and the sorted rows are gathered from
+    // them into the output, with no concatenated copy of the whole table.
+    let mut time_values = Vec::with_capacity(rows);
+    for b in &batches {
+        let times = b.column(time_idx).as_primitive::<TimestampNanosecondType>();
+        time_values.extend_from_slice(times.values());
+    }
+    let hour_values: Vec<i64> = time_values.iter().map(|t| t.div_euclid(HOUR_NS)).collect();
     let tags = table_schema.tag_names();
     // Sort by (hour, tags by name, time), then cut at hours. The tags are
     // not compared per row: each row gets one integer key whose order is
@@ -400,19 +407,20 @@ pub fn encode_rows(
     let mut tag_columns = Vec::with_capacity(tags.len());
     for tag in &tags {
         let idx = schema.index_of(tag).map_err(arrow_err)?;
-        tag_columns.push(batch.column(idx).clone());
+        tag_columns.push(batches.iter().map(|b| b.column(idx).clone()).collect());
     }
-    let series_of_row = series_keys(&tag_columns, batch.num_rows(), 128);
-    let hour_values = hours.values();
-    let time_values = times.values();
-    let sorted = sort_rows(hour_values, &series_of_row, time_values);
+    let series_of_row = series_keys(&tag_columns, rows, 128);
+    let sorted = sort_rows(&hour_values, &series_of_row, &time_values);
+    drop((series_of_row, hour_values, time_values));
     let fields: Vec<usize> = table_schema
         .columns()
         .enumerate()
         .filter(|(_, (_, k))| matches!(k, ColumnKind::Field(_)))
         .map(|(i, _)| i)
         .collect();
-    let (sorted, merged) = merge_sorted(&batch, &sorted, &fields).map_err(arrow_err)?;
+    let parts: Vec<RecordBatch> = batches.into_iter().cloned().collect();
+    let (sorted, merged) = merge_sorted(&parts, &sorted, &fields).map_err(arrow_err)?;
+    drop(parts);
     let sorted_hours: Vec<i64> = sorted
         .column(time_idx)
         .as_primitive::<TimestampNanosecondType>()

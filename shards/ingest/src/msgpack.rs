@@ -1271,7 +1271,12 @@ fn tag_column(dict: &mut TagDict, r: &mut Reader<'_>, n: usize) -> Option<ArrayR
         }
     }
     let keys = Int32Array::try_new(keys.into(), validity(n, &null_at).finish()).ok()?;
-    let dict = DictionaryArray::<Int32Type>::try_new(keys, Arc::new(dict.values())).ok()?;
+    let values: ArrayRef = Arc::new(dict.values());
+    debug_assert!(DictionaryArray::<Int32Type>::try_new(keys.clone(), values.clone()).is_ok());
+    // SAFETY: `try_new` would succeed: every non-null key was given by
+    // `dict.key`, so it indexes the dictionary's values (its check of every
+    // key was 1% of a node's CPU under columnar ingest).
+    let dict = unsafe { DictionaryArray::<Int32Type>::new_unchecked(keys, values) };
     *r = c;
     Some(Arc::new(dict))
 }
