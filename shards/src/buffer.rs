@@ -265,6 +265,31 @@ pub fn pad_to_schema(batch: &RecordBatch, schema: &TableSchema) -> RecordBatch {
     RecordBatch::try_new(arrow.clone(), columns).expect("padded to the table schema")
 }
 
+/// A write of at least `freeze_rows / KEEP_WHOLE_DIVISOR` rows becomes a
+/// frozen part as it is (its arrays shared, columns put in the table's
+/// order): copying it into the builders and re-keying its tags was 6% of
+/// a node's CPU under columnar ingest of 5,000-row requests. Smaller
+/// writes are gathered in the builders, so that a table of many small
+/// writes is not a snapshot of thousands of tiny batches.
+const KEEP_WHOLE_DIVISOR: usize = 4;
+
+/// `batch`'s columns in `schema`'s order, missing ones as nulls, or `None`
+/// if a column's type or nullability differs from the schema's (the
+/// catalog has checked the types, so that is not expected).
+fn conform(batch: &RecordBatch, schema: &TableSchema) -> Option<RecordBatch> {
+    let arrow = schema.arrow();
+    let n = batch.num_rows();
+    let columns = arrow
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) => c.clone(),
+            None => new_null_array(f.data_type(), n),
+        })
+        .collect();
+    RecordBatch::try_new(arrow.clone(), columns).ok()
+}
+
 /// The unflushed rows of one table.
 #[derive(Debug)]
 struct TableBuffer {
@@ -296,6 +321,15 @@ impl TableBuffer {
             self.schema = schema.clone();
         }
         let n = batch.num_rows();
+        if n >= freeze_rows.div_ceil(KEEP_WHOLE_DIVISOR) {
+            if let Some(part) = conform(batch, &self.schema) {
+                // Rows stay in write order: the active part's rows first.
+                self.freeze();
+                self.frozen.push(part);
+                self.rows += n;
+                return;
+            }
+        }
         let batch_schema = batch.schema_ref();
         for (i, (name, _)) in self.schema.columns().enumerate() {
             match batch_schema.index_of(name) {

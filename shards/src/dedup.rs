@@ -13,8 +13,11 @@ use std::collections::HashMap;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Int32Type, TimestampNanosecondType};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use std::sync::Arc;
+
+use arrow_array::{Array, ArrayRef, DictionaryArray, RecordBatch};
 use arrow_schema::ArrowError;
+use arrow_schema::DataType;
 use arrow_select::interleave::interleave;
 
 /// Rows put in order by (hour, series key, time): see [`sort_rows`].
@@ -311,7 +314,12 @@ pub fn merge_sorted(
         .any(|w| times[w[0]..w[1]].windows(2).any(|p| p[0] == p[1]));
     let gather = |column: usize, at: &[(usize, usize)]| {
         let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(column).as_ref()).collect();
-        interleave(&parts, at)
+        match parts.first().map(|p| p.data_type()) {
+            Some(DataType::Dictionary(k, v)) if **k == DataType::Int32 && **v == DataType::Utf8 => {
+                Ok(gather_dictionary(&parts, at))
+            }
+            _ => interleave(&parts, at),
+        }
     };
     if !repeats {
         let at: Vec<(usize, usize)> = order.iter().map(|&i| locate(i)).collect();
@@ -358,6 +366,59 @@ pub fn merge_sorted(
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok((RecordBatch::try_new(schema, columns)?, merged))
+}
+
+/// The rows `at` ((part, row) pairs) of a tag column in parts, as one
+/// dictionary array whose values are the parts' distinct strings. A hash
+/// lookup per dictionary value, then one key per row: `interleave` keeps
+/// every part's dictionary whole in its output, and with many parts (a
+/// buffer part per large request) its merge walks every row once per part.
+fn gather_dictionary(parts: &[&dyn Array], at: &[(usize, usize)]) -> ArrayRef {
+    let dicts: Vec<&DictionaryArray<Int32Type>> = parts.iter().map(|p| p.as_dictionary()).collect();
+    let mut ids: HashMap<&str, i32, foldhash::fast::RandomState> = HashMap::default();
+    let mut distinct: Vec<&str> = Vec::new();
+    // Per part, per dictionary value: its id, or -1 for a null value.
+    let value_ids: Vec<Vec<i32>> = dicts
+        .iter()
+        .map(|d| {
+            let values = d.values().as_string::<i32>();
+            (0..values.len())
+                .map(|v| {
+                    if values.is_null(v) {
+                        return -1;
+                    }
+                    let s = values.value(v);
+                    *ids.entry(s).or_insert_with(|| {
+                        distinct.push(s);
+                        (distinct.len() - 1) as i32
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let mut nulls = arrow_buffer::NullBufferBuilder::new(at.len());
+    let keys: Vec<i32> = at
+        .iter()
+        .map(|&(p, r)| {
+            let d = dicts[p];
+            let id = if d.is_valid(r) {
+                value_ids[p][d.keys().values()[r] as usize]
+            } else {
+                -1
+            };
+            if id < 0 {
+                nulls.append_null();
+                0
+            } else {
+                nulls.append_non_null();
+                id
+            }
+        })
+        .collect();
+    let keys = arrow_array::Int32Array::new(keys.into(), nulls.finish());
+    let values: ArrayRef = Arc::new(arrow_array::StringArray::from(distinct));
+    // Every non-null key is an index into `distinct`.
+    Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values).expect("keys index the values"))
 }
 
 /// Sorts `batch` by (series, time) and merges repeated points (see
@@ -784,11 +845,16 @@ pub(crate) mod tests {
             }
             let (whole, merged) = sort_and_merge(&batch, &[1], 0, &[2, 3]).unwrap();
             assert_eq!(merged as usize, rows - want.len(), "rows {rows}");
-            // The same rows in three parts, as a flush gets them.
+            // The same rows in three parts, each with its own dictionary,
+            // as a flush gets them.
             let cuts = [0, rows / 3, rows / 2, rows];
             let parts: Vec<RecordBatch> = cuts
                 .windows(2)
-                .map(|w| batch.slice(w[0], w[1] - w[0]))
+                .map(|w| {
+                    let mut columns = batch.slice(w[0], w[1] - w[0]).columns().to_vec();
+                    columns[1] = Arc::new(dict(w[0]..w[1]));
+                    RecordBatch::try_new(schema.clone(), columns).unwrap()
+                })
                 .collect();
             let hosts: Vec<Vec<ArrayRef>> =
                 vec![parts.iter().map(|p| p.column(1).clone()).collect()];
