@@ -9,8 +9,7 @@
 //! with the buffer's fill, from nothing when empty to [`MAX_IDLE_SHARE`] at
 //! `slow_bytes` (and stays there up to `max_bytes`): a write is admitted
 //! only once the core's CPU time since the flush started is within
-//! `1 - share` of the wall time, give or take a burst ([`BURST`]);
-//! otherwise it waits until it is. The idle
+//! `1 - share` of the wall time; otherwise it waits until it is. The idle
 //! time is what a flush worker sharing the core runs in (at `flush.nice`
 //! 19, the default, it runs *only* then). At some fill the share equals the
 //! flush's share of the work (`q / (p + q)`: flush CPU per byte over
@@ -27,16 +26,6 @@ use std::time::{Duration, Instant};
 
 /// The most of its time the gate makes a shard core leave idle.
 pub const MAX_IDLE_SHARE: f64 = 0.9;
-
-/// CPU time a core may run ahead of its allowance before writes wait: the
-/// bucket's depth. Requests arrive in bursts (every connection's next
-/// write at once after a group commit), and a core that works through a
-/// burst is briefly busier than its share however idle it is on average;
-/// without a depth every such burst slowed its last writes, which set the
-/// p99 at half load (7% of writes slowed, 12 ms p99 for MessagePack
-/// columnar at 1.09M rows/s). Sustained overload still runs the debt past
-/// it within a fraction of a second, so the flush gets its share as before.
-pub const BURST: Duration = Duration::from_millis(20);
 
 /// Where the gate sits; see the [module docs](self).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,9 +115,8 @@ impl Throttle {
             self.debt = (self.debt + used - busy * wall).max(0.0);
         }
         self.last = Some((now, cpu));
-        let over = self.debt - BURST.as_secs_f64();
-        if over > 0.0 {
-            let wait = Duration::from_secs_f64(over / busy);
+        if self.debt > 0.0 {
+            let wait = Duration::from_secs_f64(self.debt / busy);
             self.stats.slowed += 1;
             self.stats.slowed_seconds += wait.as_secs_f64();
             Admit::After(wait)
@@ -188,26 +176,19 @@ mod tests {
     }
 
     /// Half way to the slow mark the core must idle 45% of the time: after
-    /// 110 ms of CPU in 110 ms, a write waits until the 110 ms of CPU, less
-    /// the burst allowance, are 55% of the time.
+    /// 110 ms of CPU in 110 ms, a write waits until the 110 ms of CPU are
+    /// 55% of the time.
     #[test]
     fn a_core_busier_than_its_share_waits_until_it_is_not() {
         let mut t = throttle();
         let start = Instant::now();
         let fill = 125 * MB;
         assert_eq!(t.admit(start, Duration::ZERO, fill, true), Admit::Now);
-        // A burst within the allowance goes through: 30 ms of CPU in
-        // 30 ms is 13.5 ms over 55%.
-        let burst = start + Duration::from_millis(30);
-        assert_eq!(
-            t.admit(burst, Duration::from_millis(30), fill, true),
-            Admit::Now
-        );
         let now = start + Duration::from_millis(110);
         let Admit::After(wait) = t.admit(now, Duration::from_millis(110), fill, true) else {
             panic!("not slowed");
         };
-        let expected = (0.110 - 0.55 * 0.110 - BURST.as_secs_f64()) / 0.55;
+        let expected = 0.110 / 0.55 - 0.110;
         assert!((wait.as_secs_f64() - expected).abs() < 1e-6, "{wait:?}");
         assert_eq!(t.stats.slowed, 1);
         assert!((t.stats.slowed_seconds - expected).abs() < 1e-6);
