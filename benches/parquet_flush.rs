@@ -17,7 +17,7 @@ use tidemark_benches::{cpu_table, frozen_cpu_table};
 use tidemark_loadgen::gen::{self, Generator, Schema};
 use tidemark_shards::buffer::{BufferConfig, FrozenTable, ShardBuffer};
 use tidemark_shards::catalog::{Catalog, CatalogCache};
-use tidemark_shards::flush::{encode_rows, EncodeOptions, FlushCodec};
+use tidemark_shards::flush::{encode_rows, EncodeOptions, Encoded, FlushCodec};
 use tidemark_shards::{ShardId, WalSeq};
 
 /// `rows` rows as a node buffers them under the ingest matrix: the
@@ -55,10 +55,22 @@ fn frozen_loadgen_table(rows: usize) -> FrozenTable {
         .expect("the cpu table")
 }
 
+/// One flush of `frozen`'s rows.
+fn encode(frozen: &FrozenTable, options: &EncodeOptions) -> Encoded {
+    encode_rows(
+        &cpu_table(),
+        &frozen.schema,
+        &frozen.batches,
+        ShardId(0),
+        WalSeq(1),
+        options,
+    )
+    .expect("encode")
+}
+
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("parquet_flush");
     group.sample_size(10);
-    let table = cpu_table();
     for rows in [100_000, 1_000_000] {
         let frozen = frozen_cpu_table(rows);
         let arrow_bytes: usize = frozen
@@ -68,18 +80,7 @@ fn bench(c: &mut Criterion) {
             .sum();
         for (name, codec) in [("lz4_raw", FlushCodec::Lz4Raw), ("zstd", FlushCodec::Zstd)] {
             let options = EncodeOptions::flush(codec);
-            let encode = || {
-                encode_rows(
-                    &table,
-                    &frozen.schema,
-                    &frozen.batches,
-                    ShardId(0),
-                    WalSeq(1),
-                    &options,
-                )
-                .expect("encode")
-            };
-            let files = encode().files;
+            let files = encode(&frozen, &options).files;
             let parquet_bytes: u64 = files.iter().map(|f| f.meta.size).sum();
             eprintln!(
                 "parquet_flush/rows={rows}/codec={name}: {} batches, {arrow_bytes} Arrow bytes -> \
@@ -93,23 +94,14 @@ fn bench(c: &mut Criterion) {
                 elements: rows as u64,
                 bytes: arrow_bytes as u64,
             });
-            group.bench_function(format!("rows={rows}/codec={name}"), |b| b.iter(encode));
+            group.bench_function(format!("rows={rows}/codec={name}"), |b| {
+                b.iter(|| encode(&frozen, &options))
+            });
         }
     }
     let frozen = frozen_loadgen_table(1_000_000);
     let options = EncodeOptions::flush(FlushCodec::Lz4Raw);
-    let encode = || {
-        encode_rows(
-            &cpu_table(),
-            &frozen.schema,
-            &frozen.batches,
-            ShardId(0),
-            WalSeq(1),
-            &options,
-        )
-        .expect("encode")
-    };
-    let e = encode();
+    let e = encode(&frozen, &options);
     eprintln!(
         "parquet_flush/loadgen/rows=1000000/codec=lz4_raw: {} batches -> {} files, {} rows merged",
         frozen.batches.len(),
@@ -117,7 +109,9 @@ fn bench(c: &mut Criterion) {
         e.merged
     );
     group.throughput(Throughput::Elements(1_000_000));
-    group.bench_function("loadgen/rows=1000000/codec=lz4_raw", |b| b.iter(encode));
+    group.bench_function("loadgen/rows=1000000/codec=lz4_raw", |b| {
+        b.iter(|| encode(&frozen, &options))
+    });
     group.finish();
 }
 

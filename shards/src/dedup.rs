@@ -677,11 +677,10 @@ pub(crate) mod tests {
         }
     }
 
-    #[test]
-    fn repeated_points_merge_fields_with_the_latest_write_winning() {
-        use arrow_array::{Float64Array, Int64Array, TimestampNanosecondArray};
-        use arrow_schema::{DataType, Field, Schema};
-        let schema = Arc::new(Schema::new(vec![
+    /// Columns time, host (a tag), a (of type `a`) and b (Float64).
+    fn time_host_a_b(a: DataType, b_nullable: bool) -> Arc<arrow_schema::Schema> {
+        use arrow_schema::{Field, Schema};
+        Arc::new(Schema::new(vec![
             Field::new(
                 "time",
                 DataType::Timestamp(arrow_schema::TimeUnit::Nanosecond, Some("UTC".into())),
@@ -692,9 +691,15 @@ pub(crate) mod tests {
                 DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
                 true,
             ),
-            Field::new("a", DataType::Int64, true),
-            Field::new("b", DataType::Float64, true),
-        ]));
+            Field::new("a", a, true),
+            Field::new("b", DataType::Float64, b_nullable),
+        ]))
+    }
+
+    #[test]
+    fn repeated_points_merge_fields_with_the_latest_write_winning() {
+        use arrow_array::{Float64Array, Int64Array, TimestampNanosecondArray};
+        let schema = time_host_a_b(DataType::Int64, true);
         // In write order: x@1 {a:1}, x@1 {b:2}, y@1 {a:3}, x@1 {a:5}, x@2 {a:6}.
         let batch = |hosts: Vec<&str>| {
             RecordBatch::try_new(
@@ -789,24 +794,10 @@ pub(crate) mod tests {
     #[test]
     fn merge_sorted_agrees_with_a_map_of_points() {
         use arrow_array::{Float64Array, TimestampNanosecondArray};
-        use arrow_schema::{DataType, Field, Schema};
         use std::collections::BTreeMap;
         /// A point: host and time.
         type Point = (Option<String>, i64);
-        let schema = Arc::new(Schema::new(vec![
-            Field::new(
-                "time",
-                DataType::Timestamp(arrow_schema::TimeUnit::Nanosecond, Some("UTC".into())),
-                false,
-            ),
-            Field::new(
-                "host",
-                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-                true,
-            ),
-            Field::new("a", DataType::Float64, true),
-            Field::new("b", DataType::Float64, false),
-        ]));
+        let schema = time_host_a_b(DataType::Float64, false);
         let mut next = xorshift(0x1234_5678_9abc_def1);
         for rows in [1usize, 7, 500, 3000] {
             let host: Vec<Option<String>> = (0..rows)
