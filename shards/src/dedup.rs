@@ -166,28 +166,8 @@ impl<'a> RankedColumn<'a> {
             .iter()
             .map(|c| c.as_dictionary::<Int32Type>())
             .collect();
-        // Each distinct string gets an id (a hash lookup per dictionary
-        // value, not per row), then the few distinct strings are sorted.
-        let mut ids: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
-        let mut distinct: Vec<&str> = Vec::new();
-        let value_ids: Vec<Vec<u32>> = dicts
-            .iter()
-            .map(|d| {
-                let values = d.values().as_string::<i32>();
-                (0..values.len())
-                    .map(|v| {
-                        if values.is_null(v) {
-                            return u32::MAX;
-                        }
-                        let s = values.value(v);
-                        *ids.entry(s).or_insert_with(|| {
-                            distinct.push(s);
-                            (distinct.len() - 1) as u32
-                        })
-                    })
-                    .collect()
-            })
-            .collect();
+        // The few distinct strings are sorted, not the rows.
+        let (distinct, value_ids) = distinct_values(&dicts);
         let mut by_string: Vec<u32> = (0..distinct.len() as u32).collect();
         by_string.sort_unstable_by_key(|&i| distinct[i as usize]);
         let mut rank_of_id = vec![0u32; distinct.len()];
@@ -221,6 +201,37 @@ impl<'a> RankedColumn<'a> {
     fn bits(&self) -> u32 {
         u32::BITS - self.max_rank.leading_zeros()
     }
+}
+
+/// The id [`distinct_values`] gives a null dictionary value.
+const NULL_ID: u32 = u32::MAX;
+
+/// The distinct strings of dictionaries of strings (in order of first
+/// appearance), and per dictionary, per value, its string's index among
+/// them ([`NULL_ID`] for a null value): a hash lookup per dictionary value,
+/// none per row.
+fn distinct_values<'a>(dicts: &[&'a DictionaryArray<Int32Type>]) -> (Vec<&'a str>, Vec<Vec<u32>>) {
+    let mut ids: HashMap<&str, u32, foldhash::fast::RandomState> = HashMap::default();
+    let mut distinct: Vec<&str> = Vec::new();
+    let value_ids = dicts
+        .iter()
+        .map(|d| {
+            let values = d.values().as_string::<i32>();
+            (0..values.len())
+                .map(|v| {
+                    if values.is_null(v) {
+                        return NULL_ID;
+                    }
+                    let s = values.value(v);
+                    *ids.entry(s).or_insert_with(|| {
+                        distinct.push(s);
+                        (distinct.len() - 1) as u32
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    (distinct, value_ids)
 }
 
 /// Shifts each column's rank into `keys`, in `columns`' order.
@@ -375,27 +386,7 @@ pub fn merge_sorted(
 /// buffer part per large request) its merge walks every row once per part.
 fn gather_dictionary(parts: &[&dyn Array], at: &[(usize, usize)]) -> ArrayRef {
     let dicts: Vec<&DictionaryArray<Int32Type>> = parts.iter().map(|p| p.as_dictionary()).collect();
-    let mut ids: HashMap<&str, i32, foldhash::fast::RandomState> = HashMap::default();
-    let mut distinct: Vec<&str> = Vec::new();
-    // Per part, per dictionary value: its id, or -1 for a null value.
-    let value_ids: Vec<Vec<i32>> = dicts
-        .iter()
-        .map(|d| {
-            let values = d.values().as_string::<i32>();
-            (0..values.len())
-                .map(|v| {
-                    if values.is_null(v) {
-                        return -1;
-                    }
-                    let s = values.value(v);
-                    *ids.entry(s).or_insert_with(|| {
-                        distinct.push(s);
-                        (distinct.len() - 1) as i32
-                    })
-                })
-                .collect()
-        })
-        .collect();
+    let (distinct, value_ids) = distinct_values(&dicts);
     let mut nulls = arrow_buffer::NullBufferBuilder::new(at.len());
     let keys: Vec<i32> = at
         .iter()
@@ -404,14 +395,14 @@ fn gather_dictionary(parts: &[&dyn Array], at: &[(usize, usize)]) -> ArrayRef {
             let id = if d.is_valid(r) {
                 value_ids[p][d.keys().values()[r] as usize]
             } else {
-                -1
+                NULL_ID
             };
-            if id < 0 {
+            if id == NULL_ID {
                 nulls.append_null();
                 0
             } else {
                 nulls.append_non_null();
-                id
+                id as i32
             }
         })
         .collect();
