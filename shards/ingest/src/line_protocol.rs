@@ -165,11 +165,20 @@ fn scan(b: &[u8], mut pos: usize, stops: &Stops, escapable: &[u8]) -> (usize, bo
     }
 }
 
-/// `s` with every `\x` for `x` in `escapable` replaced by `x`.
+/// `s` with every `\x` for `x` in `escapable` replaced by `x`. Inlined:
+/// a token without escapes (almost all) is borrowed without a call (the
+/// calls were 2.5% of a node's CPU under line protocol).
+#[inline]
 fn unescape<'a>(s: &'a str, escaped: bool, escapable: &[u8]) -> Cow<'a, str> {
-    if !escaped {
-        return Cow::Borrowed(s);
+    if escaped {
+        Cow::Owned(unescape_owned(s, escapable))
+    } else {
+        Cow::Borrowed(s)
     }
+}
+
+#[inline(never)]
+fn unescape_owned(s: &str, escapable: &[u8]) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -182,7 +191,7 @@ fn unescape<'a>(s: &'a str, escaped: bool, escapable: &[u8]) -> Cow<'a, str> {
             i += 1;
         }
     }
-    Cow::Owned(String::from_utf8(out).expect("removing ASCII escapes keeps UTF-8"))
+    String::from_utf8(out).expect("removing ASCII escapes keeps UTF-8")
 }
 
 const MEASUREMENT_ESC: &[u8] = b", ";
