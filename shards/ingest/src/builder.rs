@@ -120,6 +120,7 @@ impl Data {
     }
 
     /// Appends `v`, whose kind was checked to be this column's.
+    #[inline]
     fn append(&mut self, v: &Value<'_>) {
         match (self, v) {
             (Data::Tag(b), Value::Tag(s)) => b.append(s.as_ref()),

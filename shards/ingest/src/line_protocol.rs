@@ -197,6 +197,7 @@ fn unescape_owned(s: &str, escapable: &[u8]) -> String {
 const MEASUREMENT_ESC: &[u8] = b", ";
 const KEY_ESC: &[u8] = b",= ";
 
+#[inline]
 fn skip_spaces(b: &[u8], mut pos: usize) -> usize {
     while pos < b.len() && (b[pos] == b' ' || b[pos] == b'\t') {
         pos += 1;
@@ -368,6 +369,7 @@ fn simple_float(b: &[u8]) -> Option<f64> {
 }
 
 /// Parses an unquoted field value.
+#[inline]
 fn parse_scalar(token: &str) -> Result<Value<'_>, String> {
     if token.is_empty() {
         return Err("missing field value".into());
