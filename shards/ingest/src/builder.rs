@@ -6,11 +6,10 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, UInt64Builder,
-};
-use arrow_array::types::Int32Type;
+use arrow_array::builder::{BooleanBuilder, StringBuilder};
+use arrow_array::types::{Float64Type, Int32Type, Int64Type, UInt64Type};
 use arrow_array::{ArrayRef, DictionaryArray, Int32Array, RecordBatch, TimestampNanosecondArray};
+use arrow_array::{ArrowPrimitiveType, PrimitiveArray};
 use arrow_buffer::NullBufferBuilder;
 use arrow_schema::Schema;
 use tidemark_shards::schema::{validate_column_name, TIME_COLUMN, TIME_ZONE};
@@ -87,11 +86,42 @@ impl TagBuilder {
     }
 }
 
+/// A numeric column being built: a `Vec` and the rows that are null
+/// (arrow's builders' appends do not inline: a call per value).
+struct Values<T: ArrowPrimitiveType> {
+    values: Vec<T::Native>,
+    null_at: Vec<usize>,
+}
+
+impl<T: ArrowPrimitiveType> Default for Values<T> {
+    fn default() -> Self {
+        Values {
+            values: Vec::new(),
+            null_at: Vec::new(),
+        }
+    }
+}
+
+impl<T: ArrowPrimitiveType> Values<T> {
+    fn append_nulls(&mut self, n: usize) {
+        let at = self.values.len();
+        self.null_at.extend(at..at + n);
+        self.values.resize(at + n, T::Native::default());
+    }
+
+    fn finish(&mut self) -> PrimitiveArray<T> {
+        let n = self.values.len();
+        let nulls = validity(n, &self.null_at).finish();
+        self.null_at.clear();
+        PrimitiveArray::new(std::mem::take(&mut self.values).into(), nulls)
+    }
+}
+
 enum Data {
     Tag(TagBuilder),
-    Float(Float64Builder),
-    Integer(Int64Builder),
-    Unsigned(UInt64Builder),
+    Float(Values<Float64Type>),
+    Integer(Values<Int64Type>),
+    Unsigned(Values<UInt64Type>),
     String(StringBuilder),
     Boolean(BooleanBuilder),
 }
@@ -100,9 +130,9 @@ impl Data {
     fn new(kind: ColumnKind) -> Data {
         match kind {
             ColumnKind::Tag | ColumnKind::Time => Data::Tag(TagBuilder::default()),
-            ColumnKind::Field(FieldType::Float) => Data::Float(Float64Builder::new()),
-            ColumnKind::Field(FieldType::Integer) => Data::Integer(Int64Builder::new()),
-            ColumnKind::Field(FieldType::Unsigned) => Data::Unsigned(UInt64Builder::new()),
+            ColumnKind::Field(FieldType::Float) => Data::Float(Values::default()),
+            ColumnKind::Field(FieldType::Integer) => Data::Integer(Values::default()),
+            ColumnKind::Field(FieldType::Unsigned) => Data::Unsigned(Values::default()),
             ColumnKind::Field(FieldType::String) => Data::String(StringBuilder::new()),
             ColumnKind::Field(FieldType::Boolean) => Data::Boolean(BooleanBuilder::new()),
         }
@@ -124,9 +154,9 @@ impl Data {
     fn append(&mut self, v: &Value<'_>) {
         match (self, v) {
             (Data::Tag(b), Value::Tag(s)) => b.append(s.as_ref()),
-            (Data::Float(b), Value::Float(x)) => b.append_value(*x),
-            (Data::Integer(b), Value::Integer(x)) => b.append_value(*x),
-            (Data::Unsigned(b), Value::Unsigned(x)) => b.append_value(*x),
+            (Data::Float(b), Value::Float(x)) => b.values.push(*x),
+            (Data::Integer(b), Value::Integer(x)) => b.values.push(*x),
+            (Data::Unsigned(b), Value::Unsigned(x)) => b.values.push(*x),
             (Data::String(b), Value::String(s)) => b.append_value(s.as_ref()),
             (Data::Boolean(b), Value::Boolean(x)) => b.append_value(*x),
             _ => unreachable!("value kind checked against the column"),
