@@ -551,11 +551,22 @@ pub fn pki(dir: &Path, name: &str) -> Pki {
 /// stdin and returns the JSON it prints; `needs` names what it imports
 /// (scripts/test.sh installs it).
 pub fn python_client(script: &str, needs: &str, request: &serde_json::Value) -> serde_json::Value {
+    python_script(script, &[], needs, request)
+}
+
+/// [`python_client`] with command-line arguments for the script.
+pub fn python_script(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    needs: &str,
+    request: &serde_json::Value,
+) -> serde_json::Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join(script);
     let mut child = Command::new("python3")
         .arg(&path)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -3,8 +3,6 @@
 //! files must give the same answers.
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::Write;
-
 use super::Node;
 
 pub const T0: i64 = 1_700_000_000_000_000_000;
@@ -99,28 +97,15 @@ pub fn duckdb(
     measurement: &str,
     queries: &[String],
 ) -> Vec<Vec<Vec<serde_json::Value>>> {
-    let mut child = std::process::Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oracle.py"))
-        .arg(node.dir.join("data").join("parquet"))
-        .args([db, measurement])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with the duckdb package (scripts/test.sh installs it)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(queries).unwrap().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "oracle failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let parquet = node.dir.join("data").join("parquet");
+    let args = [parquet.as_os_str(), db.as_ref(), measurement.as_ref()];
+    let answers = super::python_script(
+        "oracle.py",
+        &args,
+        "the duckdb package",
+        &serde_json::json!(queries),
     );
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_value(answers).unwrap()
 }
 
 /// Asserts that two answers are equal (floats to 1e-9 relative).
