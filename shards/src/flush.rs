@@ -372,8 +372,7 @@ pub fn encode_rows(
         source,
     };
     let schema = table_schema.arrow();
-    let batches: Vec<&RecordBatch> = batches.iter().filter(|b| b.num_rows() > 0).collect();
-    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     if rows == 0 {
         return Ok(Encoded {
             files: Vec::new(),
@@ -392,7 +391,7 @@ pub fn encode_rows(
     // the merge read them there, and the sorted rows are gathered from
     // them into the output, with no concatenated copy of the whole table.
     let mut time_values = Vec::with_capacity(rows);
-    for b in &batches {
+    for b in batches {
         let times = b.column(time_idx).as_primitive::<TimestampNanosecondType>();
         time_values.extend_from_slice(times.values());
     }
@@ -418,9 +417,7 @@ pub fn encode_rows(
         .filter(|(_, (_, k))| matches!(k, ColumnKind::Field(_)))
         .map(|(i, _)| i)
         .collect();
-    let parts: Vec<RecordBatch> = batches.into_iter().cloned().collect();
-    let (sorted, merged) = merge_sorted(&parts, &sorted, &fields).map_err(arrow_err)?;
-    drop(parts);
+    let (sorted, merged) = merge_sorted(batches, &sorted, &fields).map_err(arrow_err)?;
     let sorted_hours: Vec<i64> = sorted
         .column(time_idx)
         .as_primitive::<TimestampNanosecondType>()
