@@ -3,7 +3,7 @@
 //! field written more than once the latest write wins.
 //!
 //! Rows are put in order by (series, time) without comparing rows
-//! ([`series_keys`], [`sort_order`]); equal points are then adjacent, in
+//! ([`series_keys`], [`sort_rows`]); equal points are then adjacent, in
 //! write order, and [`merge_sorted`] makes each run of them one row. A
 //! flush and a compaction both go through it, so no file holds a point
 //! twice; queries use [`point_hashes`] to find the few rows that may repeat
@@ -30,11 +30,6 @@ pub struct Sorted {
     /// Where each (hour, series) group starts in `order`, in order, then
     /// `order.len()`.
     pub groups: Vec<usize>,
-}
-
-/// The rows' order by (hour, series key, time); see [`sort_rows`].
-pub fn sort_order(hours: &[i64], series: &[u128], times: &[i64]) -> Vec<u32> {
-    sort_rows(hours, series, times).order
 }
 
 /// The rows' order by (hour, series key, time), found by grouping rather
@@ -564,7 +559,7 @@ pub(crate) mod tests {
     /// Grouping gives exactly a stable sort by (hour, series, time): with
     /// buckets whose times arrive ascending, shuffled, and tied.
     #[test]
-    fn sort_order_is_a_stable_sort_by_hour_series_time() {
+    fn sort_rows_is_a_stable_sort_by_hour_series_time() {
         let mut next = xorshift(0x2545f4914f6cdd1du64);
         for ascending in [true, false] {
             let rows = 2000;
