@@ -171,7 +171,8 @@ impl Node {
     }
 
     pub fn req(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
-        try_request(self.port, method, path, headers, body).unwrap()
+        try_request(self.port, method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} on port {}: {e}", self.port))
     }
 
     /// The sum of metric `name` over all its label sets (0 when absent).
@@ -223,6 +224,19 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+        // A failing test shows what its nodes said (the last lines).
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(150)..];
+            eprintln!(
+                "--- the log of the node on port {} ({} of {} lines):\n{}\n---",
+                self.port,
+                tail.len(),
+                lines.len(),
+                tail.join("\n")
+            );
+        }
     }
 }
 
