@@ -529,11 +529,11 @@ fn tag_string(v: Val<'_>) -> Option<Cow<'_, str>> {
 
 fn field_value(v: Val<'_>) -> Option<Value<'_>> {
     Some(match v {
-        Val::Int(i) => Value::Integer(i),
-        Val::UInt(u) => Value::Unsigned(u),
-        Val::Float(f) => Value::Float(f),
-        Val::Str(s) => Value::String(Cow::Borrowed(s)),
-        Val::Bool(b) => Value::Boolean(b),
+        Val::Int(i) => Value::integer(i),
+        Val::UInt(u) => Value::unsigned(u),
+        Val::Float(f) => Value::float(f),
+        Val::Str(s) => Value::string(Cow::Borrowed(s)),
+        Val::Bool(b) => Value::boolean(b),
         _ => return None,
     })
 }
@@ -589,7 +589,7 @@ fn row(
                             format!("tag is {}, expected a string", v.type_name()),
                         )
                     })?;
-                    values.push((Cow::Borrowed(k), Value::Tag(s)));
+                    values.push((Cow::Borrowed(k), Value::tag(s)));
                 }
             }
             Val::Nil => {}
@@ -602,7 +602,7 @@ fn row(
         }
     }
     if let Some(h) = host {
-        values.push((Cow::Borrowed("host"), Value::Tag(h)));
+        values.push((Cow::Borrowed("host"), Value::tag(h)));
     }
     let fields_before = values.len();
     if let Some(f) = get(entries, "fields") {
