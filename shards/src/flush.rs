@@ -17,7 +17,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -72,6 +72,9 @@ pub enum FlushError {
 pub struct FileStore {
     store: Arc<dyn ObjectStore>,
     local_root: Option<PathBuf>,
+    /// Local directories whose entry in their parent this process made
+    /// durable (synced the parent after they existed): see [`write_local`].
+    durable_dirs: Mutex<HashSet<PathBuf>>,
 }
 
 impl FileStore {
@@ -88,6 +91,7 @@ impl FileStore {
         Ok(FileStore {
             store: Arc::new(store),
             local_root: Some(root.to_path_buf()),
+            durable_dirs: Mutex::default(),
         })
     }
 
@@ -107,7 +111,8 @@ impl FileStore {
             message,
         };
         if let Some(root) = &self.local_root {
-            return write_local(root, path, &bytes).map_err(|e| store_err(e.to_string()));
+            return write_local(root, path, &bytes, &self.durable_dirs)
+                .map_err(|e| store_err(e.to_string()));
         }
         let location = ObjectPath::parse(path).map_err(|e| store_err(e.to_string()))?;
         futures::executor::block_on(self.store.put(&location, PutPayload::from(bytes)))
@@ -183,8 +188,16 @@ const WRITEBACK_CHUNK: usize = 1 << 20;
 
 /// Writes `bytes` to `root/path` durably: into a temporary file next to it
 /// (removed as an orphan if a crash leaves it), pushed to the disk a chunk
-/// at a time as it is written, synced, renamed into place, and every
-/// directory up to `root` synced.
+/// at a time as it is written, synced, renamed into place, its directory
+/// synced (the rename), and above it each directory not yet in `durable`
+/// (a directory's entry is durable once its parent was synced after it
+/// existed; `durable` holds those this process made so).
+///
+/// Why not every directory up to `root` every time: each directory `fsync`
+/// is a journal commit with a device cache flush even when nothing in it
+/// changed, and a file's path has seven (`db/measurement/YYYY/MM/DD/HH`);
+/// the shard cores' WAL `fdatasync`s queued behind them (the tail of
+/// half-rate writes, perf/results/2026-12-06-*-dirsync-ab.md).
 ///
 /// Why by chunks: the shard cores' WAL `fdatasync`s share the file
 /// system's journal with this file. Written whole and then synced, a file
@@ -192,7 +205,12 @@ const WRITEBACK_CHUNK: usize = 1 << 20;
 /// meanwhile waited for it (WAL syncs averaged 2.9 ms with flushes running
 /// against 0.5 ms without, perf/results). Started chunk by chunk, at most
 /// about two chunks are in flight when the final sync comes.
-fn write_local(root: &Path, path: &str, bytes: &[u8]) -> std::io::Result<()> {
+fn write_local(
+    root: &Path,
+    path: &str,
+    bytes: &[u8],
+    durable: &Mutex<HashSet<PathBuf>>,
+) -> std::io::Result<()> {
     use std::io::Write;
     let file = root.join(path);
     let dir = file.parent().unwrap_or(root);
@@ -227,13 +245,17 @@ fn write_local(root: &Path, path: &str, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, &file)?;
-    let mut d = Some(dir);
-    while let Some(p) = d {
-        std::fs::File::open(p)?.sync_all()?;
-        if p == root {
-            break;
-        }
-        d = p.parent();
+    std::fs::File::open(dir)?.sync_all()?;
+    let known = |p: &Path| durable.lock().expect("durable dirs lock").contains(p);
+    let mut child = dir;
+    while child != root && !known(child) {
+        let Some(parent) = child.parent() else { break };
+        std::fs::File::open(parent)?.sync_all()?;
+        durable
+            .lock()
+            .expect("durable dirs lock")
+            .insert(child.to_path_buf());
+        child = parent;
     }
     Ok(())
 }
@@ -945,6 +967,27 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["2026", "b.parquet"]);
+        // Every directory from a file up to the root was made durable once
+        // (its parent synced), and only those.
+        let durable = |store: &FileStore| {
+            let mut d: Vec<String> = store
+                .durable_dirs
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string())
+                .collect();
+            d.sort();
+            d
+        };
+        assert_eq!(durable(&store), ["db", "db/m", "db/m/2026"]);
+        store
+            .put("db/n/01/c.parquet", Bytes::from_static(b"c"))
+            .unwrap();
+        assert_eq!(
+            durable(&store),
+            ["db", "db/m", "db/m/2026", "db/n", "db/n/01"]
+        );
     }
 
     #[test]
