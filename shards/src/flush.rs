@@ -197,7 +197,7 @@ const WRITEBACK_CHUNK: usize = 1 << 20;
 /// is a journal commit with a device cache flush even when nothing in it
 /// changed, and a file's path has seven (`db/measurement/YYYY/MM/DD/HH`);
 /// the shard cores' WAL `fdatasync`s queued behind them (the tail of
-/// half-rate writes, perf/results/2026-12-06-*-dirsync-ab.md).
+/// half-rate writes, perf/results/2026-12-06-4b01cd5-dirsync-ab.md).
 ///
 /// Why by chunks: the shard cores' WAL `fdatasync`s share the file
 /// system's journal with this file. Written whole and then synced, a file
