@@ -60,11 +60,24 @@ pub fn parse(
         }
         values.clear();
         specials.classify(line.as_bytes());
-        let parsed = match parse_line(line, &specials, &mut values, precision) {
-            Ok(p) => p,
-            Err(e) => {
-                errors.push(e.at(n));
-                continue;
+        let plain = if specials.plain {
+            parse_plain(line, &specials, &mut values, precision)
+        } else {
+            None
+        };
+        let parsed = match plain {
+            Some(p) => p,
+            None => {
+                // Not plain, or not well-formed: the general parser takes
+                // it and names the error.
+                values.clear();
+                match parse_line(line, &specials, &mut values, precision) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        errors.push(e.at(n));
+                        continue;
+                    }
+                }
             }
         };
         if !errors.is_empty() {
@@ -158,22 +171,39 @@ const SPECIAL: [u8; 5] = [b',', b' ', b'=', b'\\', b'\t'];
 #[derive(Default)]
 struct Specials {
     words: Vec<u64>,
+    /// The line has no `\`, tab or `"`: no escapes, no quoted strings, and
+    /// every special byte is a `,`, `=` or space ([`parse_plain`]).
+    plain: bool,
 }
 
 impl Specials {
     fn classify(&mut self, line: &[u8]) {
         self.words.clear();
+        let mut hard = false;
         let mut blocks = line.chunks_exact(64);
         for block in &mut blocks {
-            self.words
-                .push(special_mask(block.try_into().expect("64 bytes")));
+            let (mask, h) = special_mask(block.try_into().expect("64 bytes"));
+            self.words.push(mask);
+            hard |= h;
         }
         let rest = blocks.remainder();
         if !rest.is_empty() {
             // Zeros are not special: the padding finds nothing.
             let mut block = [0u8; 64];
             block[..rest.len()].copy_from_slice(rest);
-            self.words.push(special_mask(&block));
+            let (mask, h) = special_mask(&block);
+            self.words.push(mask);
+            hard |= h;
+        }
+        self.plain = !hard;
+    }
+
+    /// The special bytes from the start of the line, in order.
+    fn cursor(&self) -> Cursor<'_> {
+        Cursor {
+            words: &self.words,
+            w: 0,
+            bits: self.words.first().copied().unwrap_or(0),
         }
     }
 
@@ -196,39 +226,94 @@ impl Specials {
     }
 }
 
-/// The [`SPECIAL`] bytes of a 64-byte block as a bit mask.
+/// The bytes that make a line not plain ([`Specials::plain`]).
+const HARD: [u8; 3] = [b'\\', b'\t', b'"'];
+
+/// The [`SPECIAL`] bytes of a 64-byte block as a bit mask, and whether the
+/// block has any of [`HARD`].
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn special_mask(block: &[u8; 64]) -> u64 {
+fn special_mask(block: &[u8; 64]) -> (u64, bool) {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        _mm_setzero_si128,
     };
     let mut mask = 0u64;
+    // SAFETY: SSE2 is part of every x86_64 target.
+    let mut hard = unsafe { _mm_setzero_si128() };
     for k in 0..4 {
-        // SAFETY: SSE2 is part of every x86_64 target; the load reads bytes
-        // 16k..16k + 16 of the 64-byte block (SSE2 loads need no alignment).
+        // SAFETY: as above; the load reads bytes 16k..16k + 16 of the
+        // 64-byte block (SSE2 loads need no alignment).
         let bits = unsafe {
             let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast::<__m128i>());
-            let mut hit = _mm_cmpeq_epi8(v, _mm_set1_epi8(SPECIAL[0] as i8));
-            for &c in &SPECIAL[1..] {
-                hit = _mm_or_si128(hit, _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8)));
-            }
+            let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
+            // `\` and tab are both special and hard.
+            let escape_or_tab = _mm_or_si128(eq(HARD[0]), eq(HARD[1]));
+            hard = _mm_or_si128(hard, _mm_or_si128(escape_or_tab, eq(HARD[2])));
+            let hit = _mm_or_si128(
+                _mm_or_si128(eq(SPECIAL[0]), eq(SPECIAL[1])),
+                _mm_or_si128(eq(SPECIAL[2]), escape_or_tab),
+            );
             _mm_movemask_epi8(hit)
         };
         mask |= u64::from(bits as u16) << (16 * k);
     }
-    mask
+    // SAFETY: SSE2, as above.
+    let hard = unsafe { _mm_movemask_epi8(hard) } != 0;
+    (mask, hard)
 }
 
-/// The [`SPECIAL`] bytes of a 64-byte block as a bit mask.
+/// The [`SPECIAL`] bytes of a 64-byte block as a bit mask, and whether the
+/// block has any of [`HARD`].
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-fn special_mask(block: &[u8; 64]) -> u64 {
+fn special_mask(block: &[u8; 64]) -> (u64, bool) {
     let mut mask = 0u64;
+    let mut hard = false;
     for (i, b) in block.iter().enumerate() {
         mask |= u64::from(SPECIAL.contains(b)) << i;
+        hard |= HARD.contains(b);
     }
-    mask
+    (mask, hard)
+}
+
+/// The special bytes of a line, one after another: each step clears the
+/// lowest bit of a word, so finding the next token's end does not wait
+/// for the byte loads of this one's (a chain of loads per token made the
+/// general [`scan`] latency-bound).
+struct Cursor<'s> {
+    words: &'s [u64],
+    w: usize,
+    bits: u64,
+}
+
+impl Cursor<'_> {
+    /// The position of the next special byte, or `usize::MAX`.
+    #[inline]
+    fn next(&mut self) -> usize {
+        while self.bits == 0 {
+            self.w += 1;
+            match self.words.get(self.w) {
+                Some(&word) => self.bits = word,
+                None => return usize::MAX,
+            }
+        }
+        let at = self.w * 64 + self.bits.trailing_zeros() as usize;
+        self.bits &= self.bits - 1;
+        at
+    }
+
+    /// The next special byte that is not `=` (which does not end a
+    /// measurement or a tag value), or `usize::MAX`.
+    #[inline]
+    fn next_not_eq(&mut self, b: &[u8]) -> usize {
+        loop {
+            let at = self.next();
+            if at >= b.len() || b[at] != b'=' {
+                return at;
+            }
+        }
+    }
 }
 
 /// Scans the line `b` (whose special bytes are `sp`) from `pos` to the
@@ -317,6 +402,90 @@ fn push_reserved<'a>(
     values.spare_capacity_mut()[0].write((key, value));
     // SAFETY: the element at `len`, within the capacity, was just written.
     unsafe { values.set_len(len + 1) };
+}
+
+/// Parses a plain line ([`Specials::plain`]: no escapes, no quoted
+/// strings, no tabs), where every `,`, `=` and space ends a token but `=`
+/// inside a measurement or a tag value: the tokens' ends are the special
+/// bytes in order ([`Cursor`]). `None` for anything this does not take
+/// (several spaces between sections, a malformed line): [`parse_line`]
+/// then parses the line and names the error. Whatever this returns is what
+/// [`parse_line`] returns for the line (a property test checks it).
+#[inline]
+fn parse_plain<'a>(
+    line: &'a str,
+    sp: &Specials,
+    values: &mut Vec<(Cow<'a, str>, Value<'a>)>,
+    precision: Precision,
+) -> Option<ParsedLine<'a>> {
+    let b = line.as_bytes();
+    let mut c = sp.cursor();
+    // Measurement, ended by `,` or a space.
+    let mut pos = c.next_not_eq(b);
+    if pos == 0 || pos >= b.len() {
+        return None;
+    }
+    let measurement = Cow::Borrowed(&line[..pos]);
+    // Tags: `,key=value`, the value ended by `,` or a space.
+    while b[pos] == b',' {
+        values.reserve(1);
+        let k = c.next();
+        if k >= b.len() || b[k] != b'=' || k == pos + 1 {
+            return None;
+        }
+        let v = c.next_not_eq(b);
+        if v >= b.len() || v == k + 1 {
+            return None;
+        }
+        push_reserved(
+            values,
+            Cow::Borrowed(&line[pos + 1..k]),
+            Value::tag(Cow::Borrowed(&line[k + 1..v])),
+        );
+        pos = v;
+    }
+    // One space, then fields: `key=value`, separated by `,`.
+    let mut start = pos + 1;
+    if start >= b.len() || b[start] == b' ' {
+        return None;
+    }
+    let end = loop {
+        values.reserve(1);
+        let k = c.next();
+        if k >= b.len() || b[k] != b'=' || k == start {
+            return None;
+        }
+        let v = c.next();
+        let v = if v >= b.len() {
+            b.len()
+        } else if b[v] == b'=' {
+            return None;
+        } else {
+            v
+        };
+        let value = parse_scalar(&line[k + 1..v]).ok()?;
+        push_reserved(values, Cow::Borrowed(&line[start..k]), value);
+        if v < b.len() && b[v] == b',' {
+            start = v + 1;
+            continue;
+        }
+        break v;
+    };
+    // Then the end, or one space and a timestamp ending the line.
+    if end == b.len() {
+        return Some(ParsedLine {
+            measurement,
+            time: None,
+        });
+    }
+    if c.next() != usize::MAX || end + 1 == b.len() {
+        return None;
+    }
+    let raw = simple_int(&b[end + 1..])?;
+    Some(ParsedLine {
+        measurement,
+        time: Some(precision.to_nanos(raw)?),
+    })
 }
 
 fn parse_line<'a>(
@@ -464,18 +633,24 @@ fn simple_float(b: &[u8]) -> Option<f64> {
     let mut m: u64 = 0;
     let mut frac: Option<usize> = None;
     let mut n = 0usize;
+    let mut significant = 0usize;
     for (i, &c) in digits.iter().enumerate() {
-        match c {
-            b'0'..=b'9' => {
-                m = m.checked_mul(10)?.checked_add(u64::from(c - b'0'))?;
-                n += 1;
-            }
-            b'.' if frac.is_none() && n > 0 => frac = Some(i + 1),
-            _ => return None,
+        let d = c.wrapping_sub(b'0');
+        if d <= 9 {
+            // Wraps only past 19 significant digits, which are declined
+            // below: no overflow check (a multiply with an overflow flag)
+            // per digit.
+            m = m.wrapping_mul(10).wrapping_add(u64::from(d));
+            n += 1;
+            significant += usize::from(m != 0);
+        } else if c == b'.' && frac.is_none() && n > 0 {
+            frac = Some(i + 1);
+        } else {
+            return None;
         }
     }
     let k = frac.map_or(0, |f| digits.len() - f);
-    if n == 0 || frac == Some(digits.len()) || k > 22 || m >= 1 << 53 {
+    if n == 0 || significant > 19 || frac == Some(digits.len()) || k > 22 || m >= 1 << 53 {
         return None;
     }
     let x = m as f64 / POW10[k];
@@ -573,10 +748,118 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use proptest::prelude::*;
 
+    use std::borrow::Cow;
+
     use super::{
-        scan, simple_float, simple_int, Specials, Stops, KEY_ESC, KEY_STOPS, MEASUREMENT_ESC,
-        MEASUREMENT_STOPS, SPACE_STOPS, VALUE_STOPS,
+        parse_line, parse_plain, scan, simple_float, simple_int, Specials, Stops, KEY_ESC,
+        KEY_STOPS, MEASUREMENT_ESC, MEASUREMENT_STOPS, SPACE_STOPS, VALUE_STOPS,
     };
+    use crate::builder::Value;
+    use crate::precision::Precision;
+
+    type Parsed<'a> = (Cow<'a, str>, Option<i64>, Vec<(Cow<'a, str>, Value<'a>)>);
+
+    /// What the plain-line parser makes of `line`: `None` when the line is
+    /// not plain or the parser declines it.
+    fn plain(line: &str, precision: Precision) -> Option<Parsed<'_>> {
+        let mut sp = Specials::default();
+        sp.classify(line.as_bytes());
+        if !sp.plain {
+            return None;
+        }
+        let mut values = Vec::new();
+        let p = parse_plain(line, &sp, &mut values, precision)?;
+        Some((p.measurement, p.time, values))
+    }
+
+    /// What the general parser makes of `line`, or its error's reason.
+    fn general(line: &str, precision: Precision) -> Result<Parsed<'_>, String> {
+        let mut sp = Specials::default();
+        sp.classify(line.as_bytes());
+        let mut values = Vec::new();
+        let p = parse_line(line, &sp, &mut values, precision).map_err(|e| e.reason)?;
+        Ok((p.measurement, p.time, values))
+    }
+
+    #[test]
+    fn plain_lines_parse_as_the_general_parser_parses_them() {
+        for line in [
+            "cpu,host=a,region=us-east-1 usage=58.31,idle=1i,n=3u,ok=t 1451606400000",
+            "cpu usage=1",
+            "cpu,t=a=b v=-0.5 -12",
+            "m=x,k=v f=T",
+            "mé,té=vé fé=1.5e3 7",
+        ] {
+            let p =
+                plain(line, Precision::Milliseconds).unwrap_or_else(|| panic!("{line:?} declined"));
+            assert_eq!(Ok(p), general(line, Precision::Milliseconds), "{line}");
+        }
+        // Declined: not plain, malformed, or a form the general parser
+        // takes (several spaces, a trailing space, a big timestamp).
+        for line in [
+            "m,t=a\\ b v=1",
+            "m v=\"s\"",
+            "m\tx v=1",
+            "m v=1  5",
+            "m  v=1",
+            "m v=1 ",
+            "m,t=a",
+            "m,=a v=1",
+            "m,t= v=1",
+            "m, v=1",
+            "m v=",
+            "m v=1=2",
+            "m =1",
+            "m v=1,",
+            "m v=1 5 6",
+            "m v=1 99999999999999999999",
+            "m v=1 9223372036854775807",
+            ",t=a v=1",
+            "m v=x",
+        ] {
+            assert_eq!(plain(line, Precision::Milliseconds), None, "{line}");
+        }
+    }
+
+    proptest! {
+        /// Whatever the plain-line parser takes, the general parser parses
+        /// the same way; lines of tokens and separators in any order.
+        #[test]
+        fn plain_parses_never_differ_from_the_general_parser(
+            line in "[a-cé0-9.,= tfi\\-]{0,40}",
+        ) {
+            if let Some(p) = plain(&line, Precision::Nanoseconds) {
+                prop_assert_eq!(Ok(p), general(&line, Precision::Nanoseconds), "{:?}", line);
+            }
+        }
+
+        /// Well-formed lines of the usual shape are all taken, and parse as
+        /// the general parser parses them.
+        #[test]
+        fn well_formed_plain_lines_are_taken(
+            measurement in "[a-z][a-z0-9_]{0,8}",
+            tags in proptest::collection::vec(("[a-z][a-z_]{0,6}", "[a-zA-Z0-9._=-]{1,8}"), 0..5),
+            fields in proptest::collection::vec(
+                ("[a-z][a-z_]{0,6}", "(-?[0-9]{1,6}(\\.[0-9]{1,4})?|-?[0-9]{1,9}i|[0-9]{1,9}u|t|F|true|FALSE)"),
+                1..5,
+            ),
+            time in proptest::option::of(-1_000_000_000_000i64..4_000_000_000_000_000_000),
+        ) {
+            let mut line = measurement;
+            for (k, v) in &tags {
+                line.push_str(&format!(",{k}={v}"));
+            }
+            let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            line.push(' ');
+            line.push_str(&fields.join(","));
+            if let Some(t) = time {
+                line.push_str(&format!(" {t}"));
+            }
+            let p = plain(&line, Precision::Nanoseconds);
+            prop_assert!(p.is_some(), "{:?} declined", line);
+            prop_assert_eq!(Ok(p.unwrap()), general(&line, Precision::Nanoseconds), "{:?}", line);
+        }
+    }
 
     /// The byte-by-byte scan that [`scan`] replaced: the reference.
     fn scan_bytes(b: &[u8], mut pos: usize, stops: &Stops, escapable: &[u8]) -> (usize, bool) {
@@ -638,6 +921,9 @@ mod tests {
             "4503599627370496.5",
             "1.0000000000000000000001",
             "0.00000000000000000000001",
+            // Past 19 significant digits: declined, not wrapped.
+            "18446744073709551617",
+            "1844674407370955161.7",
         ] {
             assert_eq!(simple_float(s.as_bytes()), None, "{s}");
         }
