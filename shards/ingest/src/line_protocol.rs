@@ -33,33 +33,44 @@ pub fn parse(
     precision: Precision,
     now_ns: i64,
 ) -> Result<Decoded, IngestErrors> {
-    let text = match std::str::from_utf8(body) {
-        Ok(t) => t,
-        Err(e) => {
-            let line = body[..e.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-                + 1;
-            return Err(IngestErrors::one(
-                Unit::Line,
-                IngestError::new(line, "is not valid UTF-8"),
-            ));
-        }
-    };
     let mut request = RequestBuilder::new("line");
     let mut errors = IngestErrors::new(Unit::Line);
     let mut values: Vec<(Cow<'_, str>, Value<'_>)> = Vec::with_capacity(16);
     let mut specials = Specials::default();
-    for (i, raw) in text.split('\n').enumerate() {
-        let n = i + 1;
-        let line = raw.strip_suffix('\r').unwrap_or(raw);
-        let line = line.trim_start_matches([' ', '\t']);
+    let mut start = 0;
+    let mut n = 0;
+    // Lines end at `\n`; a body ending with one has no empty last line.
+    while start < body.len() {
+        n += 1;
+        let end = specials.classify_line(body, start);
+        let raw = &body[start..end];
+        start = end + 1;
+        let text = if specials.ascii {
+            // SAFETY: every byte of the line is below 0x80
+            // (`classify_line` saw no high bit), and ASCII is UTF-8.
+            unsafe { std::str::from_utf8_unchecked(raw) }
+        } else {
+            // A line ends at `\n`, which no multi-byte UTF-8 sequence
+            // holds: checking each line checks the body.
+            match std::str::from_utf8(raw) {
+                Ok(t) => t,
+                Err(_) => {
+                    errors.push(IngestError::new(n, "is not valid UTF-8"));
+                    continue;
+                }
+            }
+        };
+        let mut line = text.strip_suffix('\r').unwrap_or(text);
+        if line.starts_with([' ', '\t']) {
+            // Rare: the special bytes are found again from the first
+            // non-blank one.
+            line = line.trim_start_matches([' ', '\t']);
+            specials.classify(line.as_bytes());
+        }
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
         values.clear();
-        specials.classify(line.as_bytes());
         let plain = if specials.plain {
             parse_plain(line, &specials, &mut values, precision)
         } else {
@@ -171,31 +182,84 @@ const SPECIAL: [u8; 5] = [b',', b' ', b'=', b'\\', b'\t'];
 #[derive(Default)]
 struct Specials {
     words: Vec<u64>,
-    /// The line has no `\`, tab or `"`: no escapes, no quoted strings, and
+    /// The line has no `\\`, tab or `"`: no escapes, no quoted strings, and
     /// every special byte is a `,`, `=` or space ([`parse_plain`]).
     plain: bool,
+    /// The line is ASCII ([`Specials::classify_line`] only; it may say
+    /// `false` of an ASCII line, never `true` of another).
+    ascii: bool,
 }
 
 impl Specials {
+    /// Classifies the line of `body` that starts at `start`, and returns
+    /// where it ends: at its `\n`, or at the end of the body. The blocks
+    /// are read from the body where 64 bytes remain (only the body's last
+    /// block is copied), so one pass finds the line's end, its special
+    /// bytes, and whether it is plain and ASCII: no separate search for
+    /// the `\n`, UTF-8 check or copy of each line.
+    fn classify_line(&mut self, body: &[u8], start: usize) -> usize {
+        self.words.clear();
+        let mut hard = false;
+        let mut high = false;
+        let mut at = start;
+        loop {
+            let m = match body.get(at..at + 64) {
+                Some(block) => special_mask(block.try_into().expect("64 bytes")),
+                None => {
+                    // Zeros are neither special nor `\n`.
+                    let mut block = [0u8; 64];
+                    block[..body.len() - at].copy_from_slice(&body[at..]);
+                    special_mask(&block)
+                }
+            };
+            if m.newlines != 0 || at + 64 >= body.len() {
+                let end = if m.newlines != 0 {
+                    at + m.newlines.trailing_zeros() as usize
+                } else {
+                    body.len()
+                };
+                let len = end - at;
+                if len > 0 {
+                    self.words.push(m.specials & low_bits(len));
+                }
+                // The block's flags may come from the next line's bytes:
+                // then this line's part decides.
+                if m.hard && !hard {
+                    hard = body[at..end].iter().any(|b| HARD.contains(b));
+                }
+                high |= m.high;
+                self.plain = !hard;
+                self.ascii = !high;
+                return end;
+            }
+            self.words.push(m.specials);
+            hard |= m.hard;
+            high |= m.high;
+            at += 64;
+        }
+    }
+
+    /// Classifies `line`, all of whose bytes are the line's.
     fn classify(&mut self, line: &[u8]) {
         self.words.clear();
         let mut hard = false;
-        let mut blocks = line.chunks_exact(64);
-        for block in &mut blocks {
-            let (mask, h) = special_mask(block.try_into().expect("64 bytes"));
-            self.words.push(mask);
-            hard |= h;
-        }
-        let rest = blocks.remainder();
-        if !rest.is_empty() {
-            // Zeros are not special: the padding finds nothing.
-            let mut block = [0u8; 64];
-            block[..rest.len()].copy_from_slice(rest);
-            let (mask, h) = special_mask(&block);
-            self.words.push(mask);
-            hard |= h;
+        let mut high = false;
+        for block in line.chunks(64) {
+            let m = match block.try_into() {
+                Ok(full) => special_mask(full),
+                Err(_) => {
+                    // Zeros are not special: the padding finds nothing.
+                    let mut padded = [0u8; 64];
+                    padded[..block.len()].copy_from_slice(block);
+                    special_mask(&padded)
+                }
+            };
+            self.words.push(m.specials);
+            hard |= m.hard;
+            high |= m.high;
         }
         self.plain = !hard;
+        self.ascii = !high;
     }
 
     /// The special bytes from the start of the line, in order.
@@ -229,52 +293,86 @@ impl Specials {
 /// The bytes that make a line not plain ([`Specials::plain`]).
 const HARD: [u8; 3] = [b'\\', b'\t', b'"'];
 
-/// The [`SPECIAL`] bytes of a 64-byte block as a bit mask, and whether the
-/// block has any of [`HARD`].
+/// What [`special_mask`] finds in a 64-byte block.
+struct BlockMask {
+    /// Bit `i` set when byte `i` is one of [`SPECIAL`].
+    specials: u64,
+    /// Bit `i` set when byte `i` is `\n`.
+    newlines: u64,
+    /// Some byte is one of [`HARD`].
+    hard: bool,
+    /// Some byte is 0x80 or above (not ASCII).
+    high: bool,
+}
+
+/// The bits below bit `n` (all of them from 64 on).
+#[inline]
+fn low_bits(n: usize) -> u64 {
+    if n >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << n) - 1
+    }
+}
+
+/// Classifies a 64-byte block, 16 bytes per SSE2 compare.
 #[cfg(target_arch = "x86_64")]
 #[inline]
-fn special_mask(block: &[u8; 64]) -> (u64, bool) {
+fn special_mask(block: &[u8; 64]) -> BlockMask {
     use std::arch::x86_64::{
         __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
         _mm_setzero_si128,
     };
-    let mut mask = 0u64;
-    // SAFETY: SSE2 is part of every x86_64 target.
-    let mut hard = unsafe { _mm_setzero_si128() };
+    let mut specials = 0u64;
+    let mut newlines = 0u64;
+    // SAFETY (every block below): SSE2 is part of every x86_64 target;
+    // each load reads bytes 16k..16k + 16 of the 64-byte block (SSE2 loads
+    // need no alignment).
+    let (mut hard, mut any) = unsafe { (_mm_setzero_si128(), _mm_setzero_si128()) };
     for k in 0..4 {
-        // SAFETY: as above; the load reads bytes 16k..16k + 16 of the
-        // 64-byte block (SSE2 loads need no alignment).
-        let bits = unsafe {
+        let (s, nl) = unsafe {
             let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast::<__m128i>());
             let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-            // `\` and tab are both special and hard.
+            // `\\` and tab are both special and hard.
             let escape_or_tab = _mm_or_si128(eq(HARD[0]), eq(HARD[1]));
             hard = _mm_or_si128(hard, _mm_or_si128(escape_or_tab, eq(HARD[2])));
+            any = _mm_or_si128(any, v);
             let hit = _mm_or_si128(
                 _mm_or_si128(eq(SPECIAL[0]), eq(SPECIAL[1])),
                 _mm_or_si128(eq(SPECIAL[2]), escape_or_tab),
             );
-            _mm_movemask_epi8(hit)
+            (_mm_movemask_epi8(hit), _mm_movemask_epi8(eq(b'\n')))
         };
-        mask |= u64::from(bits as u16) << (16 * k);
+        specials |= u64::from(s as u16) << (16 * k);
+        newlines |= u64::from(nl as u16) << (16 * k);
     }
-    // SAFETY: SSE2, as above.
-    let hard = unsafe { _mm_movemask_epi8(hard) } != 0;
-    (mask, hard)
+    // A byte's top bit is the movemask's bit.
+    let (hard, high) = unsafe { (_mm_movemask_epi8(hard) != 0, _mm_movemask_epi8(any) != 0) };
+    BlockMask {
+        specials,
+        newlines,
+        hard,
+        high,
+    }
 }
 
-/// The [`SPECIAL`] bytes of a 64-byte block as a bit mask, and whether the
-/// block has any of [`HARD`].
+/// Classifies a 64-byte block.
 #[cfg(not(target_arch = "x86_64"))]
 #[inline]
-fn special_mask(block: &[u8; 64]) -> (u64, bool) {
-    let mut mask = 0u64;
-    let mut hard = false;
+fn special_mask(block: &[u8; 64]) -> BlockMask {
+    let mut m = BlockMask {
+        specials: 0,
+        newlines: 0,
+        hard: false,
+        high: false,
+    };
     for (i, b) in block.iter().enumerate() {
-        mask |= u64::from(SPECIAL.contains(b)) << i;
-        hard |= HARD.contains(b);
+        m.specials |= u64::from(SPECIAL.contains(b)) << i;
+        m.newlines |= u64::from(*b == b'\n') << i;
+        m.hard |= HARD.contains(b);
+        m.high |= *b >= 0x80;
     }
-    (mask, hard)
+    m
 }
 
 /// The special bytes of a line, one after another: each step clears the
@@ -822,6 +920,31 @@ mod tests {
     }
 
     proptest! {
+        /// A line found in a body by `classify_line` ends at its `\n` and
+        /// is classified as `classify` classifies it alone; `ascii` is never
+        /// claimed of a line that is not.
+        #[test]
+        fn lines_found_in_a_body_are_classified_as_alone(
+            body in "([a-z]{0,70}[,= \\\\\t\"é\n]?){0,12}|[a-z,]{64}\n[a-z,]{0,70}",
+        ) {
+            let b = body.as_bytes();
+            let mut found = Specials::default();
+            let mut alone = Specials::default();
+            let mut start = 0;
+            while start < b.len() {
+                let end = found.classify_line(b, start);
+                let want = b[start..].iter().position(|&c| c == b'\n').map_or(b.len(), |i| start + i);
+                prop_assert_eq!(end, want, "{:?} from {}", body, start);
+                let line = &b[start..end];
+                alone.classify(line);
+                prop_assert_eq!(&found.words, &alone.words, "{:?} from {}", body, start);
+                prop_assert_eq!(found.plain, alone.plain, "{:?} from {}", body, start);
+                prop_assert_eq!(alone.ascii, line.is_ascii());
+                prop_assert!(!found.ascii || line.is_ascii(), "{:?} from {}", body, start);
+                start = end + 1;
+            }
+        }
+
         /// Whatever the plain-line parser takes, the general parser parses
         /// the same way; lines of tokens and separators in any order.
         #[test]

@@ -310,9 +310,15 @@ fn esc(s: &str, special: &[char]) -> String {
 }
 
 fn name() -> impl Strategy<Value = String> {
-    // Any text without control characters that does not end in a backslash
-    // (line protocol cannot express a trailing backslash before a separator).
-    "[a-zA-Z0-9 ,=\\\\é_\"-]{1,8}".prop_filter("no trailing backslash", |s| !s.ends_with('\\'))
+    prop_oneof![
+        // Any text without control characters that does not end in a
+        // backslash (line protocol cannot express a trailing backslash
+        // before a separator).
+        "[a-zA-Z0-9 ,=\\\\é_\"-]{1,8}".prop_filter("no trailing backslash", |s| !s.ends_with('\\')),
+        // Names as most clients write them: lines of only these take the
+        // plain-line parser.
+        "[a-z][a-z0-9_.]{0,20}",
+    ]
 }
 
 fn value() -> impl Strategy<Value = V> {
