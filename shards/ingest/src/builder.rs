@@ -6,11 +6,10 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow_array::builder::{BooleanBuilder, StringBuilder};
 use arrow_array::types::{Float64Type, Int32Type, Int64Type, UInt64Type};
 use arrow_array::{ArrayRef, DictionaryArray, Int32Array, RecordBatch, TimestampNanosecondArray};
-use arrow_array::{ArrowPrimitiveType, PrimitiveArray};
-use arrow_buffer::NullBufferBuilder;
+use arrow_array::{ArrowPrimitiveType, BooleanArray, PrimitiveArray, StringArray};
+use arrow_buffer::{BooleanBuffer, Buffer, NullBufferBuilder, OffsetBuffer, ScalarBuffer};
 use arrow_schema::Schema;
 use tidemark_shards::schema::{validate_column_name, TIME_COLUMN, TIME_ZONE};
 use tidemark_shards::{ColumnKind, FieldType, TableKey, WriteBatch};
@@ -112,6 +111,11 @@ impl TagBuilder {
         self.keys.resize(at + n, 0);
     }
 
+    fn truncate(&mut self, n: usize) {
+        self.keys.truncate(n);
+        truncate_nulls(&mut self.null_at, n);
+    }
+
     fn finish(&mut self) -> ArrayRef {
         let validity = validity(self.keys.len(), &self.null_at).finish();
         let keys = Int32Array::new(std::mem::take(&mut self.keys).into(), validity);
@@ -148,6 +152,11 @@ impl<T: ArrowPrimitiveType> Values<T> {
         self.values.resize(at + n, T::Native::default());
     }
 
+    fn truncate(&mut self, n: usize) {
+        self.values.truncate(n);
+        truncate_nulls(&mut self.null_at, n);
+    }
+
     fn finish(&mut self) -> PrimitiveArray<T> {
         let n = self.values.len();
         let nulls = validity(n, &self.null_at).finish();
@@ -156,13 +165,103 @@ impl<T: ArrowPrimitiveType> Values<T> {
     }
 }
 
+/// A string column being built: offsets and bytes (a null is empty).
+struct Strings {
+    offsets: Vec<i32>,
+    bytes: Vec<u8>,
+    null_at: Vec<usize>,
+}
+
+impl Default for Strings {
+    fn default() -> Self {
+        Strings {
+            offsets: vec![0],
+            bytes: Vec::new(),
+            null_at: Vec::new(),
+        }
+    }
+}
+
+impl Strings {
+    fn len(&self) -> usize {
+        self.offsets.len() - 1
+    }
+
+    #[inline]
+    fn append(&mut self, s: &str) {
+        self.bytes.extend_from_slice(s.as_bytes());
+        // As arrow's `StringBuilder`: a request is far below 2 GiB
+        // (`http.max_body_bytes`).
+        let end = i32::try_from(self.bytes.len()).expect("string column over 2 GiB");
+        self.offsets.push(end);
+    }
+
+    fn append_nulls(&mut self, n: usize) {
+        let at = self.len();
+        self.null_at.extend(at..at + n);
+        let end = *self.offsets.last().expect("offsets start with 0");
+        self.offsets.resize(self.offsets.len() + n, end);
+    }
+
+    fn truncate(&mut self, n: usize) {
+        self.offsets.truncate(n + 1);
+        self.bytes
+            .truncate(*self.offsets.last().expect("offsets start with 0") as usize);
+        truncate_nulls(&mut self.null_at, n);
+    }
+
+    fn finish(&mut self) -> StringArray {
+        let nulls = validity(self.len(), &self.null_at).finish();
+        self.null_at.clear();
+        let offsets = std::mem::replace(&mut self.offsets, vec![0]);
+        StringArray::new(
+            OffsetBuffer::new(ScalarBuffer::from(offsets)),
+            Buffer::from_vec(std::mem::take(&mut self.bytes)),
+            nulls,
+        )
+    }
+}
+
+/// A boolean column being built.
+#[derive(Default)]
+struct Booleans {
+    values: Vec<bool>,
+    null_at: Vec<usize>,
+}
+
+impl Booleans {
+    fn append_nulls(&mut self, n: usize) {
+        let at = self.values.len();
+        self.null_at.extend(at..at + n);
+        self.values.resize(at + n, false);
+    }
+
+    fn truncate(&mut self, n: usize) {
+        self.values.truncate(n);
+        truncate_nulls(&mut self.null_at, n);
+    }
+
+    fn finish(&mut self) -> BooleanArray {
+        let nulls = validity(self.values.len(), &self.null_at).finish();
+        self.null_at.clear();
+        let values: BooleanBuffer = std::mem::take(&mut self.values).into_iter().collect();
+        BooleanArray::new(values, nulls)
+    }
+}
+
+/// Drops the nulls at `n` and after from `null_at` (ascending).
+fn truncate_nulls(null_at: &mut Vec<usize>, n: usize) {
+    let keep = null_at.partition_point(|&i| i < n);
+    null_at.truncate(keep);
+}
+
 enum Data {
     Tag(TagBuilder),
     Float(Values<Float64Type>),
     Integer(Values<Int64Type>),
     Unsigned(Values<UInt64Type>),
-    String(StringBuilder),
-    Boolean(BooleanBuilder),
+    String(Strings),
+    Boolean(Booleans),
 }
 
 impl Data {
@@ -172,8 +271,8 @@ impl Data {
             ColumnKind::Field(FieldType::Float) => Data::Float(Values::default()),
             ColumnKind::Field(FieldType::Integer) => Data::Integer(Values::default()),
             ColumnKind::Field(FieldType::Unsigned) => Data::Unsigned(Values::default()),
-            ColumnKind::Field(FieldType::String) => Data::String(StringBuilder::new()),
-            ColumnKind::Field(FieldType::Boolean) => Data::Boolean(BooleanBuilder::new()),
+            ColumnKind::Field(FieldType::String) => Data::String(Strings::default()),
+            ColumnKind::Field(FieldType::Boolean) => Data::Boolean(Booleans::default()),
         }
     }
 
@@ -196,8 +295,20 @@ impl Data {
             Data::Float(b) => b.values.push(f64::from_bits(v.bits)),
             Data::Integer(b) => b.values.push(v.bits as i64),
             Data::Unsigned(b) => b.values.push(v.bits),
-            Data::String(b) => b.append_value(&v.text),
-            Data::Boolean(b) => b.append_value(v.bits != 0),
+            Data::String(b) => b.append(&v.text),
+            Data::Boolean(b) => b.values.push(v.bits != 0),
+        }
+    }
+
+    /// Keeps the first `n` values.
+    fn truncate(&mut self, n: usize) {
+        match self {
+            Data::Tag(b) => b.truncate(n),
+            Data::Float(b) => b.truncate(n),
+            Data::Integer(b) => b.truncate(n),
+            Data::Unsigned(b) => b.truncate(n),
+            Data::String(b) => b.truncate(n),
+            Data::Boolean(b) => b.truncate(n),
         }
     }
 
@@ -234,14 +345,11 @@ pub struct TableBuilder {
     columns: Vec<Column>,
     index: NameMap<usize>,
     stamp: u64,
-    scratch: Vec<usize>,
     /// The column of each value of the previous row: rows of a request
     /// usually name the same columns in the same order, so the name is
     /// compared with that column's before the map is probed.
     order: Vec<usize>,
 }
-
-const NEW: usize = usize::MAX;
 
 /// The validity of `n` values of which those at `null_at` (ascending) are
 /// null: no buffer when none is (built at the end, as nils are rare and
@@ -298,7 +406,6 @@ impl TableBuilder {
             columns: Vec::new(),
             index: NameMap::default(),
             stamp: 0,
-            scratch: Vec::new(),
             order: Vec::new(),
         }
     }
@@ -307,8 +414,13 @@ impl TableBuilder {
         self.time.len()
     }
 
-    /// Validates one row and appends it; on error nothing is appended.
-    /// `at` is the row's line or record number, for messages.
+    /// Validates one row and appends it; on error nothing is appended (a
+    /// new tag value may stay in its column's dictionary, unused). `at` is
+    /// the row's line or record number, for messages.
+    ///
+    /// Each value is checked and appended in one step, and an error undoes
+    /// the row ([`TableBuilder::undo_row`]): errors are rare, and checking
+    /// a whole row before appending any of it went over its values twice.
     pub fn push_row<S: AsRef<str>>(
         &mut self,
         at: usize,
@@ -316,89 +428,100 @@ impl TableBuilder {
         values: &[(S, Value<'_>)],
     ) -> Result<(), IngestError> {
         self.stamp += 1;
-        let stamp = self.stamp;
-        let mut idxs = std::mem::take(&mut self.scratch);
-        idxs.clear();
-        let check = (|| {
-            for (i, (name, v)) in values.iter().enumerate() {
-                let name = name.as_ref();
-                let kind = v.kind();
-                let found = match self.order.get(i) {
-                    Some(&c) if same_name(&self.columns[c].name, name) => Some(c),
-                    _ => self.index.get(name).copied(),
-                };
-                match found {
-                    Some(c) => {
-                        let col = &mut self.columns[c];
-                        if col.stamp == stamp {
-                            return Err(IngestError::column(at, name, "appears twice"));
-                        }
-                        if col.kind != kind {
-                            return Err(IngestError::column(
-                                at,
-                                name,
-                                format!(
-                                    "is {kind} here but {} in {} {}",
-                                    col.kind, self.unit, col.first_at
-                                ),
-                            ));
-                        }
-                        col.stamp = stamp;
-                        idxs.push(c);
-                    }
-                    None => {
-                        if name == TIME_COLUMN {
-                            return Err(IngestError::column(
-                                at,
-                                name,
-                                "is reserved for the timestamp",
-                            ));
-                        }
-                        validate_column_name(name)
-                            .map_err(|e| IngestError::column(at, name, e.to_string()))?;
-                        if values[..i].iter().any(|(n, _)| n.as_ref() == name) {
-                            return Err(IngestError::column(at, name, "appears twice"));
-                        }
-                        idxs.push(NEW);
-                    }
-                }
-            }
-            Ok(())
-        })();
-        if let Err(e) = check {
-            self.scratch = idxs;
-            return Err(e);
-        }
         let row = self.time.len();
-        for ((name, v), c) in values.iter().zip(idxs.iter_mut()) {
-            *c = if *c == NEW {
-                let mut data = Data::new(v.kind());
-                data.append_nulls(row);
-                self.index
-                    .insert(name.as_ref().to_string(), self.columns.len());
-                self.columns.push(Column {
-                    name: name.as_ref().to_string(),
-                    kind: v.kind(),
-                    first_at: at,
-                    data,
-                    len: row,
-                    stamp,
-                });
-                self.columns.len() - 1
-            } else {
-                *c
+        let columns_before = self.columns.len();
+        for (i, (name, v)) in values.iter().enumerate() {
+            let c = match self.column_of(i, name.as_ref(), v.kind(), at) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.undo_row(row, columns_before);
+                    return Err(e);
+                }
             };
-            let col = &mut self.columns[*c];
+            let col = &mut self.columns[c];
             if col.len < row {
                 col.data.append_nulls(row - col.len);
             }
             col.data.append(v);
             col.len = row + 1;
+            // The column becomes the guess for the next row's `i`th value.
+            match self.order.get_mut(i) {
+                Some(o) => *o = c,
+                None => self.order.push(c),
+            }
         }
         self.time.push(time);
-        // The resolved columns become the guess for the next row.
-        self.scratch = std::mem::replace(&mut self.order, idxs);
         Ok(())
+    }
+
+    /// The column for the `i`th value of the row being pushed, named
+    /// `name`, of `kind`: checked (not already set by this row, the same
+    /// kind) and marked set, or made if new.
+    #[inline]
+    fn column_of(
+        &mut self,
+        i: usize,
+        name: &str,
+        kind: ColumnKind,
+        at: usize,
+    ) -> Result<usize, IngestError> {
+        let stamp = self.stamp;
+        let guess = self
+            .order
+            .get(i)
+            .filter(|&&c| same_name(&self.columns[c].name, name));
+        let Some(c) = guess.or_else(|| self.index.get(name)).copied() else {
+            if name == TIME_COLUMN {
+                return Err(IngestError::column(
+                    at,
+                    name,
+                    "is reserved for the timestamp",
+                ));
+            }
+            validate_column_name(name).map_err(|e| IngestError::column(at, name, e.to_string()))?;
+            self.index.insert(name.to_string(), self.columns.len());
+            self.columns.push(Column {
+                name: name.to_string(),
+                kind,
+                first_at: at,
+                data: Data::new(kind),
+                len: 0,
+                stamp,
+            });
+            return Ok(self.columns.len() - 1);
+        };
+        let col = &mut self.columns[c];
+        if col.stamp == stamp {
+            return Err(IngestError::column(at, name, "appears twice"));
+        }
+        if col.kind != kind {
+            return Err(IngestError::column(
+                at,
+                name,
+                format!(
+                    "is {kind} here but {} in {} {}",
+                    col.kind, self.unit, col.first_at
+                ),
+            ));
+        }
+        col.stamp = stamp;
+        Ok(c)
+    }
+
+    /// Takes back what a failed push of row `row` appended: the columns it
+    /// made (those from `columns_before` on) and its values in the others.
+    fn undo_row(&mut self, row: usize, columns_before: usize) {
+        for col in self.columns.drain(columns_before..) {
+            self.index.remove(&col.name);
+        }
+        for col in &mut self.columns {
+            if col.len > row {
+                col.data.truncate(row);
+                col.len = row;
+            }
+        }
+        // The guesses may name the columns just dropped.
+        self.order.clear();
     }
 
     /// The line or record where `column` first appeared in this request.
@@ -593,6 +716,86 @@ mod tests {
         assert_eq!(b.column_by_name("host").unwrap().null_count(), 1);
         assert_eq!(b.column_by_name("n").unwrap().null_count(), 1);
         assert_eq!(d.first_at(d.batches[0].table(), "n"), Some(2));
+    }
+
+    /// A row that fails part-way leaves nothing: not its values in the
+    /// columns it had reached (tags, strings, booleans, numbers), nor the
+    /// columns it made; the rows after it land where they should.
+    #[test]
+    fn a_failed_row_is_undone() {
+        use arrow_array::cast::AsArray;
+        let mut r = RequestBuilder::new("line");
+        let t = r.table("db", "m", 1).unwrap();
+        let row = |host: &'static str, s: &'static str, b: bool, x: f64| {
+            vec![
+                ("host", Value::tag(host.into())),
+                ("s", Value::string(s.into())),
+                ("b", Value::boolean(b)),
+                ("x", Value::float(x)),
+            ]
+        };
+        t.push_row(1, 1, &row("a", "one", true, 1.0)).unwrap();
+        // Fails at its last value, after a new column and every kind.
+        let mut bad = row("z", "zzz", false, 9.0);
+        bad.insert(1, ("new", Value::integer(7)));
+        bad.push(("x", Value::float(9.5)));
+        let err = t.push_row(2, 2, &bad).unwrap_err();
+        assert_eq!(err.to_string(), "\"x\": appears twice");
+        // Fails at a name, with a tag column of a new name before it.
+        let err = t
+            .push_row(
+                3,
+                3,
+                &[
+                    ("other", Value::tag("q".into())),
+                    ("x", Value::string("no".into())),
+                ],
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is string here but float in line 1"),
+            "{err}"
+        );
+        // Rows without some columns, after the failures.
+        t.push_row(4, 4, &[("x", Value::float(4.0))]).unwrap();
+        t.push_row(5, 5, &row("b", "five", false, 5.0)).unwrap();
+        assert_eq!(r.table("db", "m", 6).unwrap().first_at("new"), None);
+        let d = r.finish();
+        let b = d.batches[0].batch();
+        let names: Vec<&str> = b
+            .schema_ref()
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        assert_eq!(names, ["time", "host", "s", "b", "x"]);
+        let host = b
+            .column_by_name("host")
+            .unwrap()
+            .as_dictionary::<Int32Type>();
+        let host: Vec<Option<&str>> = host
+            .downcast_dict::<StringArray>()
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(host, [Some("a"), None, Some("b")]);
+        let s: Vec<Option<&str>> = b
+            .column_by_name("s")
+            .unwrap()
+            .as_string::<i32>()
+            .iter()
+            .collect();
+        assert_eq!(s, [Some("one"), None, Some("five")]);
+        let bools: Vec<Option<bool>> = b.column_by_name("b").unwrap().as_boolean().iter().collect();
+        assert_eq!(bools, [Some(true), None, Some(false)]);
+        let x: Vec<Option<f64>> = b
+            .column_by_name("x")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .iter()
+            .collect();
+        assert_eq!(x, [Some(1.0), Some(4.0), Some(5.0)]);
     }
 
     /// Rows whose columns change order, shrink and grow: each value must
