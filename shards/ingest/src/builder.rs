@@ -86,6 +86,24 @@ impl<'a> Value<'a> {
     }
 }
 
+/// Appends `(key, value)` to `values`, which has room for it (the caller
+/// reserved it before making them): the parts are written straight into
+/// the slot. `Vec::push` assembles the tuple in a stack slot first (the
+/// parts must survive a possible reallocation) and copies it with loads
+/// wider than the stores that made it, which the processor cannot forward:
+/// a stall on every value (22% of the line-protocol parser's samples at 5cfe573).
+#[inline(always)]
+pub(crate) fn push_reserved<'a>(
+    values: &mut Vec<(Cow<'a, str>, Value<'a>)>,
+    key: Cow<'a, str>,
+    value: Value<'a>,
+) {
+    let len = values.len();
+    values.spare_capacity_mut()[0].write((key, value));
+    // SAFETY: the element at `len`, within the capacity, was just written.
+    unsafe { values.set_len(len + 1) };
+}
+
 /// A tag column being built: a key per row (0 for a null) and the
 /// dictionary of its values ([`TagDict`]).
 #[derive(Default)]

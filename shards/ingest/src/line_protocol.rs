@@ -21,7 +21,7 @@
 
 use std::borrow::Cow;
 
-use crate::builder::{Decoded, RequestBuilder, Value};
+use crate::builder::{push_reserved, Decoded, RequestBuilder, Value};
 use crate::error::{IngestError, IngestErrors, Unit};
 use crate::precision::Precision;
 
@@ -482,24 +482,6 @@ fn skip_spaces(b: &[u8], mut pos: usize) -> usize {
         pos += 1;
     }
     pos
-}
-
-/// Appends `(key, value)` to `values`, which has room for it (the caller
-/// reserved it before making them): the parts are written straight into
-/// the slot. `Vec::push` assembles the tuple in a stack slot first (the
-/// parts must survive a possible reallocation) and copies it with loads
-/// wider than the stores that made it, which the processor cannot forward:
-/// a stall on every value (22% of this parser's samples at 5cfe573).
-#[inline(always)]
-fn push_reserved<'a>(
-    values: &mut Vec<(Cow<'a, str>, Value<'a>)>,
-    key: Cow<'a, str>,
-    value: Value<'a>,
-) {
-    let len = values.len();
-    values.spare_capacity_mut()[0].write((key, value));
-    // SAFETY: the element at `len`, within the capacity, was just written.
-    unsafe { values.set_len(len + 1) };
 }
 
 /// Parses a plain line ([`Specials::plain`]: no escapes, no quoted

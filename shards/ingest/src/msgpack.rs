@@ -47,7 +47,7 @@ use rmp::Marker;
 use tidemark_shards::schema::{validate_column_name, TIME_COLUMN, TIME_ZONE};
 use tidemark_shards::{ColumnKind, FieldType, TableKey, WriteBatch};
 
-use crate::builder::{validity, Decoded, RequestBuilder, Value};
+use crate::builder::{push_reserved, validity, Decoded, RequestBuilder, Value};
 use crate::error::{IngestError, IngestErrors, Unit};
 use tidemark_shards::tags::TagDict;
 
@@ -987,13 +987,16 @@ fn fill_column(
 // the same arrays.
 
 /// The decoding state of `parse_fast`.
-struct Fast<'d> {
+struct Fast<'d, 'a> {
     database: &'d str,
     now_ns: i64,
     rows: RequestBuilder,
     columnar: Vec<(WriteBatch, usize)>,
     record: usize,
     dict: TagDict,
+    /// A row record's tags and fields, read straight from the body
+    /// ([`Fast::record`]); the list is reused from record to record.
+    values: Vec<(Cow<'a, str>, Value<'a>)>,
     /// Tests: decode every column the general way (type pass, fill pass).
     general_columns: bool,
 }
@@ -1014,6 +1017,7 @@ fn parse_fast(body: &[u8], database: &str, now_ns: i64, general_columns: bool) -
         columnar: Vec::new(),
         record: 0,
         dict: TagDict::default(),
+        values: Vec::new(),
         general_columns,
     };
     let mut r = Reader { b: body, pos: 0 };
@@ -1032,8 +1036,22 @@ fn parse_fast(body: &[u8], database: &str, now_ns: i64, general_columns: bool) -
     (!decoded.batches.is_empty()).then_some(decoded)
 }
 
-impl Fast<'_> {
-    fn records(&mut self, r: &mut Reader<'_>, n: usize) -> Option<()> {
+/// What [`Fast::record`] has read of a record as a row record.
+#[derive(Default)]
+struct RowParts {
+    /// "tags" and "fields" were read into `Fast::values` (the first of
+    /// each, as `get` finds them); fields start at `fields_from`.
+    tags: bool,
+    fields: bool,
+    fields_from: usize,
+    /// Something left to `row`, which reads the record from its entries:
+    /// "h" or "f", "fields" before "tags", a tag that is not a string, a
+    /// malformed map.
+    declined: bool,
+}
+
+impl<'a> Fast<'_, 'a> {
+    fn records(&mut self, r: &mut Reader<'a>, n: usize) -> Option<()> {
         for _ in 0..n {
             self.record += 1;
             match r.next().ok()? {
@@ -1046,12 +1064,18 @@ impl Fast<'_> {
 
     /// A record's map of `n` entries; with `top`, the body's map, which a
     /// "batch" key makes a wrapper of records rather than a record.
-    fn record(&mut self, r: &mut Reader<'_>, n: usize, top: bool) -> Option<()> {
+    ///
+    /// A row record's "tags" and "fields" are read once, into
+    /// [`Fast::values`], as the map is read: no list of entries per map, no
+    /// value read twice (skipped, then decoded), no allocation per record.
+    fn record(&mut self, r: &mut Reader<'a>, n: usize, top: bool) -> Option<()> {
         let mut entries = Vec::with_capacity(n.min(64));
         // The first "columns" (as `get` finds it): its entry and whether
         // "tag_keys" came before it, then the columns.
         let mut columns: Option<(usize, bool, Columns)> = None;
         let mut batch = false;
+        let mut parts = RowParts::default();
+        self.values.clear();
         for _ in 0..n {
             let Val::Str(key) = r.next().ok()? else {
                 return None;
@@ -1063,12 +1087,39 @@ impl Fast<'_> {
                     return None;
                 };
                 self.records(r, m)?;
-            } else if !batch && columns.is_none() && key == "columns" {
+            } else if batch {
+                r.skip().ok()?;
+            } else if columns.is_none() && key == "columns" {
                 let tag_keys = tag_keys_of(&entries, 0).ok()?;
                 let known = get(&entries, "tag_keys").is_some();
                 let c = self.columns(r, tag_keys.as_deref())?;
                 columns = Some((entries.len() - 1, known, c));
+            } else if (key == "tags" && !parts.tags) || (key == "fields" && !parts.fields) {
+                let is_tags = key == "tags";
+                if is_tags {
+                    parts.tags = true;
+                    parts.declined |= parts.fields;
+                } else {
+                    parts.fields = true;
+                    parts.fields_from = self.values.len();
+                }
+                let mut v = r.clone();
+                let read = if parts.declined {
+                    None
+                } else if is_tags {
+                    row_tags(&mut self.values, &mut v)
+                } else {
+                    row_fields(&mut self.values, &mut v)
+                };
+                match read {
+                    Some(()) => *r = v,
+                    None => {
+                        parts.declined = true;
+                        r.skip().ok()?;
+                    }
+                }
             } else {
+                parts.declined |= key == "h" || key == "f";
                 r.skip().ok()?;
             }
         }
@@ -1080,7 +1131,15 @@ impl Fast<'_> {
         }
         let at = self.record;
         let Some((i, known, mut c)) = columns else {
-            return row(&entries, self.database, self.now_ns, at, &mut self.rows).ok();
+            if parts.declined {
+                return row(&entries, self.database, self.now_ns, at, &mut self.rows).ok();
+            }
+            if !parts.fields || self.values.len() == parts.fields_from {
+                return None;
+            }
+            return self
+                .push_row(&entries, at)
+                .or_else(|| row(&entries, self.database, self.now_ns, at, &mut self.rows).ok());
         };
         // "tag_keys" after "columns": decode the columns again with them.
         if !known {
@@ -1093,6 +1152,28 @@ impl Fast<'_> {
         let batch = columnar_batch(table, c.fields, c.out, c.time, c.rows, self.now_ns, at).ok()?;
         self.columnar.push((batch, at));
         Some(())
+    }
+
+    /// Appends the row record whose entries are `entries` and whose tags
+    /// and fields are in [`Fast::values`] (`row` does the same from the
+    /// entries alone); `None`, having appended nothing, for a measurement
+    /// that is not a string or anything wrong.
+    fn push_row(&mut self, entries: &[(&'a str, Reader<'a>)], at: usize) -> Option<()> {
+        let Val::Str(measurement) = get(entries, "m")?.clone().next().ok()? else {
+            return None;
+        };
+        let time = match get(entries, "t") {
+            None => self.now_ns,
+            Some(t) => match t.clone().num().ok()? {
+                Val::Nil => self.now_ns,
+                v => time_to_nanos(v, time_unit_nanos(val_as_f64(v).unwrap_or(0.0))).ok()?,
+            },
+        };
+        self.rows
+            .table(self.database, measurement, at)
+            .ok()?
+            .push_row(at, time, &self.values)
+            .ok()
     }
 
     /// Decodes a "columns" map (`columnar` does the same in several passes).
@@ -1176,6 +1257,61 @@ impl Fast<'_> {
         let is_tag = listed.unwrap_or(t == ColType::Str);
         fill_column(r, n, t, is_tag, name, 0).ok()
     }
+}
+
+/// `s` as a `str`: ASCII, as names and tags almost always are, checked
+/// inline; anything else by `str::from_utf8`.
+#[inline]
+fn utf8(s: &[u8]) -> Option<&str> {
+    if s.is_ascii() {
+        // SAFETY: ASCII is UTF-8.
+        Some(unsafe { std::str::from_utf8_unchecked(s) })
+    } else {
+        std::str::from_utf8(s).ok()
+    }
+}
+
+/// A row record's "tags" map (or nil) into `values`; `None` for anything
+/// `row` would reject or take otherwise (a tag that is not a string).
+#[inline]
+fn row_tags<'a>(values: &mut Vec<(Cow<'a, str>, Value<'a>)>, r: &mut Reader<'a>) -> Option<()> {
+    let n = match r.next().ok()? {
+        Val::Map(n) => n,
+        Val::Nil => return Some(()),
+        _ => return None,
+    };
+    for _ in 0..n {
+        let key = utf8(r.raw_str()?)?;
+        if r.nil() {
+            continue;
+        }
+        let value = utf8(r.raw_str()?)?;
+        values.reserve(1);
+        push_reserved(values, Cow::Borrowed(key), Value::tag(Cow::Borrowed(value)));
+    }
+    Some(())
+}
+
+/// A row record's "fields" map (or nil) into `values`; `None` for anything
+/// `row` would reject.
+#[inline]
+fn row_fields<'a>(values: &mut Vec<(Cow<'a, str>, Value<'a>)>, r: &mut Reader<'a>) -> Option<()> {
+    let n = match r.next().ok()? {
+        Val::Map(n) => n,
+        Val::Nil => return Some(()),
+        _ => return None,
+    };
+    for _ in 0..n {
+        let key = Cow::Borrowed(utf8(r.raw_str()?)?);
+        values.reserve(1);
+        match r.num().ok()? {
+            Val::Nil => {}
+            Val::Float(x) => push_reserved(values, key, Value::float(x)),
+            Val::Int(x) => push_reserved(values, key, Value::integer(x)),
+            v => push_reserved(values, key, field_value(v)?),
+        }
+    }
+    Some(())
 }
 
 // The typed loops read a copy of the cursor and move the caller's only when
@@ -1590,6 +1726,110 @@ mod tests {
         let at = body.windows(2).position(|w| w == b"vv").unwrap();
         body[at] = 0xc3;
         assert!(!check(&body));
+    }
+
+    /// Row records of every shape the fast path reads itself or leaves to
+    /// `row`: what the general path gives, whole, truncated and mutated.
+    #[test]
+    fn row_records_agree() {
+        let tags = |host: &str| {
+            map(vec![
+                ("host", s(host)),
+                ("region", s("us-east-1")),
+                ("gone", M::Nil),
+                ("é", s("ü")),
+            ])
+        };
+        let fields = map(vec![
+            ("usage", M::F(58.31)),
+            ("n", M::I(-3)),
+            ("big", M::U(u64::MAX)),
+            ("on", M::B(true)),
+            ("msg", s("a b")),
+            ("none", M::Nil),
+        ]);
+        let records = vec![
+            map(vec![
+                ("m", s("cpu")),
+                ("t", M::I(1_700_000_000_000)),
+                ("tags", tags("a")),
+                ("fields", fields.clone()),
+            ]),
+            // Fields before tags, no time, a float time, nil tags.
+            map(vec![
+                ("m", s("cpu")),
+                ("fields", fields.clone()),
+                ("tags", tags("b")),
+            ]),
+            map(vec![
+                ("t", M::F(1_700_000_000.5)),
+                ("m", s("cpu")),
+                ("tags", M::Nil),
+                ("fields", map(vec![("usage", M::F(1.0))])),
+            ]),
+            // "h", a tag that is not a string, an integer measurement,
+            // "f", repeated keys, an unknown key.
+            map(vec![
+                ("m", s("cpu")),
+                ("h", s("h1")),
+                ("tags", tags("c")),
+                ("fields", fields.clone()),
+            ]),
+            map(vec![
+                ("m", s("cpu")),
+                ("tags", map(vec![("host", M::I(7))])),
+                ("fields", map(vec![("usage", M::F(2.0))])),
+            ]),
+            map(vec![
+                ("m", M::I(3)),
+                ("fields", map(vec![("v", M::F(2.0))])),
+            ]),
+            map(vec![
+                ("m", s("mem")),
+                ("f", M::A(vec![M::F(1.0), M::Nil, M::I(2)])),
+            ]),
+            map(vec![
+                ("m", s("cpu")),
+                ("tags", tags("d")),
+                ("tags", map(vec![("other", s("x"))])),
+                ("fields", map(vec![("usage", M::F(3.0))])),
+                ("fields", map(vec![("other", M::F(3.0))])),
+                ("extra", s("ignored")),
+            ]),
+        ];
+        let body = bytes(&M::A(records.clone()));
+        assert!(check_fast(&body));
+        for r in &records {
+            assert!(check_fast(&bytes(&M::A(vec![r.clone()]))));
+        }
+        // Errors: no fields, a field that is not a scalar, a column twice.
+        for bad in [
+            map(vec![("m", s("cpu")), ("tags", tags("a"))]),
+            map(vec![
+                ("m", s("cpu")),
+                ("fields", map(vec![("v", M::A(vec![]))])),
+            ]),
+            map(vec![
+                ("m", s("cpu")),
+                ("tags", tags("a")),
+                ("fields", map(vec![("host", M::F(1.0))])),
+            ]),
+        ] {
+            let b = bytes(&M::A(vec![records[0].clone(), bad]));
+            assert_eq!(check_both(&b), (false, false));
+        }
+        for end in 0..body.len() {
+            assert!(!check(&body[..end]));
+        }
+        let mut accepted = 0;
+        for at in 0..body.len() {
+            for v in [0x00, 0x7f, 0xc0, 0xc1, 0xcb, 0xd9, 0xff, body[at] ^ 1] {
+                let mut b = body.clone();
+                b[at] = v;
+                accepted += check_fast(&b) as usize;
+            }
+        }
+        assert!(accepted > 500, "{accepted}");
     }
 
     #[test]
