@@ -198,42 +198,18 @@ impl Specials {
     /// bytes, and whether it is plain and ASCII: no separate search for
     /// the `\n`, UTF-8 check or copy of each line.
     fn classify_line(&mut self, body: &[u8], start: usize) -> usize {
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { self.classify_line_avx2(body, start) };
-        }
-        self.classify_line_by(body, start, special_mask)
-    }
-
-    /// [`Specials::classify_line`] 32 bytes per compare (half the
-    /// instructions of SSE2's 16).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    fn classify_line_avx2(&mut self, body: &[u8], start: usize) -> usize {
-        self.classify_line_by(body, start, |block| special_mask_avx2(block))
-    }
-
-    /// [`Specials::classify_line`] with `mask` classifying each block.
-    #[inline(always)]
-    fn classify_line_by(
-        &mut self,
-        body: &[u8],
-        start: usize,
-        mask: impl Fn(&[u8; 64]) -> BlockMask,
-    ) -> usize {
         self.words.clear();
         let mut hard = false;
         let mut high = false;
         let mut at = start;
         loop {
             let m = match body.get(at..at + 64) {
-                Some(block) => mask(block.try_into().expect("64 bytes")),
+                Some(block) => special_mask(block.try_into().expect("64 bytes")),
                 None => {
                     // Zeros are neither special nor `\n`.
                     let mut block = [0u8; 64];
                     block[..body.len() - at].copy_from_slice(&body[at..]);
-                    mask(&block)
+                    special_mask(&block)
                 }
             };
             if m.newlines != 0 || at + 64 >= body.len() {
@@ -357,7 +333,7 @@ fn special_mask(block: &[u8; 64]) -> BlockMask {
         let (s, nl) = unsafe {
             let v = _mm_loadu_si128(block.as_ptr().add(16 * k).cast::<__m128i>());
             let eq = |c: u8| _mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8));
-            // `\` and tab are both special and hard.
+            // `\\` and tab are both special and hard.
             let escape_or_tab = _mm_or_si128(eq(HARD[0]), eq(HARD[1]));
             hard = _mm_or_si128(hard, _mm_or_si128(escape_or_tab, eq(HARD[2])));
             any = _mm_or_si128(any, v);
@@ -377,42 +353,6 @@ fn special_mask(block: &[u8; 64]) -> BlockMask {
         newlines,
         hard,
         high,
-    }
-}
-
-/// Classifies a 64-byte block, 32 bytes per AVX2 compare.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn special_mask_avx2(block: &[u8; 64]) -> BlockMask {
-    use std::arch::x86_64::{
-        __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256,
-        _mm256_set1_epi8, _mm256_setzero_si256,
-    };
-    let mut specials = 0u64;
-    let mut newlines = 0u64;
-    let (mut hard, mut any) = (_mm256_setzero_si256(), _mm256_setzero_si256());
-    for k in 0..2 {
-        // SAFETY: reads bytes 32k..32k + 32 of the 64-byte block (AVX2
-        // loads need no alignment).
-        let v = unsafe { _mm256_loadu_si256(block.as_ptr().add(32 * k).cast::<__m256i>()) };
-        let eq = |c: u8| _mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8));
-        // `\` and tab are both special and hard.
-        let escape_or_tab = _mm256_or_si256(eq(HARD[0]), eq(HARD[1]));
-        hard = _mm256_or_si256(hard, _mm256_or_si256(escape_or_tab, eq(HARD[2])));
-        any = _mm256_or_si256(any, v);
-        let hit = _mm256_or_si256(
-            _mm256_or_si256(eq(SPECIAL[0]), eq(SPECIAL[1])),
-            _mm256_or_si256(eq(SPECIAL[2]), escape_or_tab),
-        );
-        specials |= u64::from(_mm256_movemask_epi8(hit) as u32) << (32 * k);
-        newlines |= u64::from(_mm256_movemask_epi8(eq(b'\n')) as u32) << (32 * k);
-    }
-    BlockMask {
-        specials,
-        newlines,
-        // A byte's top bit is the movemask's bit.
-        hard: _mm256_movemask_epi8(hard) != 0,
-        high: _mm256_movemask_epi8(any) != 0,
     }
 }
 
@@ -915,8 +855,6 @@ mod tests {
         parse_line, parse_plain, scan, simple_float, simple_int, Specials, Stops, KEY_ESC,
         KEY_STOPS, MEASUREMENT_ESC, MEASUREMENT_STOPS, SPACE_STOPS, VALUE_STOPS,
     };
-    #[cfg(target_arch = "x86_64")]
-    use super::{special_mask, special_mask_avx2};
     use crate::builder::Value;
     use crate::precision::Precision;
 
@@ -981,32 +919,6 @@ mod tests {
             "m v=x",
         ] {
             assert_eq!(plain(line, Precision::Milliseconds), None, "{line}");
-        }
-    }
-
-    /// The AVX2 classifier marks what the SSE2 one marks.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn avx2_blocks_are_classified_as_sse2_classifies_them() {
-        if !std::arch::is_x86_feature_detected!("avx2") {
-            return;
-        }
-        let alphabet = b"ab,= \\\t\"\n\x80\xff";
-        let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-        for _ in 0..20_000 {
-            let mut block = [0u8; 64];
-            for b in &mut block {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                *b = alphabet[(seed % alphabet.len() as u64) as usize];
-            }
-            let (a, b) = (special_mask(&block), unsafe { special_mask_avx2(&block) });
-            assert_eq!(
-                (a.specials, a.newlines, a.hard, a.high),
-                (b.specials, b.newlines, b.hard, b.high),
-                "{block:?}"
-            );
         }
     }
 
