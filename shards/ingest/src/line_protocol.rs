@@ -65,7 +65,7 @@ pub fn parse(
             // Rare: the special bytes are found again from the first
             // non-blank one.
             line = line.trim_start_matches([' ', '\t']);
-            specials.classify(line.as_bytes());
+            specials.classify_line(line.as_bytes(), 0);
         }
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -185,8 +185,8 @@ struct Specials {
     /// The line has no `\\`, tab or `"`: no escapes, no quoted strings, and
     /// every special byte is a `,`, `=` or space ([`parse_plain`]).
     plain: bool,
-    /// The line is ASCII ([`Specials::classify_line`] only; it may say
-    /// `false` of an ASCII line, never `true` of another).
+    /// The line is ASCII. It may say `false` of an ASCII line (the bytes
+    /// after its `\n` in its last block count), never `true` of another.
     ascii: bool,
 }
 
@@ -237,29 +237,6 @@ impl Specials {
             high |= m.high;
             at += 64;
         }
-    }
-
-    /// Classifies `line`, all of whose bytes are the line's.
-    fn classify(&mut self, line: &[u8]) {
-        self.words.clear();
-        let mut hard = false;
-        let mut high = false;
-        for block in line.chunks(64) {
-            let m = match block.try_into() {
-                Ok(full) => special_mask(full),
-                Err(_) => {
-                    // Zeros are not special: the padding finds nothing.
-                    let mut padded = [0u8; 64];
-                    padded[..block.len()].copy_from_slice(block);
-                    special_mask(&padded)
-                }
-            };
-            self.words.push(m.specials);
-            hard |= m.hard;
-            high |= m.high;
-        }
-        self.plain = !hard;
-        self.ascii = !high;
     }
 
     /// The special bytes from the start of the line, in order.
@@ -864,7 +841,7 @@ mod tests {
     /// not plain or the parser declines it.
     fn plain(line: &str, precision: Precision) -> Option<Parsed<'_>> {
         let mut sp = Specials::default();
-        sp.classify(line.as_bytes());
+        sp.classify_line(line.as_bytes(), 0);
         if !sp.plain {
             return None;
         }
@@ -876,7 +853,7 @@ mod tests {
     /// What the general parser makes of `line`, or its error's reason.
     fn general(line: &str, precision: Precision) -> Result<Parsed<'_>, String> {
         let mut sp = Specials::default();
-        sp.classify(line.as_bytes());
+        sp.classify_line(line.as_bytes(), 0);
         let mut values = Vec::new();
         let p = parse_line(line, &sp, &mut values, precision).map_err(|e| e.reason)?;
         Ok((p.measurement, p.time, values))
@@ -922,28 +899,42 @@ mod tests {
         }
     }
 
+    /// A line's special bytes marked one by one, and whether it is plain
+    /// and ASCII: the reference for `classify_line`.
+    fn classify_bytes(line: &[u8]) -> (Vec<u64>, bool, bool) {
+        let mut words = vec![0u64; line.len().div_ceil(64)];
+        for (i, c) in line.iter().enumerate() {
+            if b",= \\\t".contains(c) {
+                words[i / 64] |= 1 << (i % 64);
+            }
+        }
+        let plain = !line.iter().any(|c| b"\\\t\"".contains(c));
+        (words, plain, line.is_ascii())
+    }
+
     proptest! {
         /// A line found in a body by `classify_line` ends at its `\n` and
-        /// is classified as `classify` classifies it alone; `ascii` is never
-        /// claimed of a line that is not.
+        /// has the special bytes and plainness that marking its bytes one
+        /// by one gives; `ascii` is never claimed of a line that is not.
         #[test]
         fn lines_found_in_a_body_are_classified_as_alone(
             body in "([a-z]{0,70}[,= \\\\\t\"é\n]?){0,12}|[a-z,]{64}\n[a-z,]{0,70}",
         ) {
             let b = body.as_bytes();
             let mut found = Specials::default();
-            let mut alone = Specials::default();
             let mut start = 0;
             while start < b.len() {
                 let end = found.classify_line(b, start);
                 let want = b[start..].iter().position(|&c| c == b'\n').map_or(b.len(), |i| start + i);
                 prop_assert_eq!(end, want, "{:?} from {}", body, start);
                 let line = &b[start..end];
-                alone.classify(line);
-                prop_assert_eq!(&found.words, &alone.words, "{:?} from {}", body, start);
-                prop_assert_eq!(found.plain, alone.plain, "{:?} from {}", body, start);
-                prop_assert_eq!(alone.ascii, line.is_ascii());
-                prop_assert!(!found.ascii || line.is_ascii(), "{:?} from {}", body, start);
+                let (words, plain, ascii) = classify_bytes(line);
+                prop_assert_eq!(&found.words, &words, "{:?} from {}", body, start);
+                prop_assert_eq!(found.plain, plain, "{:?} from {}", body, start);
+                prop_assert!(!found.ascii || ascii, "{:?} from {}", body, start);
+                // Alone (the body is the line), `ascii` is exact.
+                found.classify_line(line, 0);
+                prop_assert_eq!((&found.words, found.plain, found.ascii), (&words, plain, ascii));
                 start = end + 1;
             }
         }
@@ -1068,7 +1059,7 @@ mod tests {
             let line = format!("{head}{mid}{tail}");
             let b = line.as_bytes();
             let mut sp = Specials::default();
-            sp.classify(b);
+            sp.classify_line(b, 0);
             let sets: [(&Stops, &[u8]); 5] = [
                 (&MEASUREMENT_STOPS, MEASUREMENT_ESC),
                 (&KEY_STOPS, KEY_ESC),
