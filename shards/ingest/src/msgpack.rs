@@ -1067,7 +1067,8 @@ impl<'a> Fast<'_, 'a> {
     ///
     /// A row record's "tags" and "fields" are read once, into
     /// [`Fast::values`], as the map is read: no list of entries per map, no
-    /// value read twice (skipped, then decoded), no allocation per record.
+    /// value read twice (skipped, then decoded), and of a record's
+    /// allocations only its list of entries is left.
     fn record(&mut self, r: &mut Reader<'a>, n: usize, top: bool) -> Option<()> {
         let mut entries = Vec::with_capacity(n.min(64));
         // The first "columns" (as `get` finds it): its entry and whether
