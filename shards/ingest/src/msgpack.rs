@@ -538,6 +538,22 @@ fn field_value(v: Val<'_>) -> Option<Value<'_>> {
     })
 }
 
+/// The time of the row record whose entries are `entries`: its "t" (a
+/// number, in the unit its magnitude tells), or `now_ns` when "t" is
+/// absent or nil.
+fn record_time(entries: &[(&str, Reader<'_>)], now_ns: i64, at: usize) -> Result<i64, IngestError> {
+    let Some(t) = get(entries, "t") else {
+        return Ok(now_ns);
+    };
+    match t.clone().next().map_err(|e| IngestError::new(at, e))? {
+        Val::Nil => Ok(now_ns),
+        v => {
+            let unit = time_unit_nanos(val_as_f64(v).unwrap_or(0.0));
+            time_to_nanos(v, unit).map_err(|e| IngestError::column(at, "t", e))
+        }
+    }
+}
+
 fn row(
     entries: &[(&str, Reader<'_>)],
     database: &str,
@@ -547,16 +563,7 @@ fn row(
 ) -> Result<(), IngestError> {
     let err = |e: String| IngestError::new(at, e);
     let measurement = measurement_of(entries, at)?;
-    let time = match get(entries, "t") {
-        None => now_ns,
-        Some(t) => match t.clone().next().map_err(err)? {
-            Val::Nil => now_ns,
-            v => {
-                let unit = time_unit_nanos(val_as_f64(v).unwrap_or(0.0));
-                time_to_nanos(v, unit).map_err(|e| IngestError::column(at, "t", e))?
-            }
-        },
-    };
+    let time = record_time(entries, now_ns, at)?;
     let mut values: Vec<(Cow<'_, str>, Value<'_>)> = Vec::new();
     let mut host: Option<Cow<'_, str>> = None;
     if let Some(h) = get(entries, "h") {
@@ -1163,13 +1170,7 @@ impl<'a> Fast<'_, 'a> {
         let Val::Str(measurement) = get(entries, "m")?.clone().next().ok()? else {
             return None;
         };
-        let time = match get(entries, "t") {
-            None => self.now_ns,
-            Some(t) => match t.clone().num().ok()? {
-                Val::Nil => self.now_ns,
-                v => time_to_nanos(v, time_unit_nanos(val_as_f64(v).unwrap_or(0.0))).ok()?,
-            },
-        };
+        let time = record_time(entries, self.now_ns, at).ok()?;
         self.rows
             .table(self.database, measurement, at)
             .ok()?
