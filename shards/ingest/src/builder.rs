@@ -147,27 +147,19 @@ impl TagBuilder {
     }
 }
 
-/// A numeric column being built: a `Vec` and the rows that are null
-/// (arrow's builders' appends do not inline: a call per value).
-struct Values<T: ArrowPrimitiveType> {
-    values: Vec<T::Native>,
+/// A numeric or boolean column being built: a `Vec` and the rows that are
+/// null (arrow's builders' appends do not inline: a call per value).
+#[derive(Default)]
+struct Values<N> {
+    values: Vec<N>,
     null_at: Vec<usize>,
 }
 
-impl<T: ArrowPrimitiveType> Default for Values<T> {
-    fn default() -> Self {
-        Values {
-            values: Vec::new(),
-            null_at: Vec::new(),
-        }
-    }
-}
-
-impl<T: ArrowPrimitiveType> Values<T> {
+impl<N: Default + Clone> Values<N> {
     fn append_nulls(&mut self, n: usize) {
         let at = self.values.len();
         self.null_at.extend(at..at + n);
-        self.values.resize(at + n, T::Native::default());
+        self.values.resize(at + n, N::default());
     }
 
     fn truncate(&mut self, n: usize) {
@@ -175,11 +167,26 @@ impl<T: ArrowPrimitiveType> Values<T> {
         truncate_nulls(&mut self.null_at, n);
     }
 
-    fn finish(&mut self) -> PrimitiveArray<T> {
-        let n = self.values.len();
-        let nulls = validity(n, &self.null_at).finish();
+    /// The values taken, and their validity.
+    fn take(&mut self) -> (Vec<N>, Option<arrow_buffer::NullBuffer>) {
+        let nulls = validity(self.values.len(), &self.null_at).finish();
         self.null_at.clear();
-        PrimitiveArray::new(std::mem::take(&mut self.values).into(), nulls)
+        (std::mem::take(&mut self.values), nulls)
+    }
+
+    fn finish<T: ArrowPrimitiveType<Native = N>>(&mut self) -> PrimitiveArray<T>
+    where
+        N: arrow_buffer::ArrowNativeType,
+    {
+        let (values, nulls) = self.take();
+        PrimitiveArray::new(values.into(), nulls)
+    }
+}
+
+impl Values<bool> {
+    fn finish_booleans(&mut self) -> BooleanArray {
+        let (values, nulls) = self.take();
+        BooleanArray::new(values.into_iter().collect::<BooleanBuffer>(), nulls)
     }
 }
 
@@ -240,33 +247,6 @@ impl Strings {
     }
 }
 
-/// A boolean column being built.
-#[derive(Default)]
-struct Booleans {
-    values: Vec<bool>,
-    null_at: Vec<usize>,
-}
-
-impl Booleans {
-    fn append_nulls(&mut self, n: usize) {
-        let at = self.values.len();
-        self.null_at.extend(at..at + n);
-        self.values.resize(at + n, false);
-    }
-
-    fn truncate(&mut self, n: usize) {
-        self.values.truncate(n);
-        truncate_nulls(&mut self.null_at, n);
-    }
-
-    fn finish(&mut self) -> BooleanArray {
-        let nulls = validity(self.values.len(), &self.null_at).finish();
-        self.null_at.clear();
-        let values: BooleanBuffer = std::mem::take(&mut self.values).into_iter().collect();
-        BooleanArray::new(values, nulls)
-    }
-}
-
 /// Drops the nulls at `n` and after from `null_at` (ascending).
 fn truncate_nulls(null_at: &mut Vec<usize>, n: usize) {
     let keep = null_at.partition_point(|&i| i < n);
@@ -275,11 +255,11 @@ fn truncate_nulls(null_at: &mut Vec<usize>, n: usize) {
 
 enum Data {
     Tag(TagBuilder),
-    Float(Values<Float64Type>),
-    Integer(Values<Int64Type>),
-    Unsigned(Values<UInt64Type>),
+    Float(Values<f64>),
+    Integer(Values<i64>),
+    Unsigned(Values<u64>),
     String(Strings),
-    Boolean(Booleans),
+    Boolean(Values<bool>),
 }
 
 impl Data {
@@ -290,7 +270,7 @@ impl Data {
             ColumnKind::Field(FieldType::Integer) => Data::Integer(Values::default()),
             ColumnKind::Field(FieldType::Unsigned) => Data::Unsigned(Values::default()),
             ColumnKind::Field(FieldType::String) => Data::String(Strings::default()),
-            ColumnKind::Field(FieldType::Boolean) => Data::Boolean(Booleans::default()),
+            ColumnKind::Field(FieldType::Boolean) => Data::Boolean(Values::default()),
         }
     }
 
@@ -333,11 +313,11 @@ impl Data {
     fn finish(&mut self) -> ArrayRef {
         match self {
             Data::Tag(b) => Arc::new(b.finish()),
-            Data::Float(b) => Arc::new(b.finish()),
-            Data::Integer(b) => Arc::new(b.finish()),
-            Data::Unsigned(b) => Arc::new(b.finish()),
+            Data::Float(b) => Arc::new(b.finish::<Float64Type>()),
+            Data::Integer(b) => Arc::new(b.finish::<Int64Type>()),
+            Data::Unsigned(b) => Arc::new(b.finish::<UInt64Type>()),
             Data::String(b) => Arc::new(b.finish()),
-            Data::Boolean(b) => Arc::new(b.finish()),
+            Data::Boolean(b) => Arc::new(b.finish_booleans()),
         }
     }
 }
