@@ -475,6 +475,11 @@ pub struct WalSettings {
     pub segment_bytes: u64,
     /// Bytes queued for the next group commit before writers wait; default 64 MiB.
     pub max_pending_bytes: u64,
+    /// Flushed segments kept as spares and reused for new segments, so that
+    /// group writes overwrite blocks the file system has already allocated
+    /// and a sync flushes data without a journal commit; default 4, 0 turns
+    /// recycling off. Costs up to this many segments of disk. See tuning.md.
+    pub spare_segments: usize,
     /// `strict` (default: refuse to start on a corrupt entry) or `skip`.
     pub recovery_mode: RecoveryMode,
     /// How group writes and syncs are issued: `uring` (default: through
@@ -490,6 +495,7 @@ impl Default for WalSettings {
             sync_mode: SyncMode::Fdatasync,
             segment_bytes: 64 << 20,
             max_pending_bytes: 64 << 20,
+            spare_segments: 4,
             recovery_mode: RecoveryMode::Strict,
             io: WalIo::Uring,
         }

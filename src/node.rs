@@ -88,6 +88,7 @@ fn shard_config(config: &Config, data: &Path, i: usize) -> ShardConfig {
     wal.sync_mode = config.wal.sync_mode;
     wal.segment_size = config.wal.segment_bytes;
     wal.max_pending_bytes = config.wal.max_pending_bytes as usize;
+    wal.spare_segments = config.wal.spare_segments;
     wal.recovery_mode = config.wal.recovery_mode;
     wal.io = config.wal.io;
     // Any node that may stream its WAL keeps recent groups in memory.

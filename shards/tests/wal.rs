@@ -370,3 +370,173 @@ fn a_full_disk_holds_writers_refuses_new_ones_and_loses_nothing() {
         assert_eq!(seq.0, i as u64 + 1, "gap-free");
     }
 }
+
+/// The files of `dir` whose names end in `suffix`, sorted, with their inode
+/// numbers.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<(String, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().unwrap();
+            name.ends_with(suffix)
+                .then(|| (name, e.metadata().unwrap().ino()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Copies the files of `from` into `to`: what a `kill -9` at this moment
+/// would leave (every acknowledged write is in the files).
+fn copy_files(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn flushed_segments_are_reused_and_their_old_bytes_are_never_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 64 << 10);
+    cfg.spare_segments = 2;
+    let payloads: Vec<Vec<u8>> = (0..500).map(payload).collect();
+    block_on(DriverChoice::Auto, async {
+        let (wal, _) = Wal::open(cfg.clone(), WalSeq(1)).await.unwrap();
+        let mut it = payloads.iter();
+        for p in it.by_ref().take(250) {
+            wal.append(EntryKind::Write, p).await.unwrap();
+        }
+        let removed = wal.remove_segments_through(WalSeq(200)).await.unwrap();
+        assert!(removed > 2, "{removed} segments removed");
+        let spares = files_ending(dir.path(), ".spare");
+        assert_eq!(spares.len(), 2, "{spares:?}");
+        // Up to the first new segment, which reuses a spare: the state a
+        // crash leaves, old entries in the active segment after the new.
+        let active = wal.segments().last().unwrap().id;
+        for p in it.by_ref() {
+            wal.append(EntryKind::Write, p).await.unwrap();
+            if wal.segments().last().unwrap().id != active {
+                break;
+            }
+        }
+        wal.append(EntryKind::Write, b"one more").await.unwrap();
+        let last = wal.segments().last().unwrap().clone();
+        assert!(std::fs::metadata(&last.path).unwrap().len() > last.len);
+        copy_files(dir.path(), crashed.path());
+        let crashed_upto = wal.durable_seq();
+        for p in it {
+            wal.append(EntryKind::Write, p).await.unwrap();
+        }
+        wal.close().await;
+        // Both spares became segments (the same files).
+        assert!(files_ending(dir.path(), ".spare").is_empty());
+        let inodes: Vec<u64> = files_ending(dir.path(), ".wal")
+            .iter()
+            .map(|f| f.1)
+            .collect();
+        for (name, ino) in &spares {
+            assert!(inodes.contains(ino), "spare {name} not reused");
+        }
+        // A clean close cut the active segment after its entries.
+        let last = wal.segments().last().unwrap().clone();
+        assert_eq!(std::fs::metadata(&last.path).unwrap().len(), last.len);
+        crashed_upto
+    })
+    .map(|crashed_upto| {
+        // After the crash: every durable entry, nothing after them.
+        let mut want: Vec<Vec<u8>> = payloads[200..].to_vec();
+        want.insert(crashed_upto.0 as usize - 1 - 200, b"one more".to_vec());
+        let got = read_all(&config(crashed.path(), 64 << 10), WalSeq(201)).unwrap();
+        assert_eq!(got.len() as u64, crashed_upto.0 - 200);
+        for (i, (seq, p)) in got.iter().enumerate() {
+            assert_eq!((seq.0, p), (201 + i as u64, &want[i]));
+        }
+        // After the clean close: all of them.
+        let got = read_all(&cfg, WalSeq(201)).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (i, (seq, p)) in got.iter().enumerate() {
+            assert_eq!((seq.0, p), (201 + i as u64, &want[i]));
+        }
+    })
+    .unwrap();
+    // The log goes on after the reused segments, and restarts find no tail.
+    let (report, seqs) = block_on(DriverChoice::Auto, async {
+        let (wal, report) = Wal::open(cfg.clone(), WalSeq(1)).await.unwrap();
+        let seq = wal.append(EntryKind::Write, b"after").await.unwrap();
+        wal.close().await;
+        (report, seq)
+    })
+    .unwrap();
+    assert_eq!(report.truncated_bytes, 0);
+    assert_eq!(seqs, WalSeq(502));
+}
+
+#[test]
+fn a_segment_a_reader_still_holds_is_deleted_not_reused() {
+    use tidemark_shards::wal::ReadCursor;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 64 << 10);
+    cfg.spare_segments = 8;
+    let payloads: Vec<Vec<u8>> = (0..400).map(payload).collect();
+    block_on(DriverChoice::Auto, async {
+        let (wal, _) = Wal::open(cfg.clone(), WalSeq(1)).await.unwrap();
+        for p in &payloads[..200] {
+            wal.append(EntryKind::Write, p).await.unwrap();
+        }
+        // A chunk of segment 1, read from its memory map and kept (as a
+        // replication sender keeps one while sending it).
+        let mut cursor = ReadCursor::default();
+        let chunk = wal
+            .read_chunk(WalSeq(1), 1 << 10, &mut cursor)
+            .unwrap()
+            .unwrap();
+        drop(cursor);
+        let before = chunk.bytes.to_vec();
+        let removed = wal.remove_segments_through(WalSeq(150)).await.unwrap();
+        assert!(removed > 1);
+        let spares = files_ending(dir.path(), ".spare");
+        assert_eq!(spares.len(), removed - 1, "{spares:?}");
+        assert!(!spares
+            .iter()
+            .any(|(n, _)| n.starts_with(&format!("{:020}", 1))));
+        for p in &payloads[200..] {
+            wal.append(EntryKind::Write, p).await.unwrap();
+        }
+        assert_eq!(chunk.bytes.to_vec(), before);
+        wal.close().await;
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_spare_renamed_into_place_without_its_new_header_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), 1 << 20);
+    let payloads: Vec<Vec<u8>> = (0..20).map(payload).collect();
+    write_all(&cfg, &payloads);
+    let seg = |id: u64| dir.path().join(format!("{id:020}.wal"));
+    // A crash between the rename of a spare (here: a copy of segment 1)
+    // and the write of its header leaves a last segment naming another.
+    std::fs::copy(seg(1), seg(2)).unwrap();
+    let report = block_on(DriverChoice::Auto, async {
+        let (wal, report) = Wal::open(cfg.clone(), WalSeq(1)).await.unwrap();
+        wal.close().await;
+        report
+    })
+    .unwrap();
+    assert_eq!(report.removed_empty_segments, 1);
+    assert_eq!(report.last_seq, Some(WalSeq(20)));
+    assert_eq!(read_all(&cfg, WalSeq(1)).unwrap().len(), 20);
+    // Anywhere but last, such a header is corruption.
+    std::fs::copy(seg(1), seg(2)).unwrap();
+    std::fs::copy(seg(1), seg(3)).unwrap();
+    let err = read_all(&cfg, WalSeq(1)).unwrap_err();
+    assert!(
+        matches!(&err, WalError::BadHeader { reason, .. } if reason.contains("names segment 1")),
+        "{err}"
+    );
+}

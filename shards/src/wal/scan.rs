@@ -67,12 +67,17 @@ fn find_next_valid(data: &[u8], from: usize, min_seq: WalSeq) -> Option<(usize, 
 /// Walks the entries of a segment's bytes `data` (header included), which
 /// should start at `first_seq`, calling `f` for each valid entry in order.
 ///
-/// * An entry that is cut off or fails its checksum, with no valid entry after
-///   it, is a torn tail when `is_last` (the caller truncates it); otherwise it
-///   is corruption.
-/// * Corruption (bad bytes followed by valid entries, a sequence break, or a
-///   torn non-last segment) fails with the region in `Strict` mode, and is
-///   skipped and reported in `Skip` mode.
+/// * The segment's entries end at the first bytes that are not the next
+///   entry, when no valid entry numbered from there on follows them: bytes
+///   cut off or failing their checksum, zeros, or a whole entry numbered
+///   below `first_seq` (a reused segment file still holds the older
+///   entries of its last use past the new ones). In the last segment these
+///   bytes are the tail (`torn_bytes`, which the caller truncates); in an
+///   earlier one they are ignored, and the next segment's first sequence
+///   number tells whether entries are missing.
+/// * Corruption (bad bytes followed by valid entries, or a sequence break)
+///   fails with the region in `Strict` mode, and is skipped and reported in
+///   `Skip` mode.
 pub fn scan_segment<'a>(
     data: &'a [u8],
     segment: SegmentId,
@@ -100,6 +105,7 @@ pub fn scan_segment<'a>(
                 }
                 continue;
             }
+            Decoded::Entry(e) if e.seq < first_seq => "entry of an earlier use of the file",
             Decoded::Entry(_) => "sequence number out of order",
             Decoded::End => match find_next_valid(data, off + ENTRY_ALIGN, expected) {
                 None => return Ok(scan),
@@ -109,8 +115,10 @@ pub fn scan_segment<'a>(
             Decoded::Corrupt(reason) => reason,
         };
         let next = find_next_valid(data, off + ENTRY_ALIGN, expected);
-        if next.is_none() && is_last && reason != "sequence number out of order" {
-            scan.torn_bytes = (data.len() - off) as u64;
+        if next.is_none() && reason != "sequence number out of order" {
+            if is_last {
+                scan.torn_bytes = (data.len() - off) as u64;
+            }
             return Ok(scan);
         }
         let region = CorruptRegion {
@@ -200,9 +208,104 @@ mod tests {
             assert_eq!(scan.valid_end, last as u64);
             assert_eq!(scan.torn_bytes, (cut - last) as u64);
         }
-        // Not the last segment: a cut entry is corruption.
-        let err = seqs(&data[..last + 30], false, RecoveryMode::Strict).unwrap_err();
-        assert_eq!(err.expected_seq, WalSeq(8));
+        // Not the last segment: the entries end before the cut one (whether
+        // entries are missing is for the next segment's header to say).
+        let (s, scan) = seqs(&data[..last + 30], false, RecoveryMode::Strict).unwrap();
+        assert_eq!(s, [5, 6, 7]);
+        assert_eq!((scan.valid_end, scan.torn_bytes), (last as u64, 0));
+    }
+
+    /// The file of an earlier segment: entries numbered 1 to 4, over and
+    /// over (below the first of the segments `seqs` scans).
+    fn old_use() -> Vec<u8> {
+        let (one, _) = segment(1, 4);
+        let mut data = one.clone();
+        for _ in 0..10 {
+            data.extend_from_slice(&one[SEGMENT_HEADER_LEN..]);
+        }
+        data
+    }
+
+    /// A segment reusing the file of an earlier one: new entries written over
+    /// the old, which are numbered below the new segment's first.
+    fn reused(old: &[u8], new: &[u8]) -> Vec<u8> {
+        let mut data = old.to_vec();
+        data.resize(data.len().max(new.len()), 0);
+        data[..new.len()].copy_from_slice(new);
+        data
+    }
+
+    #[test]
+    fn reused_file_ends_where_the_new_entries_end() {
+        // New entries 5..=8 written over old ones and cut at every offset of
+        // the last new entry.
+        let old = old_use();
+        let (new, offsets) = segment(5, 4);
+        let last = *offsets.last().unwrap();
+        for cut in last..=new.len() {
+            let data = reused(&old, &new[..cut]);
+            // Entry 8 is whole once its 24-byte head and 18-byte payload
+            // are (the padding after them is not checked).
+            let whole = cut >= last + 24 + 18;
+            for is_last in [true, false] {
+                let (s, scan) = seqs(&data, is_last, RecoveryMode::Strict).unwrap();
+                assert_eq!(
+                    s,
+                    if whole {
+                        vec![5, 6, 7, 8]
+                    } else {
+                        vec![5, 6, 7]
+                    },
+                    "cut at {cut}"
+                );
+                let end = if whole { new.len() } else { last };
+                assert_eq!(scan.valid_end, end as u64);
+                let torn = if is_last { data.len() - end } else { 0 };
+                assert_eq!(scan.torn_bytes, torn as u64, "cut at {cut}");
+                assert!(scan.corrupt.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn reused_file_whose_old_entry_starts_right_after_the_new_ones() {
+        let (new, _) = segment(5, 2);
+        let (old, _) = segment(1, 4);
+        let mut data = new.clone();
+        data.extend_from_slice(&old[SEGMENT_HEADER_LEN..]);
+        for is_last in [true, false] {
+            let (s, scan) = seqs(&data, is_last, RecoveryMode::Strict).unwrap();
+            assert_eq!(s, [5, 6]);
+            assert_eq!(scan.valid_end, new.len() as u64);
+            let torn = if is_last { data.len() - new.len() } else { 0 };
+            assert_eq!(scan.torn_bytes, torn as u64);
+        }
+    }
+
+    #[test]
+    fn reused_file_still_finds_corruption() {
+        let old = old_use();
+        let (mut new, offsets) = segment(5, 4);
+        // A bad entry followed by valid new ones is corruption, old bytes
+        // after them or not.
+        new[offsets[1] + 30] ^= 0xff;
+        let data = reused(&old, &new);
+        let err = seqs(&data, true, RecoveryMode::Strict).unwrap_err();
+        assert_eq!(
+            (err.expected_seq, err.resumed_at),
+            (WalSeq(6), Some(WalSeq(7)))
+        );
+        // An entry numbered at or above the first that breaks the sequence
+        // is corruption too, not an old one.
+        let (a, _) = segment(5, 2);
+        let (b, _) = segment(9, 1);
+        let mut data = a.clone();
+        data.extend_from_slice(&b[SEGMENT_HEADER_LEN..]);
+        let err = seqs(&reused(&old, &data), true, RecoveryMode::Strict).unwrap_err();
+        assert_eq!(
+            (err.expected_seq, err.reason),
+            (WalSeq(7), "sequence number out of order")
+        );
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! task per shard writes each group with one write and one sync.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,8 +17,8 @@ use monoio::fs::{File, OpenOptions};
 use super::epochs::EpochHistory;
 use super::format::{self, EntryKind, EntryRef, SegmentHeader, SEGMENT_HEADER_LEN};
 use super::{
-    map_segment, read_segments, recover, segment_path, RecoveryReport, SegmentMeta, SyncMode,
-    WalConfig, WalError, WalIo,
+    list_spares, map_segment, read_segments, recover, segment_path, spare_path, RecoveryReport,
+    SegmentMeta, SyncMode, WalConfig, WalError, WalIo,
 };
 use crate::ids::{Epoch, SegmentId, WalSeq};
 
@@ -77,6 +78,13 @@ struct Inner {
     ring: RefCell<Ring>,
     /// Sealed segments removed while a reader still needed them (retention cap).
     forced_removals: Cell<u64>,
+    /// Flushed segment files kept for reuse as new segments (at most
+    /// `spare_segments`), the next one to use last.
+    spares: RefCell<Vec<PathBuf>>,
+    /// One token per segment that a reader has mapped: a chunk handed out
+    /// holds it, and a segment whose token is alive is never recycled (its
+    /// bytes would change under the chunk).
+    maps: RefCell<HashMap<SegmentId, Weak<()>>>,
     /// Wakes the committer: entries are pending, or the WAL is closing.
     work: Event,
     /// Wakes appenders waiting for room in the queue (the committer took a
@@ -91,6 +99,22 @@ impl Inner {
     fn wake_all(&self) {
         self.room.notify(usize::MAX);
         self.durable.notify(usize::MAX);
+    }
+
+    /// The token that readers' maps of segment `id` hold.
+    fn map_token(&self, id: SegmentId) -> Arc<()> {
+        let mut maps = self.maps.borrow_mut();
+        if let Some(token) = maps.get(&id).and_then(Weak::upgrade) {
+            return token;
+        }
+        let token = Arc::new(());
+        maps.insert(id, Arc::downgrade(&token));
+        token
+    }
+
+    /// Takes a spare file for a new segment, if there is one.
+    fn take_spare(&self) -> Option<PathBuf> {
+        self.spares.borrow_mut().pop()
     }
 }
 
@@ -169,9 +193,10 @@ impl Wal {
         let reuse_last = segments
             .last()
             .is_some_and(|s| s.last_seq.map_or(s.first_seq, WalSeq::next) == next_seq);
+        let mut spares = adopt_spares(&config)?;
         if !reuse_last {
             let id = segments.last().map_or(SegmentId(1), |s| s.id.next());
-            let meta = create_segment(&config, id, next_seq).await?;
+            let meta = create_segment(&config, id, next_seq, spares.pop()).await?;
             segments.push(meta);
         }
         let wal = Wal {
@@ -191,6 +216,8 @@ impl Wal {
                 }),
                 ring: RefCell::new(Ring::new(config.ring_bytes)),
                 forced_removals: Cell::new(0),
+                spares: RefCell::new(spares),
+                maps: RefCell::new(HashMap::new()),
                 epoch: Cell::new(epoch),
                 history: RefCell::new(history),
                 config,
@@ -451,6 +478,12 @@ impl Wal {
             let next_id = st.segments.last().map_or(SegmentId(1), |s| s.id.next());
             (doomed, cut, st.durable_seq.0 - last.0, next_id)
         };
+        // Spares may hold entries numbered past `last` (flushed ones the
+        // primary never had): a segment reusing one must only ever hold
+        // older numbers after its entries, so they go.
+        for spare in inner.spares.take() {
+            fs::remove_file(&spare).map_err(|e| WalError::io("remove", &spare, e))?;
+        }
         // Newest first, so a crash leaves a log without a gap.
         for s in doomed.iter().rev() {
             fs::remove_file(&s.path).map_err(|e| WalError::io("remove", &s.path, e))?;
@@ -479,7 +512,7 @@ impl Wal {
                 .map_err(|e| WalError::io("truncate", &seg.path, e))?;
             cut_len = Some(len);
         }
-        let fresh = create_segment(&inner.config, next_id, last.next()).await?;
+        let fresh = create_segment(&inner.config, next_id, last.next(), None).await?;
         {
             let mut st = inner.state.borrow_mut();
             st.segments.retain(|s| s.first_seq <= last);
@@ -564,7 +597,8 @@ impl Wal {
             });
         };
         let last = seg.last_seq.expect("found above").min(durable);
-        cursor.read(&seg, from, last, max_bytes)
+        let token = self.inner.map_token(seg.id);
+        cursor.read(&seg, from, last, max_bytes, token)
     }
 
     /// Appends one entry with `payload` as its bytes.
@@ -643,6 +677,26 @@ impl Wal {
             st.segments.drain(..n).collect()
         };
         for seg in &doomed {
+            let mapped = self
+                .inner
+                .maps
+                .borrow_mut()
+                .remove(&seg.id)
+                .is_some_and(|w| w.strong_count() > 0);
+            let room = self.inner.spares.borrow().len() < self.inner.config.spare_segments;
+            if room && !mapped {
+                let spare = spare_path(&self.inner.config.dir, seg.id);
+                match monoio::fs::rename(&seg.path, &spare).await {
+                    Ok(()) => {
+                        tracing::debug!(path = %seg.path.display(), spare = %spare.display(), "kept flushed WAL segment as a spare");
+                        self.inner.spares.borrow_mut().push(spare);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %seg.path.display(), error = %e, "cannot keep flushed WAL segment as a spare; removing it");
+                    }
+                }
+            }
             monoio::fs::remove_file(&seg.path)
                 .await
                 .map_err(|e| WalError::io("remove", &seg.path, e))?;
@@ -658,11 +712,40 @@ impl Wal {
         loop {
             let listener = {
                 if self.inner.state.borrow().committer_done {
+                    self.cut_reused_tail();
                     return;
                 }
                 self.inner.durable.listen()
             };
             listener.await;
+        }
+    }
+}
+
+impl Wal {
+    /// After a clean stop: cuts the active segment after its entries if it
+    /// reuses a spare (the old bytes past them would read as a torn tail
+    /// at the next start).
+    fn cut_reused_tail(&self) {
+        let st = self.inner.state.borrow();
+        if st.failed.is_some() {
+            return;
+        }
+        let Some(seg) = st.segments.last() else {
+            return;
+        };
+        let cut = fs::OpenOptions::new()
+            .write(true)
+            .open(&seg.path)
+            .and_then(|f| {
+                if f.metadata()?.len() > seg.len {
+                    f.set_len(seg.len)?;
+                    f.sync_all()?;
+                }
+                Ok(())
+            });
+        if let Err(e) = cut {
+            tracing::warn!(path = %seg.path.display(), error = %e, "cannot cut the reused WAL segment after its entries");
         }
     }
 }
@@ -713,20 +796,33 @@ fn write_and_sync_blocking(
     r.map_err(|e| ("sync", e))
 }
 
-/// Creates segment `id` whose first entry will be `first_seq`, makes its
-/// header and directory entry durable, and returns its metadata.
+/// Creates segment `id` whose first entry will be `first_seq` (reusing the
+/// file `spare` if given: its old bytes after the header hold entries
+/// numbered below `first_seq`, which a scan takes for the segment's end),
+/// makes its header and directory entry durable, and returns its metadata.
 async fn create_segment(
     config: &WalConfig,
     id: SegmentId,
     first_seq: WalSeq,
+    spare: Option<PathBuf>,
 ) -> Result<SegmentMeta, WalError> {
     let path = segment_path(&config.dir, id);
+    let reused = match spare {
+        Some(spare) => match monoio::fs::rename(&spare, &path).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(spare = %spare.display(), error = %e, "cannot reuse spare WAL segment; creating a new one");
+                false
+            }
+        },
+        None => false,
+    };
     let file = OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create_new(!reused)
         .open(&path)
         .await
-        .map_err(|e| WalError::io("create", &path, e))?;
+        .map_err(|e| WalError::io(if reused { "open" } else { "create" }, &path, e))?;
     let header = SegmentHeader {
         shard: config.shard,
         segment: id,
@@ -872,7 +968,7 @@ async fn commit_group(
     let continues = active.last_seq.map_or(active.first_seq, WalSeq::next) == first;
     let full = active.last_seq.is_some() && active.len + group.len() as u64 > config.segment_size;
     if full || !continues {
-        let meta = create_segment(config, active.id.next(), first).await?;
+        let meta = create_segment(config, active.id.next(), first, inner.take_spare()).await?;
         let new_file = OpenOptions::new()
             .write(true)
             .open(&meta.path)
@@ -969,6 +1065,7 @@ impl ReadCursor {
         from: WalSeq,
         last: WalSeq,
         max_bytes: usize,
+        token: Arc<()>,
     ) -> Result<Option<Chunk>, ReadError> {
         let stale = match &self.map {
             Some((id, map)) => *id != seg.id || (map.len() as u64) < seg.len,
@@ -976,7 +1073,7 @@ impl ReadCursor {
         };
         if stale {
             let map = match map_segment(&seg.path, seg.len) {
-                Ok(Some(m)) => Bytes::from_owner(m),
+                Ok(Some(map)) => Bytes::from_owner(LiveMap { map, _token: token }),
                 Ok(None) => Bytes::new(),
                 // Removed since the list was taken.
                 Err(WalError::Io {
@@ -1020,6 +1117,30 @@ impl ReadCursor {
             bytes: map.slice(start..at),
         }))
     }
+}
+
+/// A reader's map of a segment, holding the segment's token (see
+/// `Inner::maps`) for as long as any chunk of it lives.
+struct LiveMap {
+    map: memmap2::Mmap,
+    _token: Arc<()>,
+}
+
+impl AsRef<[u8]> for LiveMap {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// The spare files in the WAL directory, up to `spare_segments` of them;
+/// the others are deleted.
+fn adopt_spares(config: &WalConfig) -> Result<Vec<PathBuf>, WalError> {
+    let mut spares = list_spares(&config.dir)?;
+    let extra = spares.len().saturating_sub(config.spare_segments);
+    for path in spares.drain(..extra) {
+        fs::remove_file(&path).map_err(|e| WalError::io("remove", &path, e))?;
+    }
+    Ok(spares)
 }
 
 /// The stored length of the entry at `at` of `bytes` (written by this WAL,
