@@ -540,3 +540,57 @@ fn a_spare_renamed_into_place_without_its_new_header_is_removed() {
         "{err}"
     );
 }
+
+#[test]
+fn a_full_disk_takes_the_spares_space_first() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let fs = TinyFs::mount("1m");
+    let mut cfg = config(&fs.0.path().join("wal"), 64 << 10);
+    cfg.spare_segments = 4;
+    let entry = |i: u32| vec![i as u8; 8 << 10];
+    let (results, spares_before) = block_on(DriverChoice::Auto, async {
+        let (wal, _) = Wal::open(cfg.clone(), WalSeq(1)).await.unwrap();
+        for i in 0..40 {
+            wal.append(EntryKind::Write, &entry(i)).await.unwrap();
+        }
+        wal.remove_segments_through(WalSeq(30)).await.unwrap();
+        let spares_before = files_ending(&cfg.dir, ".spare").len();
+        // Fill the file system to the last page.
+        let mut filler = std::fs::File::create(fs.0.path().join("filler")).unwrap();
+        while std::io::Write::write_all(&mut filler, &[7u8; 4096]).is_ok() {}
+        drop(filler);
+        // The next appends find the disk full; the spares' space takes them.
+        let writer = {
+            let wal = wal.clone();
+            monoio::spawn(async move {
+                let mut results = Vec::new();
+                for i in 40..56 {
+                    results.push(
+                        wal.append(EntryKind::Write, &entry(i))
+                            .await
+                            .map_err(|e| e.to_string()),
+                    );
+                }
+                results
+            })
+        };
+        let results = monoio::time::timeout(std::time::Duration::from_secs(30), writer)
+            .await
+            .expect("the writes went through without anything else freeing space");
+        wal.close().await;
+        (results, spares_before)
+    })
+    .unwrap();
+    assert_eq!(spares_before, 4);
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert!(files_ending(&cfg.dir, ".spare").is_empty());
+    let got = read_all(&cfg, WalSeq(31)).unwrap();
+    assert_eq!(got.len(), 26);
+    for (i, (seq, p)) in got.iter().enumerate() {
+        assert_eq!((seq.0, p), (31 + i as u64, &entry(30 + i as u32)));
+    }
+}

@@ -116,6 +116,25 @@ impl Inner {
     fn take_spare(&self) -> Option<PathBuf> {
         self.spares.borrow_mut().pop()
     }
+
+    /// Deletes the spares (the disk is full: their space goes first).
+    /// Returns how many were deleted.
+    fn release_spares(&self) -> usize {
+        let spares = self.spares.take();
+        let mut released = 0;
+        for spare in &spares {
+            match fs::remove_file(spare) {
+                Ok(()) => released += 1,
+                Err(e) => {
+                    tracing::warn!(spare = %spare.display(), error = %e, "cannot delete spare WAL segment");
+                }
+            }
+        }
+        if released > 0 {
+            tracing::warn!(released, "WAL disk full: deleted the spare segments");
+        }
+        released
+    }
 }
 
 impl std::fmt::Debug for Inner {
@@ -1011,7 +1030,10 @@ async fn commit_group(
         match res {
             Ok(()) => break,
             // A full disk may show at the write or, with delayed allocation,
-            // at the sync: hold the group (its appenders wait) and retry.
+            // at the sync: free the spares' space and retry at once, or hold
+            // the group (its appenders wait) and retry.
+            Err((_, e)) if e.raw_os_error() == Some(libc::ENOSPC) && inner.release_spares() > 0 => {
+            }
             Err((_, e)) if e.raw_os_error() == Some(libc::ENOSPC) => {
                 if !inner.state.borrow().disk_full {
                     tracing::error!(path = %active.path.display(), "WAL disk full; holding the group and retrying");
