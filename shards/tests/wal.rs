@@ -293,7 +293,14 @@ proptest! {
 struct TinyFs(tempfile::TempDir);
 
 impl TinyFs {
-    fn mount(size: &str) -> TinyFs {
+    /// A tmpfs of `size` on a fresh directory; `None` (the test skips)
+    /// when not root.
+    fn mount(size: &str) -> Option<TinyFs> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+            return None;
+        }
         let dir = tempfile::tempdir().unwrap();
         let ok = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -302,7 +309,7 @@ impl TinyFs {
             .unwrap()
             .success();
         assert!(ok, "mount tmpfs failed");
-        TinyFs(dir)
+        Some(TinyFs(dir))
     }
 }
 
@@ -316,12 +323,9 @@ impl Drop for TinyFs {
 
 #[test]
 fn a_full_disk_holds_writers_refuses_new_ones_and_loses_nothing() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+    let Some(fs) = TinyFs::mount("1m") else {
         return;
-    }
-    let fs = TinyFs::mount("1m");
+    };
     let filler = fs.0.path().join("filler");
     std::fs::write(&filler, vec![1u8; 700 << 10]).unwrap();
     let mut cfg = config(&fs.0.path().join("wal"), 64 << 10);
@@ -543,12 +547,9 @@ fn a_spare_renamed_into_place_without_its_new_header_is_removed() {
 
 #[test]
 fn a_full_disk_takes_the_spares_space_first() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("SKIPPED: mounting a small tmpfs needs root (CI runs as root)");
+    let Some(fs) = TinyFs::mount("1m") else {
         return;
-    }
-    let fs = TinyFs::mount("1m");
+    };
     let mut cfg = config(&fs.0.path().join("wal"), 64 << 10);
     cfg.spare_segments = 4;
     let entry = |i: u32| vec![i as u8; 8 << 10];
