@@ -273,9 +273,11 @@ fn map_segment(path: &Path, len: u64) -> Result<Option<memmap2::Mmap>, WalError>
         return Ok(None);
     }
     let file = fs::File::open(path).map_err(|e| WalError::io("open", path, e))?;
-    // SAFETY: segment files are only ever appended to by this process's WAL
-    // writer, and truncated only by recovery before any map exists; the
-    // mapped range [0, len) is durable and never rewritten while mapped.
+    // SAFETY: this process's WAL writer writes a segment file only past its
+    // durable length (appending, or overwriting a reused file's old bytes),
+    // recovery truncates only before any map exists, and a file is reused
+    // only when no reader's map of it is alive (`Inner::maps` in writer.rs);
+    // the mapped range [0, len) is durable and never rewritten while mapped.
     let map = unsafe { memmap2::MmapOptions::new().len(len as usize).map(&file) }
         .map_err(|e| WalError::io("mmap", path, e))?;
     Ok(Some(map))
