@@ -25,7 +25,9 @@
 #   COMPRESSIONS [none]           request body compression (none gzip zstd)
 #   DURATION     [10]             measured seconds per cell
 #   WARMUP       [2]              warm-up seconds per cell
-#   SERIES       [1000]           hosts (series per measurement), TSBS cpu-only
+#   SERIES       [1000]           hosts (series per measurement)
+#   SCHEMA       [cpu]            tidemark-loadgen --schema: cpu (TSBS cpu-only, float
+#                                 fields) or devops (cpu, mem, disk, net: 15 of 27 fields integers)
 #   HALF_RATE    [1]              also run the half-rate latency cells
 #   SYNC_MODE    [fdatasync]      tidemark's wal.sync_mode
 #   EXTRA_SET    []               more tidemark settings, e.g. "buffer.flush_rows=100000000"
@@ -52,6 +54,7 @@ COMPRESSIONS=${COMPRESSIONS:-none}
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 SERIES=${SERIES:-1000}
+SCHEMA=${SCHEMA:-cpu}
 HALF_RATE=${HALF_RATE:-1}
 SYNC_MODE=${SYNC_MODE:-fdatasync}
 EXTRA_SET=${EXTRA_SET:-}
@@ -197,7 +200,7 @@ run_cell() {
   before=$(cpu_secs "$SERVER_PID")
   if ! json=$(taskset -c "$CLIENT_CPU" "$LOADGEN_BIN" --url "$URL" --format "$format" \
     --batch-size "$batch" --connections "$conns" --threads 1 --duration "$DURATION" \
-    --warmup "$WARMUP" --rate "$rate" --series "$SERIES" --schema cpu --database bench \
+    --warmup "$WARMUP" --rate "$rate" --series "$SERIES" --schema "$SCHEMA" --database bench \
     --compression "$compression" --json); then
     log "loadgen failed: $json"
   fi
@@ -264,7 +267,7 @@ log "load after: $LOAD_AFTER"
 python3 "$ROOT/perf/ingest_table.py" "$RAW" \
   --commit "$COMMIT" --dirty "$DIRTY" --date "$DATE" --started "$STARTED" \
   --finished "$(date -u +%H:%M:%S)" --load-before "$LOAD_BEFORE" --load-after "$LOAD_AFTER" \
-  --duration "$DURATION" --warmup "$WARMUP" --series "$SERIES" \
+  --duration "$DURATION" --warmup "$WARMUP" --series "$SERIES" --schema "$SCHEMA" \
   --server-cpu "$SERVER_CPU" --client-cpu "$CLIENT_CPU" --versions "$RAW.versions" >"$OUT"
 rm -f "$RAW.versions"
 log "wrote $OUT"

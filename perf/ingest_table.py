@@ -60,6 +60,7 @@ def main():
     for a in ["commit", "dirty", "date", "started", "finished", "load-before", "load-after",
               "duration", "warmup", "series", "server-cpu", "client-cpu", "versions"]:
         ap.add_argument("--" + a, default="")
+    ap.add_argument("--schema", default="cpu")
     a = ap.parse_args()
     rows = [json.loads(l) for l in open(a.raw) if l.strip()]
     versions = {}
@@ -86,9 +87,13 @@ def main():
       "The machine is shared with other engineers' builds: a load above ~2 means "
       "another process competed for the server's or the client's CPU, which lowers "
       "rows/s and inflates latency; rows per server-CPU-second is the steadier column.")
-    p(f"* Each cell: {a.warmup} s warm-up, then {a.duration} s measured; TSBS cpu-only "
-      f"rows ({a.series} hosts, 10 tags, 10 float fields), recent timestamps, 64 "
-      "distinct bodies cycled.")
+    rows_are = (f"TSBS cpu-only rows ({a.series} hosts, 10 tags, 10 float fields)"
+                if a.schema == "cpu" else
+                f"TSBS devops-like rows ({a.series} hosts, 10 tags; cpu with 10 float "
+                "fields, mem, disk and net with 15 integer and 2 float fields between them, "
+                "one row of each per host and round)")
+    p(f"* Each cell: {a.warmup} s warm-up, then {a.duration} s measured; {rows_are}, "
+      "recent timestamps, 64 distinct bodies cycled.")
     p("* rows/s: rows acknowledged (2xx) for requests sent after the warm-up / measured "
       "time. Server CPU: utime + stime of all the server's threads over the whole cell "
       "(warm-up included, so is background work such as flushes and compactions that ran "
