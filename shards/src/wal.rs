@@ -231,32 +231,18 @@ pub(crate) fn spare_path(dir: &Path, id: SegmentId) -> PathBuf {
     dir.join(format!("{:020}.spare", id.0))
 }
 
-/// The spare files of `dir`, sorted by name.
-fn list_spares(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
-    let mut out = Vec::new();
-    let rd = fs::read_dir(dir).map_err(|e| WalError::io("list", dir, e))?;
-    for entry in rd {
-        let entry = entry.map_err(|e| WalError::io("list", dir, e))?;
-        if entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.ends_with(".spare"))
-        {
-            out.push(entry.path());
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The segment files of `dir`, sorted by id.
-fn list_segments(dir: &Path) -> Result<Vec<(SegmentId, PathBuf)>, WalError> {
+/// The files of `dir` named `<id>.<ext>` (a decimal id), sorted by id.
+fn list_numbered(dir: &Path, ext: &str) -> Result<Vec<(SegmentId, PathBuf)>, WalError> {
     let mut out = Vec::new();
     let rd = fs::read_dir(dir).map_err(|e| WalError::io("list", dir, e))?;
     for entry in rd {
         let entry = entry.map_err(|e| WalError::io("list", dir, e))?;
         let name = entry.file_name();
-        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".wal")) else {
+        let Some(stem) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(ext))
+            .and_then(|n| n.strip_suffix('.'))
+        else {
             continue;
         };
         if let Ok(id) = stem.parse::<u64>() {
@@ -265,6 +251,19 @@ fn list_segments(dir: &Path) -> Result<Vec<(SegmentId, PathBuf)>, WalError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The segment files of `dir`, sorted by id.
+fn list_segments(dir: &Path) -> Result<Vec<(SegmentId, PathBuf)>, WalError> {
+    list_numbered(dir, "wal")
+}
+
+/// The spare files of `dir`, sorted by the id of the segment they were.
+fn list_spares(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
+    Ok(list_numbered(dir, "spare")?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect())
 }
 
 /// Maps the first `len` bytes of a segment file.
@@ -309,37 +308,24 @@ fn recover(
         let map = map_segment(&path, file_len)?;
         let data: &[u8] = map.as_deref().unwrap_or(&[]);
         let header = match SegmentHeader::decode(data) {
-            Ok(h) => h,
-            Err(e) if is_last && data.len() <= SEGMENT_HEADER_LEN => {
-                // Created, but the header never became durable: it holds nothing.
-                tracing::warn!(path = %path.display(), error = %e, "removing WAL segment with an incomplete header");
-                drop(map);
-                fs::remove_file(&path).map_err(|e| WalError::io("remove", &path, e))?;
-                report.removed_empty_segments += 1;
-                continue;
-            }
-            Err(e) => {
-                return Err(WalError::BadHeader {
-                    path,
-                    reason: e.to_string(),
-                })
-            }
+            Ok(h) if h.segment == id => Ok(h),
+            Ok(h) => Err((format!("the header names segment {}", h.segment), is_last)),
+            // A header cut off in the last segment was never completed.
+            Err(e) => Err((e.to_string(), is_last && data.len() <= SEGMENT_HEADER_LEN)),
         };
-        if header.segment != id {
-            if is_last {
-                // A spare renamed into place whose new header never became
-                // durable: it holds no entry of this log.
-                tracing::warn!(path = %path.display(), header_segment = %header.segment, "removing reused WAL segment whose header was never written");
+        let header = match header {
+            Ok(h) => h,
+            // Created (or a spare renamed into place), but its header never
+            // became durable: it holds no entry of this log.
+            Err((reason, true)) => {
+                tracing::warn!(path = %path.display(), reason, "removing WAL segment whose header was never written");
                 drop(map);
                 fs::remove_file(&path).map_err(|e| WalError::io("remove", &path, e))?;
                 report.removed_empty_segments += 1;
                 continue;
             }
-            return Err(WalError::BadHeader {
-                path,
-                reason: format!("the header names segment {}", header.segment),
-            });
-        }
+            Err((reason, false)) => return Err(WalError::BadHeader { path, reason }),
+        };
         if let Some(prev) = segments.last() {
             let expected = prev.last_seq.map_or(prev.first_seq, WalSeq::next);
             let flushed_gap = header.first_seq > expected && header.first_seq <= floor;

@@ -739,9 +739,7 @@ impl Wal {
             listener.await;
         }
     }
-}
 
-impl Wal {
     /// After a clean stop: cuts the active segment after its entries if it
     /// reuses a spare (the old bytes past them would read as a torn tail
     /// at the next start).
