@@ -7,7 +7,10 @@
 //! its `entries_header`). The ring is on, as on a writer. No HTTP, no
 //! socket, no flush.
 //!
-//! Ids: `forward_path/<format>/rows=<N>/stage=decode` (decode only) and
+//! Ids: `forward_path/<format>/rows=<N>/stage=decode` (decode only),
+//! `.../stage=wal_encode` and `.../stage=wal_encode_ipc` (the WAL payload of
+//! a decoded request, in the encoding written now and in the Arrow IPC one
+//! written before; format `lp-devops` has these three stages only) and
 //! `forward_path/<format>/rows=<N>/stage=full/sync=<none|fdatasync>/writers=<W>`
 //! (W tasks on one monoio core, each decoding and writing requests one
 //! after another, like W keep-alive connections). One iteration is one
@@ -37,6 +40,7 @@ use tidemark_shards::manifest::Manifest;
 use tidemark_shards::replication::frame::{entries_header, Compression};
 use tidemark_shards::runtime::{self, CoreRuntime, DriverChoice};
 use tidemark_shards::shard::{Shard, ShardConfig};
+use tidemark_shards::wal::payload::{encode_writes, encode_writes_ipc};
 use tidemark_shards::wal::{ReadCursor, SyncMode, WalConfig};
 use tidemark_shards::{Catalog, ShardId};
 
@@ -49,6 +53,9 @@ const POOL: usize = 16;
 enum Format {
     Lp,
     MsgpackColumnar,
+    /// Line protocol of TSBS devops rows (cpu, mem, disk and net rows per
+    /// host: four tables per request, most fields integers).
+    LpDevops,
 }
 
 impl Format {
@@ -56,6 +63,7 @@ impl Format {
         match self {
             Format::Lp => "lp",
             Format::MsgpackColumnar => "msgpack-columnar",
+            Format::LpDevops => "lp-devops",
         }
     }
 }
@@ -66,11 +74,12 @@ impl Format {
 const START_NS: i64 = 1_767_225_600_000_000_000;
 
 fn bodies(format: Format, rows_per_request: usize) -> Vec<Rc<Vec<u8>>> {
-    let wire = match format {
-        Format::Lp => gen::Format::Lp,
-        Format::MsgpackColumnar => gen::Format::MsgpackColumnar,
+    let (wire, schema) = match format {
+        Format::Lp => (gen::Format::Lp, Schema::Cpu),
+        Format::MsgpackColumnar => (gen::Format::MsgpackColumnar, Schema::Cpu),
+        Format::LpDevops => (gen::Format::Lp, Schema::Devops),
     };
-    let mut rows = Generator::new(Schema::Cpu, HOSTS, START_NS, 10_000_000_000, 1);
+    let mut rows = Generator::new(schema, HOSTS, START_NS, 10_000_000_000, 1);
     (0..POOL)
         .map(|_| Rc::new(gen::encode(wire, &rows.rows(rows_per_request))))
         .collect()
@@ -80,7 +89,9 @@ fn bodies(format: Format, rows_per_request: usize) -> Vec<Rc<Vec<u8>>> {
 fn decode(format: Format, body: &[u8]) -> tidemark_ingest::builder::Decoded {
     let now = 0;
     match format {
-        Format::Lp => line_protocol::parse(body, "bench", Precision::Nanoseconds, now),
+        Format::Lp | Format::LpDevops => {
+            line_protocol::parse(body, "bench", Precision::Nanoseconds, now)
+        }
         Format::MsgpackColumnar => msgpack::parse(body, "bench", now),
     }
     .expect("generated bodies decode")
@@ -208,7 +219,7 @@ fn bench(c: &mut Criterion) {
     let mut latencies: Vec<(String, Rc<RefCell<Histogram<u64>>>)> = Vec::new();
     let mut group = c.benchmark_group("forward_path");
     group.sample_size(20);
-    for format in [Format::Lp, Format::MsgpackColumnar] {
+    for format in [Format::Lp, Format::MsgpackColumnar, Format::LpDevops] {
         for rows_per_request in [1_000usize, 5_000] {
             let bodies = bodies(format, rows_per_request);
             let body_bytes: usize = bodies.iter().map(|b| b.len()).sum::<usize>() / bodies.len();
@@ -225,6 +236,32 @@ fn bench(c: &mut Criterion) {
                     decode(format, &bodies[i % bodies.len()])
                 })
             });
+            // The WAL payload of a decoded request, in the encoding this
+            // code writes and in the Arrow IPC one it wrote before.
+            let decoded: Vec<_> = bodies.iter().map(|b| decode(format, b)).collect();
+            let mut out = Vec::new();
+            group.bench_function(format!("{prefix}/stage=wal_encode"), |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i += 1;
+                    out.clear();
+                    encode_writes(&mut out, &decoded[i % decoded.len()].batches);
+                    out.len()
+                })
+            });
+            group.bench_function(format!("{prefix}/stage=wal_encode_ipc"), |b| {
+                let mut i = 0;
+                b.iter(|| {
+                    i += 1;
+                    out.clear();
+                    encode_writes_ipc(&mut out, &decoded[i % decoded.len()].batches)
+                        .expect("encode");
+                    out.len()
+                })
+            });
+            if format == Format::LpDevops {
+                continue;
+            }
             for sync in [SyncMode::None, SyncMode::Fdatasync] {
                 for writers in [1usize, 4] {
                     let id = format!(

@@ -4,7 +4,7 @@
 //! * `wal_replay/read/...`: `Wal::read_from` over every entry (memory maps,
 //!   CRC32C of each entry checked), payloads untouched;
 //! * `wal_replay/replay/...`: what `Shard::open` does per entry: read,
-//!   `decode_writes` (Arrow IPC), catalog check, `ShardBuffer::append_entry` into a
+//!   `decode_writes`, catalog check, `ShardBuffer::append_entry` into a
 //!   fresh buffer (dropped outside the timing).
 //!
 //! One iteration is the whole WAL; throughput counts WAL bytes (headers and
@@ -38,9 +38,16 @@ fn bench(c: &mut Criterion) {
             let mut entries = 0u64;
             while wal_bytes(&wal) < WAL_BYTES {
                 let wb = gen.batch(entry_rows);
-                wal.append_with(EntryKind::Write, |out| encode_write(out, &wb), |_| {})
-                    .await
-                    .expect("append");
+                wal.append_with(
+                    EntryKind::Write,
+                    |out| {
+                        encode_write(out, &wb);
+                        Ok::<(), std::convert::Infallible>(())
+                    },
+                    |_| {},
+                )
+                .await
+                .expect("append");
                 entries += 1;
             }
             (wal, entries)
@@ -70,7 +77,7 @@ fn bench(c: &mut Criterion) {
                 wal.read_from(WalSeq(1), |e| {
                     // As `Shard` recovery does: every table of the entry,
                     // checked against the catalog, appended as one entry.
-                    let tables: Vec<_> = decode_writes(e.payload)
+                    let tables: Vec<_> = decode_writes(e.kind, e.payload)
                         .expect("decode")
                         .into_iter()
                         .map(|wb| {

@@ -270,7 +270,10 @@ impl Shard {
             .wal
             .append_with(
                 EntryKind::Write,
-                |out| encode_writes(out, &batches),
+                |out| {
+                    encode_writes(out, &batches);
+                    Ok::<(), std::convert::Infallible>(())
+                },
                 |seq| {
                     pending.borrow_mut().insert(seq, tables);
                 },
@@ -308,11 +311,11 @@ impl Shard {
                     });
                 };
                 at += e.raw.len();
-                let EntryKind::Write = e.kind;
-                let batches = decode_writes(e.payload).map_err(|err| ShardError::Replay {
-                    seq: e.seq,
-                    reason: err.to_string(),
-                })?;
+                let batches =
+                    decode_writes(e.kind, e.payload).map_err(|err| ShardError::Replay {
+                        seq: e.seq,
+                        reason: err.to_string(),
+                    })?;
                 let mut tables = PendingEntry::with_capacity(batches.len());
                 for wb in batches {
                     let schema = catalog.check(wb.table(), wb.batch().schema_ref())?;
@@ -625,7 +628,7 @@ fn replay(
     let mut failure = None;
     read_segments(segments, buffer.applied_seq().next(), mode, |entry| {
         let applied = match entry.kind {
-            EntryKind::Write => decode_writes(entry.payload)
+            EntryKind::Write | EntryKind::WriteIpc => decode_writes(entry.kind, entry.payload)
                 .map_err(|e| e.to_string())
                 .and_then(|batches| {
                     batches

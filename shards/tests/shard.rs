@@ -136,6 +136,52 @@ fn restart_replays_unflushed_writes_after_the_watermark() {
     .unwrap();
 }
 
+/// A WAL written by an earlier version (write entries in the Arrow IPC
+/// encoding) is replayed, and the entries written after it, in the current
+/// encoding, are replayed with it at the next start.
+#[test]
+fn a_wal_of_arrow_ipc_entries_is_replayed() {
+    use tidemark_shards::wal::payload::encode_writes_ipc;
+    use tidemark_shards::wal::{EntryKind, Wal};
+    let dir = tempfile::tempdir().unwrap();
+    let dirs = Dirs::new(dir.path());
+    let base = 1_700_000_000_000_000_000i64;
+    block_on(DriverChoice::Auto, async {
+        let (wal, _) = Wal::open(shard_config(&dirs, 0).wal, WalSeq(1))
+            .await
+            .unwrap();
+        for first in [0, 100] {
+            let batch = cpu_batch(&cpu_rows(first, 100, base));
+            wal.append_with(
+                EntryKind::WriteIpc,
+                |out| encode_writes_ipc(out, std::slice::from_ref(&batch)),
+                |_| {},
+            )
+            .await
+            .unwrap();
+        }
+        wal.close().await;
+    })
+    .unwrap();
+    for (round, replayed) in [(0, 2), (1, 3)] {
+        let p = parts(&dirs);
+        block_on(DriverChoice::Auto, async {
+            let (shard, rec) = open_shard(&dirs, &p, 0).await;
+            assert_eq!(rec.replayed_entries, replayed);
+            assert_eq!(rec.replayed_rows, 100 * replayed);
+            if round == 0 {
+                shard
+                    .write(cpu_batch(&cpu_rows(200, 100, base)))
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(sorted_by_id(all_rows(&p, &shard)), cpu_rows(0, 300, base));
+            shard.close().await;
+        })
+        .unwrap();
+    }
+}
+
 #[test]
 fn a_type_conflict_is_refused_and_changes_nothing() {
     use arrow_array::{Float64Array, Int64Array, RecordBatch, TimestampNanosecondArray};

@@ -37,14 +37,19 @@ pub const MAX_PAYLOAD_LEN: usize = 256 << 20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum EntryKind {
-    /// A [`crate::WriteBatch`]: database, measurement and Arrow IPC rows.
-    Write = 1,
+    /// The [`crate::WriteBatch`]es of one request, as Arrow IPC streams:
+    /// written by earlier versions, still read ([`super::payload`]).
+    WriteIpc = 1,
+    /// The [`crate::WriteBatch`]es of one request, their columns' buffers
+    /// as they are ([`super::payload`]).
+    Write = 2,
 }
 
 impl EntryKind {
     fn from_u8(b: u8) -> Option<EntryKind> {
         match b {
-            1 => Some(EntryKind::Write),
+            1 => Some(EntryKind::WriteIpc),
+            2 => Some(EntryKind::Write),
             _ => None,
         }
     }
