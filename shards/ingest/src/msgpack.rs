@@ -1061,6 +1061,7 @@ impl<'a> Fast<'_, 'a> {
     fn records(&mut self, r: &mut Reader<'a>, n: usize) -> Option<()> {
         for _ in 0..n {
             self.record += 1;
+            self.rows.progress(r.pos, r.b.len());
             match r.next().ok()? {
                 Val::Map(m) => self.record(r, m, false)?,
                 _ => return None,
