@@ -27,10 +27,17 @@ impl WriteBatch {
         if batch.num_rows() == 0 {
             return Err(SchemaError::Empty);
         }
-        let mut seen = HashSet::with_capacity(batch.num_columns());
-        let mut fields = Vec::with_capacity(batch.num_columns());
+        let given = batch.schema_ref();
+        let mut seen = HashSet::with_capacity_and_hasher(
+            batch.num_columns(),
+            foldhash::fast::RandomState::default(),
+        );
         let mut has_time = false;
-        for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        // Whether every field already is its kind's canonical field (the
+        // type is, once `from_arrow` accepts it): decoders build them so,
+        // and then no new schema is made.
+        let mut canonical = given.metadata().is_empty();
+        for (field, column) in given.fields().iter().zip(batch.columns()) {
             let name = field.name();
             if !seen.insert(name.as_str()) {
                 return Err(SchemaError::DuplicateColumn {
@@ -48,20 +55,37 @@ impl WriteBatch {
             } else {
                 validate_column_name(name)?;
             }
-            fields.push(kind.field(name));
+            canonical &=
+                field.is_nullable() == (kind != ColumnKind::Time) && field.metadata().is_empty();
         }
         if !has_time {
             return Err(SchemaError::MissingTime);
         }
-        let schema = Arc::new(Schema::new(fields));
-        let batch = if schema == batch.schema() {
-            batch
-        } else {
-            RecordBatch::try_new(schema, batch.columns().to_vec())
-                .expect("same columns, only nullability relaxed")
-        };
+        if canonical {
+            debug_assert_eq!(**given, Self::canonical_schema(given));
+            return Ok(WriteBatch { table, batch });
+        }
+        let schema = Arc::new(Self::canonical_schema(given));
+        let batch = RecordBatch::try_new(schema, batch.columns().to_vec())
+            .expect("same columns, only nullability relaxed");
         debug_assert!(batch.column_by_name(TIME_COLUMN).is_some());
         Ok(WriteBatch { table, batch })
+    }
+
+    /// The schema of `given`'s columns with each kind's canonical field
+    /// (`given` has been checked).
+    fn canonical_schema(given: &Schema) -> Schema {
+        Schema::new(
+            given
+                .fields()
+                .iter()
+                .map(|f| {
+                    ColumnKind::from_arrow(f.name(), f.data_type())
+                        .expect("checked")
+                        .field(f.name())
+                })
+                .collect::<Vec<_>>(),
+        )
     }
 
     pub fn table(&self) -> &TableKey {
@@ -213,6 +237,40 @@ mod tests {
         let b = cpu_batch(&[row(1, "a", 0.5), row(2, "b", 1.5)]);
         assert_eq!(b.num_rows(), 2);
         assert_eq!(b.num_values(), 16);
+    }
+
+    /// A field that is not nullable, field or schema metadata: the batch
+    /// gets the canonical schema; a batch that has it keeps its own.
+    #[test]
+    fn the_schema_is_made_canonical() {
+        let key = TableKey::new("db", "m").unwrap();
+        let time = TimestampNanosecondArray::from(vec![1, 2]).with_timezone(TIME_ZONE);
+        let v = Float64Array::from(vec![1.0, 2.0]);
+        let canonical = Arc::new(Schema::new(vec![
+            ColumnKind::Time.field("time"),
+            ColumnKind::Field(crate::schema::FieldType::Float).field("v"),
+        ]));
+        let columns: Vec<arrow_array::ArrayRef> = vec![Arc::new(time), Arc::new(v)];
+        let meta = std::collections::HashMap::from([("k".to_string(), "v".to_string())]);
+        let given = [
+            Schema::new(vec![
+                Field::new("time", time_data_type(), false),
+                Field::new("v", arrow_schema::DataType::Float64, false),
+            ]),
+            Schema::new(vec![
+                Field::new("time", time_data_type(), false),
+                Field::new("v", arrow_schema::DataType::Float64, true).with_metadata(meta.clone()),
+            ]),
+            (*canonical).clone().with_metadata(meta),
+        ];
+        for schema in given {
+            let b = RecordBatch::try_new(Arc::new(schema), columns.clone()).unwrap();
+            let wb = WriteBatch::try_new(key.clone(), b).unwrap();
+            assert_eq!(wb.batch().schema(), canonical);
+        }
+        let b = RecordBatch::try_new(canonical.clone(), columns).unwrap();
+        let wb = WriteBatch::try_new(key, b).unwrap();
+        assert!(Arc::ptr_eq(&wb.batch().schema(), &canonical));
     }
 
     #[test]

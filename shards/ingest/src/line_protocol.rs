@@ -862,9 +862,15 @@ mod tests {
         for wb in &d.batches {
             let b = wb.batch();
             assert_eq!(b.num_rows(), 300);
-            let used = b.column_by_name("used").unwrap().as_primitive::<Int64Type>();
+            let used = b
+                .column_by_name("used")
+                .unwrap()
+                .as_primitive::<Int64Type>();
             assert!(used.values().iter().copied().eq(0..300));
-            let total = b.column_by_name("total").unwrap().as_primitive::<Int64Type>();
+            let total = b
+                .column_by_name("total")
+                .unwrap()
+                .as_primitive::<Int64Type>();
             assert!(total.values().iter().copied().eq((0..300).map(|r| r * 3)));
             for c in ["used", "total"] {
                 let bytes = b.column_by_name(c).unwrap().get_array_memory_size();
