@@ -699,7 +699,16 @@ impl RequestBuilder {
             t.progress = progress;
             return Ok(t);
         }
-        if let Some(&i) = self.index.get(measurement) {
+        // A few tables (rows of several measurements interleaved, as TSBS
+        // devops sends them) are compared by name; many, looked up.
+        let found = if self.tables.len() <= 8 {
+            self.tables
+                .iter()
+                .position(|t| same_name(t.key.measurement(), measurement))
+        } else {
+            self.index.get(measurement).copied()
+        };
+        if let Some(i) = found {
             self.last = i;
             let t = &mut self.tables[i];
             t.progress = progress;
