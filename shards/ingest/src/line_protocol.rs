@@ -729,8 +729,7 @@ fn eight_digits(v: u64) -> Option<u32> {
     // A byte is a digit (0x30..=0x39) when its high nibble is 3 and stays 3
     // with 6 added. A digit's byte never carries into the next; a byte that
     // does is not a digit, and fails its own check.
-    let digits =
-        (v & NIBBLES) | ((v.wrapping_add(0x0606_0606_0606_0606) & NIBBLES) >> 4);
+    let digits = (v & NIBBLES) | ((v.wrapping_add(0x0606_0606_0606_0606) & NIBBLES) >> 4);
     if digits != 0x3333_3333_3333_3333 {
         return None;
     }
@@ -1185,6 +1184,27 @@ mod tests {
         ] {
             assert_eq!(simple_int(s.as_bytes()), None, "{s}");
         }
+    }
+
+    /// One byte that is not a digit, at any position of a 19-digit number
+    /// (so in either eight-digit word or the three after): declined. `/` and
+    /// `:` are the bytes on each side of the digits.
+    #[test]
+    fn one_odd_byte_anywhere_is_declined() {
+        let number = *b"1234567890123456789";
+        for at in 0..number.len() {
+            for odd in [0u8, b'/', b':', b' ', b'.', b'a', b'i', 0x80, 0xfa, 0xff] {
+                let mut b = number;
+                b[at] = odd;
+                assert_eq!(simple_int(&b), None, "{at} {odd:#x}");
+                if at < 16 {
+                    assert_eq!(simple_int(&b[..16]), None, "{at} {odd:#x}");
+                }
+            }
+        }
+        assert_eq!(simple_int(&number), Some(1_234_567_890_123_456_789));
+        assert_eq!(simple_int(&number[..16]), Some(1_234_567_890_123_456));
+        assert_eq!(simple_int(b"99999999"), Some(99_999_999));
     }
 
     proptest! {
