@@ -12,6 +12,7 @@
 #
 #   flamegraphs/record.sh                        # lp and msgpack-columnar
 #   SCENARIOS="lp:5000:4" flamegraphs/record.sh  # format:batch:connections
+#   SCHEMA=devops SCENARIOS="lp:1000:16" flamegraphs/record.sh  # loadgen --schema
 #
 # Needs: perf (Debian linux-perf), inferno (cargo install inferno).
 set -euo pipefail
@@ -20,6 +21,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SCENARIOS=${SCENARIOS:-"lp:5000:4 msgpack-columnar:5000:4"}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+SCHEMA=${SCHEMA:-cpu}
 SETTLE=${SETTLE:-3}
 SECONDS_REC=${SECONDS_REC:-10}
 FREQ=${FREQ:-499}
@@ -46,6 +48,7 @@ trap cleanup EXIT
 for sc in $SCENARIOS; do
   IFS=: read -r format batch conns <<<"$sc"
   name=$DATE-$COMMIT-$format-b$batch-c$conns
+  [[ $SCHEMA == cpu ]] || name=$name-$SCHEMA
   rm -rf "$WORK/data"
   TIDEMARK_LOG=warn taskset -c "$SERVER_CPU" "$TIDEMARK_BIN" serve --data-dir "$WORK/data" \
     --http-addr 127.0.0.1:$PORT --set node.shard_cores=1 --set wal.sync_mode=fdatasync \
@@ -54,7 +57,7 @@ for sc in $SCENARIOS; do
   for _ in $(seq 1 100); do curl -fsS -o /dev/null http://127.0.0.1:$PORT/ready 2>/dev/null && break; sleep 0.1; done
   total=$((SETTLE + SECONDS_REC + 2))
   taskset -c "$CLIENT_CPU" "$LOADGEN_BIN" --url http://127.0.0.1:$PORT --format "$format" \
-    --batch-size "$batch" --connections "$conns" --threads 1 --warmup "$SETTLE" \
+    --schema "$SCHEMA" --batch-size "$batch" --connections "$conns" --threads 1 --warmup "$SETTLE" \
     --duration "$((total - SETTLE))" >"$WORK/loadgen.txt" 2>&1 &
   lg=$!
   sleep "$SETTLE"
@@ -68,7 +71,7 @@ for sc in $SCENARIOS; do
   PID=
   # --no-inline: resolving inlined frames runs addr2line per address (minutes).
   perf script --no-inline -i "$WORK/perf.data" 2>/dev/null | inferno-collapse-perf --all >"$WORK/folded"
-  inferno-flamegraph --title "tidemark $COMMIT: $format, batch $batch, $conns conns (1 shard core, fdatasync), $DATE" \
+  inferno-flamegraph --title "tidemark $COMMIT: $format ($SCHEMA rows), batch $batch, $conns conns (1 shard core, fdatasync), $DATE" \
     --minwidth 0.2 <"$WORK/folded" >"$OUTDIR/$name.svg"
   {
     echo "# $name"

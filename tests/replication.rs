@@ -274,12 +274,19 @@ fn readers_hold_exactly_the_writers_rows_through_kills_and_cut_connections() {
     std::thread::sleep(Duration::from_millis(1000));
     writer.restart();
     std::thread::sleep(Duration::from_millis(1000));
-    // Reader a away long enough that its entries leave the writer's WAL.
+    // Reader a away long enough that its entries leave the writer's WAL:
+    // the writer removes segments a still needs (retention cap reached).
+    // How many rows that takes depends on the entries' size, so the wait
+    // is for the removal itself.
     a.kill9();
     let before = count(&writer);
-    wait_until("the writer to move on", Duration::from_secs(30), || {
-        count(&writer) > before + 8000
-    });
+    let removals = "tidemark_replication_forced_segment_removals_total";
+    let removed_before = writer.metric_sum(removals);
+    wait_until(
+        "the writer to drop entries reader a needs",
+        Duration::from_secs(60),
+        || count(&writer) > before + 8000 && writer.metric_sum(removals) > removed_before,
+    );
     writer.flush();
     a.restart();
     std::thread::sleep(Duration::from_millis(1000));
