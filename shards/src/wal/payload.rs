@@ -388,16 +388,22 @@ impl<'a> Reader<'a> {
         Ok((name, kind, array))
     }
 
+    /// A table's database and measurement names, and the padding after.
+    fn table_key(&mut self, db_len: usize, m_len: usize) -> Result<TableKey, PayloadError> {
+        let db = self.str(db_len)?;
+        let m = self.str(m_len)?;
+        let table = TableKey::new(db, m)?;
+        self.at = align(self.at);
+        Ok(table)
+    }
+
     /// One table of the [`EntryKind::Write`] encoding.
     fn table(&mut self) -> Result<WriteBatch, PayloadError> {
         let db_len = self.u16()? as usize;
         let m_len = self.u16()? as usize;
         let rows = self.u32()? as usize;
         let columns = self.u32()? as usize;
-        let db = self.str(db_len)?;
-        let m = self.str(m_len)?;
-        let table = TableKey::new(db, m)?;
-        self.at = align(self.at);
+        let table = self.table_key(db_len, m_len)?;
         let mut fields = Vec::with_capacity(columns.min(4096));
         let mut arrays = Vec::with_capacity(columns.min(4096));
         for _ in 0..columns {
@@ -414,10 +420,7 @@ impl<'a> Reader<'a> {
         let db_len = self.u16()? as usize;
         let m_len = self.u16()? as usize;
         let ipc_len = self.u32()? as usize;
-        let db = self.str(db_len)?;
-        let m = self.str(m_len)?;
-        let table = TableKey::new(db, m)?;
-        self.at = align(self.at);
+        let table = self.table_key(db_len, m_len)?;
         let ipc = self.take_padded(ipc_len)?;
         let reader = StreamReader::try_new(Cursor::new(ipc), None)?;
         let mut batches = reader.collect::<Result<Vec<_>, _>>()?;
