@@ -274,8 +274,8 @@ impl Data {
         }
     }
 
-    /// Makes room for `rows` values in all (strings: as long as those so
-    /// far on average).
+    /// Makes room for `rows` more values (strings: of the average length
+    /// of those so far).
     fn reserve(&mut self, rows: usize) {
         match self {
             Data::Tag(b) => b.keys.reserve(rows),
