@@ -627,22 +627,20 @@ fn replay(
     let mode = config.wal.recovery_mode;
     let mut failure = None;
     read_segments(segments, buffer.applied_seq().next(), mode, |entry| {
-        let applied = match entry.kind {
-            EntryKind::Write | EntryKind::WriteIpc => decode_writes(entry.kind, entry.payload)
-                .map_err(|e| e.to_string())
-                .and_then(|batches| {
-                    batches
-                        .into_iter()
-                        .map(|wb| {
-                            let schema = cache
-                                .check(wb.table(), wb.batch().schema_ref())
-                                .map_err(|e| e.to_string())?;
-                            let (table, rows) = wb.into_parts();
-                            Ok((table, schema, rows))
-                        })
-                        .collect::<Result<PendingEntry, String>>()
-                }),
-        };
+        let applied = decode_writes(entry.kind, entry.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|batches| {
+                batches
+                    .into_iter()
+                    .map(|wb| {
+                        let schema = cache
+                            .check(wb.table(), wb.batch().schema_ref())
+                            .map_err(|e| e.to_string())?;
+                        let (table, rows) = wb.into_parts();
+                        Ok((table, schema, rows))
+                    })
+                    .collect::<Result<PendingEntry, String>>()
+            });
         match applied {
             Ok(tables) => {
                 // A skipped entry leaves a gap; the buffer follows the WAL.

@@ -689,40 +689,32 @@ impl RequestBuilder {
         measurement: &str,
         at: usize,
     ) -> Result<&mut TableBuilder, IngestError> {
-        let progress = self.progress;
-        if self
-            .tables
-            .get(self.last)
-            .is_some_and(|t| same_name(t.key.measurement(), measurement))
-        {
-            let t = &mut self.tables[self.last];
-            t.progress = progress;
-            return Ok(t);
-        }
-        // A few tables (rows of several measurements interleaved, as TSBS
-        // devops sends them) are compared by name; many, looked up.
-        let found = if self.tables.len() <= 8 {
-            self.tables
-                .iter()
-                .position(|t| same_name(t.key.measurement(), measurement))
+        let same = |t: &TableBuilder| same_name(t.key.measurement(), measurement);
+        // The previous row's table first; then a few tables (rows of
+        // several measurements interleaved, as TSBS devops sends them) are
+        // compared by name, many looked up.
+        let found = if self.tables.get(self.last).is_some_and(same) {
+            Some(self.last)
+        } else if self.tables.len() <= 8 {
+            self.tables.iter().position(same)
         } else {
             self.index.get(measurement).copied()
         };
-        if let Some(i) = found {
-            self.last = i;
-            let t = &mut self.tables[i];
-            t.progress = progress;
-            return Ok(t);
-        }
-        let key = TableKey::new(database, measurement)
-            .map_err(|e| IngestError::new(at, e.to_string()))?;
-        self.index
-            .insert(measurement.to_string(), self.tables.len());
-        let mut t = TableBuilder::new(key, self.unit);
-        t.progress = progress;
-        self.tables.push(t);
-        self.last = self.tables.len() - 1;
-        Ok(self.tables.last_mut().expect("pushed"))
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let key = TableKey::new(database, measurement)
+                    .map_err(|e| IngestError::new(at, e.to_string()))?;
+                self.index
+                    .insert(measurement.to_string(), self.tables.len());
+                self.tables.push(TableBuilder::new(key, self.unit));
+                self.tables.len() - 1
+            }
+        };
+        self.last = i;
+        let t = &mut self.tables[i];
+        t.progress = self.progress;
+        Ok(t)
     }
 
     pub fn is_empty(&self) -> bool {
